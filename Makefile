@@ -1,0 +1,113 @@
+# Image URL to use all building/pushing image targets
+IMG ?= ghcr.io/circuitbreaker-io/circuit-breaker-operator:v0.1.0
+
+# Setting SHELL to bash allows bash commands to be executed by recipes.
+SHELL = /usr/bin/env bash -o pipefail
+.SHELLFLAGS = -ec
+
+GOBIN ?= $(shell go env GOPATH)/bin
+LOCALBIN ?= $(shell pwd)/bin
+CONTROLLER_TOOLS_VERSION ?= v0.23.0
+CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
+KUBECTL ?= kubectl
+# Where the locally built kube-apiserver and etcd live (see hack/control-plane.sh).
+ASSETS = $(shell hack/control-plane.sh)
+TEST_TIMEOUT ?= 20m
+
+.PHONY: all
+all: build
+
+##@ General
+
+.PHONY: help
+help: ## Display this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "\nUsage:\n  make \033[36m<target>\033[0m\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) } ' $(MAKEFILE_LIST)
+
+##@ Development
+
+.PHONY: manifests
+manifests: controller-gen ## Generate the CRD and RBAC from the API types and markers.
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./..." output:crd:artifacts:config=config/crd/bases
+
+.PHONY: generate
+generate: controller-gen ## Generate DeepCopy methods.
+	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./..."
+
+.PHONY: fmt
+fmt: ## Run go fmt.
+	go fmt ./...
+
+.PHONY: vet
+vet: ## Run go vet, including the e2e package.
+	go vet -tags e2e ./...
+
+.PHONY: control-plane
+control-plane: ## Build kube-apiserver and etcd from the Go module proxy (cached outside the clone).
+	@hack/control-plane.sh
+
+.PHONY: test
+test: manifests generate fmt vet ## Run unit and envtest tests (with -race) on a locally built API server.
+	KUBEBUILDER_ASSETS="$(ASSETS)" go test -race -timeout $(TEST_TIMEOUT) ./... -coverprofile cover.out
+
+.PHONY: test-e2e
+test-e2e: build ## Run the end-to-end tests: the real manager binary and kubectl on a local control plane.
+	KUBEBUILDER_ASSETS="$(ASSETS)" go test -tags e2e -race -timeout 15m -count 1 -v ./test/e2e/
+
+.PHONY: bench
+bench: ## Run the benchmarks recorded in docs/benchmarks.md.
+	go test -run '^$$' -bench . -benchmem ./internal/...
+
+.PHONY: verify
+verify: manifests generate fmt ## Regenerate everything and fail if the tree changed.
+	@git diff --exit-code -- . || { echo "generated files are out of date: run 'make manifests generate fmt' and commit"; exit 1; }
+	@test -z "$$(git status --porcelain --untracked-files=all -- api config internal cmd)" || { git status --porcelain --untracked-files=all -- api config internal cmd; echo "untracked generated files: commit them"; exit 1; }
+
+##@ Build
+
+.PHONY: build
+build: manifests generate fmt vet ## Build the manager binary.
+	go build -o bin/manager ./cmd/manager
+
+.PHONY: run
+run: manifests generate fmt vet ## Run the manager against the cluster of your kubeconfig.
+	go run ./cmd/manager
+
+.PHONY: run-local
+run-local: build ## Start a local kube-apiserver and etcd, install the CRDs and samples, and run the manager.
+	go run ./hack/localcluster -- bin/manager --allow-url-upstreams
+
+.PHONY: docker-build
+docker-build: ## Build the manager image (needs a Docker engine).
+	docker build -t $(IMG) .
+
+.PHONY: build-installer
+build-installer: manifests ## Write dist/install.yaml: CRD, RBAC and the manager Deployment.
+	mkdir -p dist
+	cd config/manager && $(KUBECTL) kustomize . >/dev/null && $(KUBECTL) kustomize ../default | sed "s#controller:latest#$(IMG)#" > ../../dist/install.yaml
+
+##@ Deployment
+
+.PHONY: install
+install: manifests ## Install the CRDs into the cluster of your kubeconfig.
+	$(KUBECTL) apply -k config/crd
+
+.PHONY: uninstall
+uninstall: manifests ## Uninstall the CRDs from the cluster of your kubeconfig.
+	$(KUBECTL) delete --ignore-not-found -k config/crd
+
+.PHONY: deploy
+deploy: build-installer ## Deploy the operator to the cluster of your kubeconfig.
+	$(KUBECTL) apply -f dist/install.yaml
+
+.PHONY: undeploy
+undeploy: ## Remove the operator from the cluster of your kubeconfig.
+	$(KUBECTL) delete --ignore-not-found -f dist/install.yaml
+
+##@ Tools
+
+.PHONY: controller-gen
+controller-gen: $(CONTROLLER_GEN)
+$(CONTROLLER_GEN):
+	@mkdir -p $(LOCALBIN)
+	GOBIN=$(LOCALBIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
+	mv $(LOCALBIN)/controller-gen $(CONTROLLER_GEN)

@@ -1,0 +1,204 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// ResetAnnotation resets a breaker once for each new value it is given.
+const ResetAnnotation = "circuitbreaker.io/reset"
+
+// ConditionReady is the condition type that says whether the breaker serves traffic.
+const ConditionReady = "Ready"
+
+// State values of CircuitBreakerStatus.State.
+const (
+	StateClosed   = "Closed"
+	StateOpen     = "Open"
+	StateHalfOpen = "HalfOpen"
+)
+
+// CircuitBreakerSpec is the configuration of one upstream's breaker.
+type CircuitBreakerSpec struct {
+	// Upstream is where the proxy forwards calls.
+	Upstream Upstream `json:"upstream"`
+
+	// FailureThreshold is the number of consecutive failures that open the circuit.
+	// +kubebuilder:default=5
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10000
+	// +optional
+	FailureThreshold int32 `json:"failureThreshold,omitempty"`
+
+	// RecoveryTimeout is the time spent Open before half-open probes are admitted (at least 1s).
+	// +kubebuilder:default="30s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s')",message="recoveryTimeout must be at least 1s"
+	// +optional
+	RecoveryTimeout metav1.Duration `json:"recoveryTimeout,omitempty"`
+
+	// HalfOpenMaxRequests is how many probes are admitted at once while HalfOpen.
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10000
+	// +optional
+	HalfOpenMaxRequests int32 `json:"halfOpenMaxRequests,omitempty"`
+
+	// SuccessThreshold is the number of successful probes in a row that close the circuit.
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10000
+	// +optional
+	SuccessThreshold int32 `json:"successThreshold,omitempty"`
+
+	// RequestTimeout bounds each proxied request; a timeout is a failure.
+	// +kubebuilder:default="10s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="requestTimeout must be greater than 0"
+	// +optional
+	RequestTimeout metav1.Duration `json:"requestTimeout,omitempty"`
+
+	// FailureStatusCodes are the upstream responses that count as failures:
+	// "NNN", "NNN-NNN" or "Nxx".
+	// +kubebuilder:default={"5xx"}
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:Pattern=`^([1-5][0-9][0-9](-[1-5][0-9][0-9])?|[1-5]xx)$`
+	// +kubebuilder:validation:XValidation:rule="self.all(c, !c.contains('-') || int(c.split('-')[0]) <= int(c.split('-')[1]))",message="a status code range must run from low to high, e.g. 500-504"
+	// +optional
+	FailureStatusCodes []string `json:"failureStatusCodes,omitempty"`
+
+	// Fallback is what callers get while the circuit rejects them; without
+	// it they get 503 with a JSON error.
+	// +optional
+	Fallback *Fallback `json:"fallback,omitempty"`
+}
+
+// Upstream is exactly one of a Service in the breaker's namespace or a URL.
+// +kubebuilder:validation:XValidation:rule="has(self.service) != has(self.url)",message="exactly one of upstream.service or upstream.url must be set"
+type Upstream struct {
+	// Service is a Service in the same namespace, reached as
+	// <scheme>://<name>.<namespace>.svc:<port>.
+	// +optional
+	Service *ServiceUpstream `json:"service,omitempty"`
+
+	// URL is any http(s) URL. The manager refuses it unless it runs with
+	// --allow-url-upstreams.
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="isURL(self) && (url(self).getScheme() == 'http' || url(self).getScheme() == 'https') && url(self).getHostname() != ''",message="upstream.url must be an absolute http or https URL"
+	// +optional
+	URL string `json:"url,omitempty"`
+}
+
+// ServiceUpstream names a Service port.
+type ServiceUpstream struct {
+	// Name of the Service.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z]([-a-z0-9]*[a-z0-9])?$`
+	Name string `json:"name"`
+
+	// Port of the Service.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	Port int32 `json:"port"`
+
+	// Scheme is http or https.
+	// +kubebuilder:default=http
+	// +kubebuilder:validation:Enum=http;https
+	// +optional
+	Scheme string `json:"scheme,omitempty"`
+}
+
+// Fallback is the response served while the circuit rejects calls.
+type Fallback struct {
+	// StatusCode of the fallback response.
+	// +kubebuilder:default=503
+	// +kubebuilder:validation:Minimum=200
+	// +kubebuilder:validation:Maximum=599
+	// +optional
+	StatusCode int32 `json:"statusCode,omitempty"`
+
+	// ContentType of the fallback body.
+	// +kubebuilder:validation:MaxLength=256
+	// +optional
+	ContentType string `json:"contentType,omitempty"`
+
+	// Body of the fallback response.
+	// +kubebuilder:validation:MaxLength=65536
+	// +optional
+	Body string `json:"body,omitempty"`
+}
+
+// CircuitBreakerStatus is the live state of the breaker, written by the manager.
+type CircuitBreakerStatus struct {
+	// State is Closed, Open or HalfOpen.
+	// +kubebuilder:validation:Enum=Closed;Open;HalfOpen
+	// +optional
+	State string `json:"state,omitempty"`
+
+	// FailureCount is the number of consecutive failures in the current Closed period.
+	// +optional
+	FailureCount int32 `json:"failureCount"`
+
+	// LastFailureTime is when the last failure was seen.
+	// +optional
+	LastFailureTime *metav1.Time `json:"lastFailureTime,omitempty"`
+
+	// LastTransitionTime is when the state last changed.
+	// +optional
+	LastTransitionTime *metav1.Time `json:"lastTransitionTime,omitempty"`
+
+	// OpenUntil is, while Open, when half-open probes start.
+	// +optional
+	OpenUntil *metav1.Time `json:"openUntil,omitempty"`
+
+	// LastHandledReset is the last value of the reset annotation acted on.
+	// +optional
+	LastHandledReset string `json:"lastHandledReset,omitempty"`
+
+	// Upstream is the address calls are forwarded to.
+	// +optional
+	Upstream string `json:"upstream,omitempty"`
+
+	// ObservedGeneration is the generation of the spec this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Conditions hold Ready, with a PascalCase reason and a message when False.
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// CircuitBreaker is a circuit breaker in front of one upstream.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=cb
+// +kubebuilder:printcolumn:name="State",type=string,JSONPath=`.status.state`
+// +kubebuilder:printcolumn:name="Failures",type=integer,JSONPath=`.status.failureCount`
+// +kubebuilder:printcolumn:name="Threshold",type=integer,JSONPath=`.spec.failureThreshold`
+// +kubebuilder:printcolumn:name="Timeout",type=string,JSONPath=`.spec.recoveryTimeout`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:printcolumn:name="Upstream",type=string,JSONPath=`.status.upstream`,priority=1
+type CircuitBreaker struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   CircuitBreakerSpec   `json:"spec"`
+	Status CircuitBreakerStatus `json:"status,omitempty"`
+}
+
+// CircuitBreakerList is a list of CircuitBreakers.
+// +kubebuilder:object:root=true
+type CircuitBreakerList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []CircuitBreaker `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&CircuitBreaker{}, &CircuitBreakerList{})
+}

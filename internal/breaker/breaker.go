@@ -1,0 +1,426 @@
+// Package breaker is the circuit breaker state machine and the live registry
+// of breakers. It has no Kubernetes dependencies: time comes from an injected
+// clock and changes leave through a callback.
+package breaker
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"k8s.io/utils/clock"
+)
+
+// State is the state of a circuit breaker.
+type State int
+
+const (
+	StateClosed State = iota
+	StateOpen
+	StateHalfOpen
+)
+
+// String returns the state as the resource's status spells it.
+func (s State) String() string {
+	switch s {
+	case StateClosed:
+		return "Closed"
+	case StateOpen:
+		return "Open"
+	case StateHalfOpen:
+		return "HalfOpen"
+	}
+	return "State(" + strconv.Itoa(int(s)) + ")"
+}
+
+// ParseState is the inverse of State.String.
+func ParseState(s string) (State, error) {
+	switch s {
+	case "Closed":
+		return StateClosed, nil
+	case "Open":
+		return StateOpen, nil
+	case "HalfOpen":
+		return StateHalfOpen, nil
+	}
+	return 0, fmt.Errorf("unknown breaker state %q", s)
+}
+
+var (
+	// ErrOpen rejects a call while the circuit is open.
+	ErrOpen = errors.New("circuit breaker is open")
+	// ErrProbeLimit rejects a call while half-open with every probe slot taken.
+	ErrProbeLimit = errors.New("circuit breaker is half-open and all probe slots are taken")
+)
+
+// Settings configure a Breaker. A zero field takes the documented default.
+type Settings struct {
+	// FailureThreshold is the number of consecutive failures that open the circuit. Default 5.
+	FailureThreshold uint32
+	// RecoveryTimeout is how long the circuit stays open before probes are admitted. Default 30s.
+	RecoveryTimeout time.Duration
+	// HalfOpenMaxRequests is how many probes may be in flight at once while half-open. Default 1.
+	HalfOpenMaxRequests uint32
+	// SuccessThreshold is the number of successful probes in a row that close the circuit. Default 1.
+	SuccessThreshold uint32
+}
+
+// Defaults of Settings, the same as the CircuitBreaker resource's.
+const (
+	DefaultFailureThreshold    = 5
+	DefaultRecoveryTimeout     = 30 * time.Second
+	DefaultHalfOpenMaxRequests = 1
+	DefaultSuccessThreshold    = 1
+)
+
+func (s Settings) withDefaults() Settings {
+	if s.FailureThreshold == 0 {
+		s.FailureThreshold = DefaultFailureThreshold
+	}
+	if s.RecoveryTimeout <= 0 {
+		s.RecoveryTimeout = DefaultRecoveryTimeout
+	}
+	if s.HalfOpenMaxRequests == 0 {
+		s.HalfOpenMaxRequests = DefaultHalfOpenMaxRequests
+	}
+	if s.SuccessThreshold == 0 {
+		s.SuccessThreshold = DefaultSuccessThreshold
+	}
+	return s
+}
+
+// Failure describes why a call failed: an upstream status code, or the kind
+// of error (timeout, connection refused, ...) when there was no response.
+type Failure struct {
+	StatusCode int
+	Kind       string
+}
+
+func (f Failure) String() string {
+	if f.StatusCode != 0 {
+		return strconv.Itoa(f.StatusCode)
+	}
+	if f.Kind == "" {
+		return "error"
+	}
+	return f.Kind
+}
+
+// Transition is a change of state, delivered to the OnTransition callback.
+type Transition struct {
+	From, To State
+	At       time.Time
+	// Reason says why, e.g. "5 consecutive failures, last: 503".
+	Reason string
+	// Reset is true when the transition was caused by Reset, not by traffic or time.
+	Reset bool
+}
+
+// Snapshot is a consistent copy of a breaker's observable state.
+type Snapshot struct {
+	State State
+	// Failures counts consecutive failures in the current Closed period.
+	Failures           uint32
+	LastFailure        time.Time
+	LastFailureCause   Failure
+	LastTransitionTime time.Time
+	// OpenUntil is when probing starts; zero unless Open.
+	OpenUntil time.Time
+	Settings  Settings
+}
+
+// Breaker is one circuit breaker. It is safe for concurrent use.
+//
+// A call asks Allow for permission and reports its outcome on the returned
+// Ticket. While Closed neither step reads the clock, so the hot path is a
+// pair of uncontended mutex sections.
+type Breaker struct {
+	clock        clock.PassiveClock
+	onTransition func(Transition)
+	// onChange is told that counts changed without a transition, so a watcher
+	// can coalesce count updates instead of reacting to each call.
+	onChange func()
+
+	mu       sync.Mutex
+	settings Settings
+	state    State
+	// generation advances on every transition and reset; outcomes reported
+	// with an older generation are ignored.
+	generation       uint64
+	failures         uint32
+	probesInFlight   uint32
+	probeSuccesses   uint32
+	lastFailure      time.Time
+	lastFailureCause Failure
+	lastTransition   time.Time
+	openUntil        time.Time
+}
+
+// Options are the optional hooks of a Breaker. Both are called without any
+// lock held and must not block for long: they run on the caller's goroutine.
+type Options struct {
+	OnTransition func(Transition)
+	OnChange     func()
+}
+
+// New returns a Closed breaker.
+func New(settings Settings, clk clock.PassiveClock, opts Options) *Breaker {
+	return &Breaker{
+		clock:          clk,
+		onTransition:   opts.OnTransition,
+		onChange:       opts.OnChange,
+		settings:       settings.withDefaults(),
+		lastTransition: clk.Now(),
+	}
+}
+
+// Ticket is the permission for one call. Report exactly one of Success,
+// Failure or Cancel.
+type Ticket struct {
+	breaker    *Breaker
+	generation uint64
+	probe      bool
+}
+
+// Allow asks permission for a call. It returns ErrOpen or ErrProbeLimit when
+// the call must not reach the upstream.
+func (b *Breaker) Allow() (Ticket, error) {
+	b.mu.Lock()
+	if b.state == StateClosed {
+		t := Ticket{breaker: b, generation: b.generation}
+		b.mu.Unlock()
+		return t, nil
+	}
+	var fired *Transition
+	if b.state == StateOpen {
+		now := b.clock.Now()
+		if now.Before(b.openUntil) {
+			b.mu.Unlock()
+			return Ticket{}, ErrOpen
+		}
+		fired = b.setStateLocked(StateHalfOpen, now, "recovery timeout of "+b.settings.RecoveryTimeout.String()+" elapsed")
+	}
+	if b.probesInFlight >= b.settings.HalfOpenMaxRequests {
+		b.mu.Unlock()
+		b.notify(fired)
+		return Ticket{}, ErrProbeLimit
+	}
+	b.probesInFlight++
+	t := Ticket{breaker: b, generation: b.generation, probe: true}
+	b.mu.Unlock()
+	b.notify(fired)
+	return t, nil
+}
+
+// Success reports that the call succeeded.
+func (t Ticket) Success() {
+	b := t.breaker
+	b.mu.Lock()
+	if t.generation != b.generation {
+		b.mu.Unlock()
+		return
+	}
+	switch b.state {
+	case StateClosed:
+		if b.failures == 0 {
+			b.mu.Unlock()
+			return
+		}
+		b.failures = 0
+		b.mu.Unlock()
+		b.changed()
+		return
+	case StateHalfOpen:
+		b.probesInFlight--
+		b.probeSuccesses++
+		if b.probeSuccesses < b.settings.SuccessThreshold {
+			b.mu.Unlock()
+			return
+		}
+		fired := b.setStateLocked(StateClosed, b.clock.Now(),
+			pluralize(b.probeSuccesses, "successful probe")+" in a row")
+		b.mu.Unlock()
+		b.notify(fired)
+		return
+	}
+	b.mu.Unlock()
+}
+
+// Failure reports that the call failed, and why.
+func (t Ticket) Failure(cause Failure) {
+	b := t.breaker
+	b.mu.Lock()
+	if t.generation != b.generation {
+		b.mu.Unlock()
+		return
+	}
+	now := b.clock.Now()
+	b.lastFailure = now
+	b.lastFailureCause = cause
+	var fired *Transition
+	switch b.state {
+	case StateClosed:
+		b.failures++
+		if b.failures >= b.settings.FailureThreshold {
+			fired = b.setStateLocked(StateOpen, now,
+				pluralize(b.failures, "consecutive failure")+", last: "+cause.String())
+		}
+	case StateHalfOpen:
+		fired = b.setStateLocked(StateOpen, now, "probe failed: "+cause.String())
+	}
+	b.mu.Unlock()
+	if fired == nil {
+		b.changed()
+	}
+	b.notify(fired)
+}
+
+// Cancel reports that the call ended with no verdict (the caller went away).
+// It only gives back a probe slot.
+func (t Ticket) Cancel() {
+	if !t.probe {
+		return
+	}
+	b := t.breaker
+	b.mu.Lock()
+	if t.generation == b.generation && b.state == StateHalfOpen {
+		b.probesInFlight--
+	}
+	b.mu.Unlock()
+}
+
+// Reset closes the breaker and clears its counts. Outcomes of calls allowed
+// before the reset are ignored.
+func (b *Breaker) Reset(reason string) {
+	b.mu.Lock()
+	fired := b.setStateLocked(StateClosed, b.clock.Now(), reason)
+	fired.Reset = true
+	b.lastFailure = time.Time{}
+	b.lastFailureCause = Failure{}
+	b.mu.Unlock()
+	b.notify(fired)
+}
+
+// Snapshot returns the current state. It also performs the time-driven
+// Open → HalfOpen transition, so a breaker with no traffic still shows
+// HalfOpen once its recovery timeout has passed.
+func (b *Breaker) Snapshot() Snapshot {
+	b.mu.Lock()
+	var fired *Transition
+	if b.state == StateOpen {
+		if now := b.clock.Now(); !now.Before(b.openUntil) {
+			fired = b.setStateLocked(StateHalfOpen, now, "recovery timeout of "+b.settings.RecoveryTimeout.String()+" elapsed")
+		}
+	}
+	s := b.snapshotLocked()
+	b.mu.Unlock()
+	b.notify(fired)
+	return s
+}
+
+func (b *Breaker) snapshotLocked() Snapshot {
+	s := Snapshot{
+		State:              b.state,
+		Failures:           b.failures,
+		LastFailure:        b.lastFailure,
+		LastFailureCause:   b.lastFailureCause,
+		LastTransitionTime: b.lastTransition,
+		Settings:           b.settings,
+	}
+	if b.state == StateOpen {
+		s.OpenUntil = b.openUntil
+	}
+	return s
+}
+
+// Update applies new settings and keeps the current state and counts. A
+// Closed breaker whose failures already reach a lowered threshold opens; an
+// Open breaker's probing time follows a changed recovery timeout.
+func (b *Breaker) Update(settings Settings) {
+	settings = settings.withDefaults()
+	b.mu.Lock()
+	if b.settings == settings {
+		b.mu.Unlock()
+		return
+	}
+	b.settings = settings
+	var fired *Transition
+	switch b.state {
+	case StateClosed:
+		if b.failures > 0 && b.failures >= settings.FailureThreshold {
+			fired = b.setStateLocked(StateOpen, b.clock.Now(),
+				pluralize(b.failures, "consecutive failure")+" reach the new threshold of "+strconv.Itoa(int(settings.FailureThreshold)))
+		}
+	case StateOpen:
+		b.openUntil = b.lastTransition.Add(settings.RecoveryTimeout)
+	case StateHalfOpen:
+		if b.probeSuccesses >= settings.SuccessThreshold {
+			fired = b.setStateLocked(StateClosed, b.clock.Now(),
+				pluralize(b.probeSuccesses, "successful probe")+" reach the new threshold of "+strconv.Itoa(int(settings.SuccessThreshold)))
+		}
+	}
+	b.mu.Unlock()
+	if fired == nil {
+		b.changed()
+	}
+	b.notify(fired)
+}
+
+// restore puts the breaker into a state recorded earlier, e.g. in a
+// resource's status before a manager restart. An Open breaker whose
+// openUntil has passed becomes HalfOpen on its next call.
+func (b *Breaker) restore(s Snapshot) {
+	b.mu.Lock()
+	b.generation++
+	b.state = s.State
+	b.failures = s.Failures
+	b.lastFailure = s.LastFailure
+	b.lastFailureCause = s.LastFailureCause
+	b.lastTransition = s.LastTransitionTime
+	b.openUntil = s.OpenUntil
+	if s.State == StateOpen && s.OpenUntil.IsZero() {
+		b.openUntil = s.LastTransitionTime.Add(b.settings.RecoveryTimeout)
+	}
+	b.probesInFlight = 0
+	b.probeSuccesses = 0
+	b.mu.Unlock()
+}
+
+// setStateLocked moves to a new state, starts a new generation and returns
+// the transition to deliver once the lock is released.
+func (b *Breaker) setStateLocked(to State, now time.Time, reason string) *Transition {
+	from := b.state
+	b.state = to
+	b.generation++
+	b.lastTransition = now
+	b.failures = 0
+	b.probesInFlight = 0
+	b.probeSuccesses = 0
+	b.openUntil = time.Time{}
+	if to == StateOpen {
+		b.openUntil = now.Add(b.settings.RecoveryTimeout)
+	}
+	return &Transition{From: from, To: to, At: now, Reason: reason}
+}
+
+func (b *Breaker) notify(t *Transition) {
+	if t != nil && b.onTransition != nil {
+		b.onTransition(*t)
+	}
+}
+
+func (b *Breaker) changed() {
+	if b.onChange != nil {
+		b.onChange()
+	}
+}
+
+func pluralize(n uint32, noun string) string {
+	s := strconv.FormatUint(uint64(n), 10) + " " + noun
+	if n != 1 {
+		s += "s"
+	}
+	return s
+}

@@ -1,0 +1,159 @@
+package breaker
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	clocktesting "k8s.io/utils/clock/testing"
+)
+
+type registryEvents struct {
+	mu          sync.Mutex
+	transitions map[Key][]Transition
+	counts      []Key
+}
+
+func newTestRegistry() (*Registry, *clocktesting.FakeClock, *registryEvents) {
+	clk := clocktesting.NewFakeClock(epoch)
+	ev := &registryEvents{transitions: map[Key][]Transition{}}
+	r := NewRegistry(clk, RegistryOptions{
+		OnTransition: func(k Key, t Transition) {
+			ev.mu.Lock()
+			ev.transitions[k] = append(ev.transitions[k], t)
+			ev.mu.Unlock()
+		},
+		OnCountsChanged: func(k Key) { ev.mu.Lock(); ev.counts = append(ev.counts, k); ev.mu.Unlock() },
+	})
+	return r, clk, ev
+}
+
+func TestKey(t *testing.T) {
+	g := NewWithT(t)
+	k := NewKey("shop", "order-api")
+	g.Expect(string(k)).To(Equal("shop/order-api"))
+	ns, name := k.Split()
+	g.Expect(ns).To(Equal("shop"))
+	g.Expect(name).To(Equal("order-api"))
+}
+
+func TestRegistryUpsertGetDelete(t *testing.T) {
+	g := NewWithT(t)
+	r, _, ev := newTestRegistry()
+	key := NewKey("shop", "order-api")
+
+	_, ok := r.Get(key)
+	g.Expect(ok).To(BeFalse())
+
+	b, created := r.Upsert(key, Settings{FailureThreshold: 3}, nil)
+	g.Expect(created).To(BeTrue())
+	got, ok := r.Get(key)
+	g.Expect(ok).To(BeTrue())
+	g.Expect(got).To(BeIdenticalTo(b))
+
+	fail(g, b, 2)
+	again, created := r.Upsert(key, Settings{FailureThreshold: 4}, &Snapshot{State: StateOpen})
+	g.Expect(created).To(BeFalse())
+	g.Expect(again).To(BeIdenticalTo(b), "an update keeps the live breaker")
+	g.Expect(b.Snapshot().Failures).To(Equal(uint32(2)), "and its counts; saved state is only for new breakers")
+	g.Expect(b.Snapshot().Settings.FailureThreshold).To(Equal(uint32(4)))
+
+	fail(g, b, 2)
+	g.Expect(ev.transitions[key]).To(HaveLen(1))
+	g.Expect(ev.transitions[key][0].To).To(Equal(StateOpen))
+
+	r.Upsert(NewKey("shop", "billing"), Settings{}, nil)
+	g.Expect(r.Keys()).To(Equal([]Key{"shop/billing", "shop/order-api"}))
+
+	r.Delete(key)
+	_, ok = r.Get(key)
+	g.Expect(ok).To(BeFalse())
+	r.Delete(key) // deleting twice is harmless
+	g.Expect(r.Keys()).To(Equal([]Key{"shop/billing"}))
+}
+
+func TestRegistryRestore(t *testing.T) {
+	tests := []struct {
+		name      string
+		saved     Snapshot
+		advance   time.Duration
+		wantAllow error
+		wantState State
+	}{
+		{
+			name:      "open stays open until openUntil",
+			saved:     Snapshot{State: StateOpen, LastTransitionTime: epoch.Add(-20 * time.Second), OpenUntil: epoch.Add(10 * time.Second)},
+			advance:   9 * time.Second,
+			wantAllow: ErrOpen,
+			wantState: StateOpen,
+		},
+		{
+			name:      "open probes once openUntil has passed",
+			saved:     Snapshot{State: StateOpen, LastTransitionTime: epoch.Add(-20 * time.Second), OpenUntil: epoch.Add(10 * time.Second)},
+			advance:   10 * time.Second,
+			wantState: StateHalfOpen,
+		},
+		{
+			name:      "open without openUntil uses the recovery timeout from its transition",
+			saved:     Snapshot{State: StateOpen, LastTransitionTime: epoch.Add(-25 * time.Second)},
+			advance:   4 * time.Second,
+			wantAllow: ErrOpen,
+			wantState: StateOpen,
+		},
+		{
+			name:      "closed keeps its failures",
+			saved:     Snapshot{State: StateClosed, Failures: 4},
+			wantState: StateClosed,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			r, clk, _ := newTestRegistry()
+			b, created := r.Upsert(NewKey("shop", "a"), Settings{RecoveryTimeout: 30 * time.Second}, &tt.saved)
+			g.Expect(created).To(BeTrue())
+			clk.Step(tt.advance)
+			tk, err := b.Allow()
+			if tt.wantAllow != nil {
+				g.Expect(err).To(MatchError(tt.wantAllow))
+			} else {
+				g.Expect(err).NotTo(HaveOccurred())
+				tk.Cancel()
+			}
+			s := b.Snapshot()
+			g.Expect(s.State).To(Equal(tt.wantState))
+			if tt.saved.State == StateClosed {
+				g.Expect(s.Failures).To(Equal(tt.saved.Failures))
+				fail(g, b, 1)
+				g.Expect(b.Snapshot().State).To(Equal(StateOpen), "the restored count still counts toward the threshold")
+			}
+		})
+	}
+}
+
+func TestRegistryCoalescesCountChanges(t *testing.T) {
+	g := NewWithT(t)
+	r, clk, ev := newTestRegistry()
+	a, _ := r.Upsert(NewKey("shop", "a"), Settings{FailureThreshold: 1000}, nil)
+	r.Upsert(NewKey("shop", "quiet"), Settings{}, nil)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() { r.Run(ctx, time.Second); close(done) }()
+	g.Eventually(clk.HasWaiters).Should(BeTrue())
+
+	fail(g, a, 500)
+	g.Expect(ev.counts).To(BeEmpty(), "nothing is reported before the interval")
+	clk.Step(time.Second)
+	g.Eventually(func() []Key { ev.mu.Lock(); defer ev.mu.Unlock(); return append([]Key(nil), ev.counts...) }).
+		Should(Equal([]Key{"shop/a"}), "500 failures are one report, and only for the breaker that changed")
+
+	clk.Step(time.Second)
+	g.Consistently(func() int { ev.mu.Lock(); defer ev.mu.Unlock(); return len(ev.counts) }, 100*time.Millisecond).
+		Should(Equal(1), "no change, no report")
+	cancel()
+	<-done
+}

@@ -1,0 +1,293 @@
+// Package controller reconciles CircuitBreaker resources into the live
+// breaker registry and writes each breaker's state back into its status.
+package controller
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
+	"github.com/circuitbreaker-io/operator/internal/breaker"
+)
+
+// Event reasons, as the contract names them.
+const (
+	ReasonOpened     = "Opened"
+	ReasonHalfOpened = "HalfOpened"
+	ReasonClosed     = "Closed"
+	ReasonReset      = "Reset"
+)
+
+// Ready condition reasons.
+const (
+	ReasonActive             = "Active"
+	ReasonInvalidUpstream    = "InvalidUpstream"
+	ReasonUpstreamNotAllowed = "UpstreamNotAllowed"
+)
+
+// CountsFlushInterval is how often failure counts that changed without a
+// transition are written to the status: often enough to watch, rare enough
+// that traffic never turns into API writes.
+const CountsFlushInterval = time.Second
+
+// Options configure the Reconciler.
+type Options struct {
+	// AllowURLUpstreams permits spec.upstream.url.
+	AllowURLUpstreams bool
+	// OnTransition, when set, is told of every breaker transition too
+	// (metrics, notifications).
+	OnTransition func(breaker.Key, breaker.Transition)
+}
+
+// Reconciler keeps the Registry in step with the CircuitBreaker resources
+// and writes each breaker's live state into its status.
+type Reconciler struct {
+	client   client.Client
+	recorder recorder.EventRecorder
+	clock    clock.WithTicker
+	opts     Options
+
+	// Registry holds the live breakers, shared with the proxy and the API.
+	Registry *breaker.Registry
+
+	// queue is the controller's work queue, captured when it starts, so
+	// breaker changes enqueue their resource without a channel in between.
+	queue atomic.Pointer[workqueue.TypedRateLimitingInterface[reconcile.Request]]
+}
+
+// New returns a Reconciler with an empty registry.
+func New(c client.Client, rec recorder.EventRecorder, clk clock.WithTicker, opts Options) *Reconciler {
+	r := &Reconciler{client: c, recorder: rec, clock: clk, opts: opts}
+	r.Registry = breaker.NewRegistry(clk, breaker.RegistryOptions{
+		OnTransition:    r.onTransition,
+		OnCountsChanged: r.enqueue,
+	})
+	return r
+}
+
+// +kubebuilder:rbac:groups=circuitbreaker.io,resources=circuitbreakers,verbs=get;list;watch
+// +kubebuilder:rbac:groups=circuitbreaker.io,resources=circuitbreakers/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile puts one CircuitBreaker into the registry and writes its status.
+func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	key := breaker.NewKey(req.Namespace, req.Name)
+	var cb cbv1.CircuitBreaker
+	if err := r.client.Get(ctx, req.NamespacedName, &cb); err != nil {
+		if client.IgnoreNotFound(err) == nil {
+			r.Registry.Delete(key)
+		}
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+
+	status := cb.Status.DeepCopy()
+	status.ObservedGeneration = cb.Generation
+
+	upstream, reason, err := r.resolveUpstream(&cb)
+	if err != nil {
+		// A breaker that cannot serve is not kept: the proxy answers for it
+		// from the Ready condition instead.
+		r.Registry.Delete(key)
+		status.Upstream = ""
+		meta.SetStatusCondition(&status.Conditions, metav1.Condition{
+			Type: cbv1.ConditionReady, Status: metav1.ConditionFalse,
+			Reason: reason, Message: err.Error(), ObservedGeneration: cb.Generation,
+		})
+		return ctrl.Result{}, r.patchStatus(ctx, &cb, status)
+	}
+	status.Upstream = upstream.String()
+
+	b, _ := r.Registry.Upsert(key, SettingsFromSpec(&cb.Spec), savedSnapshot(&cb.Status))
+
+	if value := cb.Annotations[cbv1.ResetAnnotation]; value != "" && value != cb.Status.LastHandledReset {
+		b.Reset("reset requested by annotation " + cbv1.ResetAnnotation + "=" + value)
+		r.recorder.Eventf(&cb, nil, corev1.EventTypeNormal, ReasonReset, "Reset",
+			"breaker reset to Closed by annotation %s=%s", cbv1.ResetAnnotation, value)
+		status.LastHandledReset = value
+	}
+
+	snap := b.Snapshot()
+	applySnapshot(status, snap)
+	meta.SetStatusCondition(&status.Conditions, metav1.Condition{
+		Type: cbv1.ConditionReady, Status: metav1.ConditionTrue,
+		Reason: ReasonActive, Message: "forwarding to " + status.Upstream, ObservedGeneration: cb.Generation,
+	})
+	if err := r.patchStatus(ctx, &cb, status); err != nil {
+		return ctrl.Result{}, err
+	}
+	if snap.State == breaker.StateOpen {
+		// Come back when probing starts, so the status shows HalfOpen even
+		// when no traffic arrives to notice it.
+		return ctrl.Result{RequeueAfter: snap.OpenUntil.Sub(r.clock.Now()) + 10*time.Millisecond}, nil
+	}
+	return ctrl.Result{}, nil
+}
+
+// patchStatus writes status with one merge patch, and not at all when nothing changed.
+func (r *Reconciler) patchStatus(ctx context.Context, cb *cbv1.CircuitBreaker, status *cbv1.CircuitBreakerStatus) error {
+	if equality.Semantic.DeepEqual(&cb.Status, status) {
+		return nil
+	}
+	patch := client.MergeFrom(cb.DeepCopy())
+	cb.Status = *status
+	if err := r.client.Status().Patch(ctx, cb, patch); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	return nil
+}
+
+// resolveUpstream returns the URL calls are forwarded to, or the Ready
+// reason and error that explain why there is none.
+func (r *Reconciler) resolveUpstream(cb *cbv1.CircuitBreaker) (*url.URL, string, error) {
+	up := cb.Spec.Upstream
+	switch {
+	case up.Service != nil:
+		scheme := up.Service.Scheme
+		if scheme == "" {
+			scheme = "http"
+		}
+		return &url.URL{Scheme: scheme, Host: fmt.Sprintf("%s.%s.svc:%d", up.Service.Name, cb.Namespace, up.Service.Port)}, "", nil
+	case up.URL != "":
+		if !r.opts.AllowURLUpstreams {
+			return nil, ReasonUpstreamNotAllowed, fmt.Errorf("spec.upstream.url is refused: the manager runs without --allow-url-upstreams")
+		}
+		u, err := url.Parse(up.URL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, ReasonInvalidUpstream, fmt.Errorf("spec.upstream.url %q is not an absolute http(s) URL", up.URL)
+		}
+		return u, "", nil
+	}
+	return nil, ReasonInvalidUpstream, fmt.Errorf("spec.upstream needs exactly one of service or url")
+}
+
+// SettingsFromSpec maps a spec onto breaker settings; zero values (a spec
+// not yet defaulted) take the breaker's defaults, which equal the schema's.
+func SettingsFromSpec(spec *cbv1.CircuitBreakerSpec) breaker.Settings {
+	return breaker.Settings{
+		FailureThreshold:    uint32(max(spec.FailureThreshold, 0)),
+		RecoveryTimeout:     spec.RecoveryTimeout.Duration,
+		HalfOpenMaxRequests: uint32(max(spec.HalfOpenMaxRequests, 0)),
+		SuccessThreshold:    uint32(max(spec.SuccessThreshold, 0)),
+	}
+}
+
+// savedSnapshot is the state recorded in a status, used when the breaker is
+// created again, e.g. after a manager restart.
+func savedSnapshot(st *cbv1.CircuitBreakerStatus) *breaker.Snapshot {
+	state, err := breaker.ParseState(st.State)
+	if err != nil {
+		return nil
+	}
+	s := &breaker.Snapshot{State: state, Failures: uint32(max(st.FailureCount, 0))}
+	if st.LastFailureTime != nil {
+		s.LastFailure = st.LastFailureTime.Time
+	}
+	if st.LastTransitionTime != nil {
+		s.LastTransitionTime = st.LastTransitionTime.Time
+	}
+	if st.OpenUntil != nil {
+		s.OpenUntil = st.OpenUntil.Time
+	}
+	return s
+}
+
+// applySnapshot writes the breaker's state into status. Times are kept to
+// whole seconds, as the API server stores them, so an unchanged breaker
+// compares equal and is not written again; openUntil is rounded up so a
+// restored breaker never starts probing early.
+func applySnapshot(status *cbv1.CircuitBreakerStatus, s breaker.Snapshot) {
+	status.State = s.State.String()
+	status.FailureCount = int32(s.Failures)
+	status.LastFailureTime = wholeSeconds(s.LastFailure, false)
+	status.LastTransitionTime = wholeSeconds(s.LastTransitionTime, false)
+	status.OpenUntil = wholeSeconds(s.OpenUntil, true)
+}
+
+func wholeSeconds(t time.Time, roundUp bool) *metav1.Time {
+	if t.IsZero() {
+		return nil
+	}
+	truncated := t.Truncate(time.Second)
+	if roundUp && truncated.Before(t) {
+		truncated = truncated.Add(time.Second)
+	}
+	mt := metav1.NewTime(truncated.UTC())
+	return &mt
+}
+
+// onTransition enqueues the resource and records the transition as an Event.
+func (r *Reconciler) onTransition(key breaker.Key, t breaker.Transition) {
+	r.enqueue(key)
+	if r.opts.OnTransition != nil {
+		r.opts.OnTransition(key, t)
+	}
+	if t.Reset {
+		return // the reconcile that reset it records the Reset event
+	}
+	namespace, name := key.Split()
+	var cb cbv1.CircuitBreaker
+	if err := r.client.Get(context.Background(), types.NamespacedName{Namespace: namespace, Name: name}, &cb); err != nil {
+		return
+	}
+	eventType := corev1.EventTypeNormal
+	if t.To == breaker.StateOpen {
+		eventType = corev1.EventTypeWarning
+	}
+	r.recorder.Eventf(&cb, nil, eventType, transitionReason(t.To), "Transition", "%s", t.Reason)
+}
+
+func transitionReason(to breaker.State) string {
+	switch to {
+	case breaker.StateOpen:
+		return ReasonOpened
+	case breaker.StateHalfOpen:
+		return ReasonHalfOpened
+	}
+	return ReasonClosed
+}
+
+func (r *Reconciler) enqueue(key breaker.Key) {
+	if q := r.queue.Load(); q != nil {
+		namespace, name := key.Split()
+		(*q).Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: namespace, Name: name}})
+	}
+}
+
+// SetupWithManager registers the controller and starts the registry's count flushing.
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		r.Registry.Run(ctx, CountsFlushInterval)
+		return nil
+	})); err != nil {
+		return err
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		// An annotation change (a reset) does not bump the generation.
+		For(&cbv1.CircuitBreaker{}, builder.WithPredicates(predicate.Or[client.Object](
+			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		WatchesRawSource(source.Func(func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+			r.queue.Store(&q)
+			return nil
+		})).
+		Named("circuitbreaker").
+		Complete(r)
+}
