@@ -32,10 +32,11 @@ type CircuitBreakerSpec struct {
 	// RecoveryTimeout is the time spent Open before half-open probes are admitted (at least 1s).
 	// +kubebuilder:default="30s"
 	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s')",message="recoveryTimeout must be at least 1s"
 	// +optional
-	RecoveryTimeout metav1.Duration `json:"recoveryTimeout,omitempty"`
+	RecoveryTimeout *metav1.Duration `json:"recoveryTimeout,omitempty"`
 
 	// HalfOpenMaxRequests is how many probes are admitted at once while HalfOpen.
 	// +kubebuilder:default=1
@@ -54,16 +55,18 @@ type CircuitBreakerSpec struct {
 	// RequestTimeout bounds each proxied request; a timeout is a failure.
 	// +kubebuilder:default="10s"
 	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="requestTimeout must be greater than 0"
 	// +optional
-	RequestTimeout metav1.Duration `json:"requestTimeout,omitempty"`
+	RequestTimeout *metav1.Duration `json:"requestTimeout,omitempty"`
 
 	// FailureStatusCodes are the upstream responses that count as failures:
 	// "NNN", "NNN-NNN" or "Nxx".
 	// +kubebuilder:default={"5xx"}
 	// +kubebuilder:validation:MinItems=1
 	// +kubebuilder:validation:MaxItems=64
+	// +kubebuilder:validation:items:MaxLength=7
 	// +kubebuilder:validation:items:Pattern=`^([1-5][0-9][0-9](-[1-5][0-9][0-9])?|[1-5]xx)$`
 	// +kubebuilder:validation:XValidation:rule="self.all(c, !c.contains('-') || int(c.split('-')[0]) <= int(c.split('-')[1]))",message="a status code range must run from low to high, e.g. 500-504"
 	// +optional
@@ -139,6 +142,7 @@ type CircuitBreakerStatus struct {
 	State string `json:"state,omitempty"`
 
 	// FailureCount is the number of consecutive failures in the current Closed period.
+	// +kubebuilder:default=0
 	// +optional
 	FailureCount int32 `json:"failureCount"`
 

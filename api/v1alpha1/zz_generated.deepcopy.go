@@ -88,8 +88,16 @@ func (in *CircuitBreakerList) DeepCopyObject() runtime.Object {
 func (in *CircuitBreakerSpec) DeepCopyInto(out *CircuitBreakerSpec) {
 	*out = *in
 	in.Upstream.DeepCopyInto(&out.Upstream)
-	out.RecoveryTimeout = in.RecoveryTimeout
-	out.RequestTimeout = in.RequestTimeout
+	if in.RecoveryTimeout != nil {
+		in, out := &in.RecoveryTimeout, &out.RecoveryTimeout
+		*out = new(v1.Duration)
+		**out = **in
+	}
+	if in.RequestTimeout != nil {
+		in, out := &in.RequestTimeout, &out.RequestTimeout
+		*out = new(v1.Duration)
+		**out = **in
+	}
 	if in.FailureStatusCodes != nil {
 		in, out := &in.FailureStatusCodes, &out.FailureStatusCodes
 		*out = make([]string, len(*in))

@@ -184,10 +184,17 @@ func (r *Reconciler) resolveUpstream(cb *cbv1.CircuitBreaker) (*url.URL, string,
 func SettingsFromSpec(spec *cbv1.CircuitBreakerSpec) breaker.Settings {
 	return breaker.Settings{
 		FailureThreshold:    uint32(max(spec.FailureThreshold, 0)),
-		RecoveryTimeout:     spec.RecoveryTimeout.Duration,
+		RecoveryTimeout:     durationOrZero(spec.RecoveryTimeout),
 		HalfOpenMaxRequests: uint32(max(spec.HalfOpenMaxRequests, 0)),
 		SuccessThreshold:    uint32(max(spec.SuccessThreshold, 0)),
 	}
+}
+
+func durationOrZero(d *metav1.Duration) time.Duration {
+	if d == nil {
+		return 0
+	}
+	return d.Duration
 }
 
 // savedSnapshot is the state recorded in a status, used when the breaker is
