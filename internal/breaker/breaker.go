@@ -128,7 +128,9 @@ type Snapshot struct {
 	LastTransitionTime time.Time
 	// OpenUntil is when probing starts; zero unless Open.
 	OpenUntil time.Time
-	Settings  Settings
+	// LastResetID is the id of the last Reset performed.
+	LastResetID string
+	Settings    Settings
 }
 
 // Breaker is one circuit breaker. It is safe for concurrent use.
@@ -156,6 +158,7 @@ type Breaker struct {
 	lastFailureCause Failure
 	lastTransition   time.Time
 	openUntil        time.Time
+	lastResetID      string
 }
 
 // Options are the optional hooks of a Breaker. Both are called without any
@@ -291,16 +294,23 @@ func (t Ticket) Cancel() {
 	b.mu.Unlock()
 }
 
-// Reset closes the breaker and clears its counts. Outcomes of calls allowed
-// before the reset are ignored.
-func (b *Breaker) Reset(reason string) {
+// Reset closes the breaker and clears its counts, once per id: a request to
+// reset that is seen again (a requeue, a restart) does nothing. Outcomes of
+// calls allowed before the reset are ignored. It reports whether it reset.
+func (b *Breaker) Reset(id, reason string) bool {
 	b.mu.Lock()
+	if id == b.lastResetID {
+		b.mu.Unlock()
+		return false
+	}
+	b.lastResetID = id
 	fired := b.setStateLocked(StateClosed, b.clock.Now(), reason)
 	fired.Reset = true
 	b.lastFailure = time.Time{}
 	b.lastFailureCause = Failure{}
 	b.mu.Unlock()
 	b.notify(fired)
+	return true
 }
 
 // Snapshot returns the current state. It also performs the time-driven
@@ -327,6 +337,7 @@ func (b *Breaker) snapshotLocked() Snapshot {
 		LastFailure:        b.lastFailure,
 		LastFailureCause:   b.lastFailureCause,
 		LastTransitionTime: b.lastTransition,
+		LastResetID:        b.lastResetID,
 		Settings:           b.settings,
 	}
 	if b.state == StateOpen {
@@ -380,6 +391,7 @@ func (b *Breaker) restore(s Snapshot) {
 	b.lastFailureCause = s.LastFailureCause
 	b.lastTransition = s.LastTransitionTime
 	b.openUntil = s.OpenUntil
+	b.lastResetID = s.LastResetID
 	if s.State == StateOpen && s.OpenUntil.IsZero() {
 		b.openUntil = s.LastTransitionTime.Add(b.settings.RecoveryTimeout)
 	}

@@ -317,7 +317,7 @@ func TestResetFromEveryState(t *testing.T) {
 			// A call admitted before the reset reports late: it must be ignored.
 			late, lateErr := b.Allow()
 
-			b.Reset("operator asked")
+			g.Expect(b.Reset("r1", "operator asked")).To(BeTrue())
 
 			s := b.Snapshot()
 			g.Expect(s.State).To(Equal(StateClosed))
@@ -335,6 +335,15 @@ func TestResetFromEveryState(t *testing.T) {
 			g.Expect(b.Snapshot().Failures).To(BeZero())
 			fail(g, b, 2)
 			g.Expect(b.Snapshot().State).To(Equal(StateClosed), "a fresh threshold after reset")
+
+			// The same id again does nothing; a new one resets.
+			transitions := len(rec.transitions)
+			g.Expect(b.Reset("r1", "operator asked")).To(BeFalse())
+			g.Expect(b.Snapshot().Failures).To(Equal(uint32(2)))
+			g.Expect(rec.transitions).To(HaveLen(transitions))
+			g.Expect(b.Reset("r2", "operator asked again")).To(BeTrue())
+			g.Expect(b.Snapshot().Failures).To(BeZero())
+			g.Expect(b.Snapshot().LastResetID).To(Equal("r2"))
 		})
 	}
 }

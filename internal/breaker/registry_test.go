@@ -103,8 +103,8 @@ func TestRegistryRestore(t *testing.T) {
 			wantState: StateOpen,
 		},
 		{
-			name:      "closed keeps its failures",
-			saved:     Snapshot{State: StateClosed, Failures: 4},
+			name:      "closed keeps its failures and its last reset",
+			saved:     Snapshot{State: StateClosed, Failures: 4, LastResetID: "r1"},
 			wantState: StateClosed,
 		},
 	}
@@ -126,6 +126,7 @@ func TestRegistryRestore(t *testing.T) {
 			g.Expect(s.State).To(Equal(tt.wantState))
 			if tt.saved.State == StateClosed {
 				g.Expect(s.Failures).To(Equal(tt.saved.Failures))
+				g.Expect(b.Reset("r1", "seen before the restart")).To(BeFalse())
 				fail(g, b, 1)
 				g.Expect(b.Snapshot().State).To(Equal(StateOpen), "the restored count still counts toward the threshold")
 			}

@@ -6,11 +6,13 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -21,8 +23,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
-	"sigs.k8s.io/controller-runtime/pkg/recorder"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
 	"sigs.k8s.io/controller-runtime/pkg/source"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
@@ -69,6 +71,10 @@ type Reconciler struct {
 	// Registry holds the live breakers, shared with the proxy and the API.
 	Registry *breaker.Registry
 
+	// written holds, by Key, the writtenStatus last patched: the base of the
+	// next patch, since the cache can lag behind our own writes.
+	written sync.Map
+
 	// queue is the controller's work queue, captured when it starts, so
 	// breaker changes enqueue their resource without a channel in between.
 	queue atomic.Pointer[workqueue.TypedRateLimitingInterface[reconcile.Request]]
@@ -93,10 +99,15 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	key := breaker.NewKey(req.Namespace, req.Name)
 	var cb cbv1.CircuitBreaker
 	if err := r.client.Get(ctx, req.NamespacedName, &cb); err != nil {
-		if client.IgnoreNotFound(err) == nil {
+		if apierrors.IsNotFound(err) {
 			r.Registry.Delete(key)
+			r.written.Delete(key)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	// The cache may not have caught up with our last status write yet.
+	if last, ok := r.written.Load(key); ok && last.(writtenStatus).uid == cb.UID {
+		cb.Status = *last.(writtenStatus).status.DeepCopy()
 	}
 
 	status := cb.Status.DeepCopy()
@@ -112,17 +123,16 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 			Type: cbv1.ConditionReady, Status: metav1.ConditionFalse,
 			Reason: reason, Message: err.Error(), ObservedGeneration: cb.Generation,
 		})
-		return ctrl.Result{}, r.patchStatus(ctx, &cb, status)
+		return ctrl.Result{}, r.patchStatus(ctx, key, &cb, status)
 	}
 	status.Upstream = upstream.String()
 
 	b, _ := r.Registry.Upsert(key, SettingsFromSpec(&cb.Spec), savedSnapshot(&cb.Status))
 
-	if value := cb.Annotations[cbv1.ResetAnnotation]; value != "" && value != cb.Status.LastHandledReset {
-		b.Reset("reset requested by annotation " + cbv1.ResetAnnotation + "=" + value)
+	if value := cb.Annotations[cbv1.ResetAnnotation]; value != "" &&
+		b.Reset(value, "reset requested by annotation "+cbv1.ResetAnnotation+"="+value) {
 		r.recorder.Eventf(&cb, nil, corev1.EventTypeNormal, ReasonReset, "Reset",
 			"breaker reset to Closed by annotation %s=%s", cbv1.ResetAnnotation, value)
-		status.LastHandledReset = value
 	}
 
 	snap := b.Snapshot()
@@ -131,7 +141,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		Type: cbv1.ConditionReady, Status: metav1.ConditionTrue,
 		Reason: ReasonActive, Message: "forwarding to " + status.Upstream, ObservedGeneration: cb.Generation,
 	})
-	if err := r.patchStatus(ctx, &cb, status); err != nil {
+	if err := r.patchStatus(ctx, key, &cb, status); err != nil {
 		return ctrl.Result{}, err
 	}
 	if snap.State == breaker.StateOpen {
@@ -142,8 +152,15 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	return ctrl.Result{}, nil
 }
 
-// patchStatus writes status with one merge patch, and not at all when nothing changed.
-func (r *Reconciler) patchStatus(ctx context.Context, cb *cbv1.CircuitBreaker, status *cbv1.CircuitBreakerStatus) error {
+// writtenStatus is the status last written for a resource.
+type writtenStatus struct {
+	uid    types.UID
+	status *cbv1.CircuitBreakerStatus
+}
+
+// patchStatus writes status with one merge patch against the status as
+// stored, and not at all when nothing changed.
+func (r *Reconciler) patchStatus(ctx context.Context, key breaker.Key, cb *cbv1.CircuitBreaker, status *cbv1.CircuitBreakerStatus) error {
 	if equality.Semantic.DeepEqual(&cb.Status, status) {
 		return nil
 	}
@@ -152,6 +169,7 @@ func (r *Reconciler) patchStatus(ctx context.Context, cb *cbv1.CircuitBreaker, s
 	if err := r.client.Status().Patch(ctx, cb, patch); err != nil {
 		return client.IgnoreNotFound(err)
 	}
+	r.written.Store(key, writtenStatus{uid: cb.UID, status: status})
 	return nil
 }
 
@@ -204,7 +222,7 @@ func savedSnapshot(st *cbv1.CircuitBreakerStatus) *breaker.Snapshot {
 	if err != nil {
 		return nil
 	}
-	s := &breaker.Snapshot{State: state, Failures: uint32(max(st.FailureCount, 0))}
+	s := &breaker.Snapshot{State: state, Failures: uint32(max(st.FailureCount, 0)), LastResetID: st.LastHandledReset}
 	if st.LastFailureTime != nil {
 		s.LastFailure = st.LastFailureTime.Time
 	}
@@ -227,6 +245,7 @@ func applySnapshot(status *cbv1.CircuitBreakerStatus, s breaker.Snapshot) {
 	status.LastFailureTime = wholeSeconds(s.LastFailure, false)
 	status.LastTransitionTime = wholeSeconds(s.LastTransitionTime, false)
 	status.OpenUntil = wholeSeconds(s.OpenUntil, true)
+	status.LastHandledReset = s.LastResetID
 }
 
 func wholeSeconds(t time.Time, roundUp bool) *metav1.Time {

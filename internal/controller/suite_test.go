@@ -26,7 +26,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
-	"github.com/circuitbreaker-io/operator/internal/testenv"
+	"github.com/circuitbreaker-io/operator/internal/controlplane"
 )
 
 var (
@@ -37,13 +37,13 @@ var (
 
 func TestMain(m *testing.M) {
 	log.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapLevelFromEnv())))
-	env, err := testenv.Start()
+	env, err := controlplane.Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	restConfig = env.Config
-	k8sClient, err = client.New(restConfig, client.Options{Scheme: testenv.Scheme()})
+	k8sClient, err = client.New(restConfig, client.Options{Scheme: controlplane.Scheme()})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
@@ -82,7 +82,7 @@ func startManager(t *testing.T, namespace string, opts Options) *Reconciler {
 	t.Helper()
 	g := NewWithT(t)
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
-		Scheme:                 testenv.Scheme(),
+		Scheme:                 controlplane.Scheme(),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{namespace: {}}},
@@ -101,17 +101,36 @@ func startManager(t *testing.T, namespace string, opts Options) *Reconciler {
 	return r
 }
 
-// events lists the reasons and notes of the Events recorded on a breaker.
+// events lists "reason: note" of the Events recorded on a breaker, once per
+// occurrence (a repeated Event is one object with a series count).
 func events(g Gomega, namespace, name string) []string {
 	var list eventsv1.EventList
 	g.Expect(k8sClient.List(context.Background(), &list, client.InNamespace(namespace))).To(Succeed())
 	var out []string
 	for _, e := range list.Items {
-		if e.Regarding.Name == name && e.Regarding.Kind == "CircuitBreaker" {
+		if e.Regarding.Name != name || e.Regarding.Kind != "CircuitBreaker" {
+			continue
+		}
+		count := 1
+		if e.Series != nil {
+			count = int(e.Series.Count)
+		}
+		for range count {
 			out = append(out, e.Reason+": "+e.Note)
 		}
 	}
 	return out
+}
+
+// countPrefix counts the entries of list that start with prefix.
+func countPrefix(list []string, prefix string) int {
+	n := 0
+	for _, s := range list {
+		if strings.HasPrefix(s, prefix) {
+			n++
+		}
+	}
+	return n
 }
 
 func getBreaker(g Gomega, namespace, name string) *cbv1.CircuitBreaker {

@@ -1,6 +1,7 @@
-// Package testenv starts the real kube-apiserver and etcd that the project
-// builds from source (hack/control-plane.sh) for envtest-based tests.
-package testenv
+// Package controlplane starts the real kube-apiserver and etcd that the
+// project builds from source (hack/control-plane.sh), with the project's CRDs
+// installed: for envtest-based tests, the e2e tests and `make run-local`.
+package controlplane
 
 import (
 	"fmt"
@@ -12,6 +13,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
@@ -66,4 +68,23 @@ func Start() (*envtest.Environment, error) {
 		return nil, fmt.Errorf("starting the API server: %w", err)
 	}
 	return env, nil
+}
+
+// WriteAdminKubeconfig writes a kubeconfig for a cluster administrator of env to path.
+func WriteAdminKubeconfig(env *envtest.Environment, path string) error {
+	user, err := env.AddUser(envtest.User{Name: "admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return fmt.Errorf("adding the admin user: %w", err)
+	}
+	kubeconfig, err := user.KubeConfig()
+	if err != nil {
+		return err
+	}
+	if _, err := clientcmd.Load(kubeconfig); err != nil {
+		return fmt.Errorf("kubeconfig does not parse: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, kubeconfig, 0o600)
 }

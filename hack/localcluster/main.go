@@ -1,0 +1,131 @@
+// Command localcluster runs the operator for real on this machine: it starts
+// a local kube-apiserver and etcd (built from source by hack/control-plane.sh),
+// installs the CRDs, writes bin/kubeconfig, applies the samples and runs the
+// manager command given after "--" in the foreground until Ctrl-C.
+//
+//	go run ./hack/localcluster -- bin/manager --allow-url-upstreams
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	"github.com/circuitbreaker-io/operator/internal/controlplane"
+)
+
+func main() {
+	kubeconfig := flag.String("write-kubeconfig", "bin/kubeconfig", "where to write the admin kubeconfig")
+	samples := flag.String("samples", "config/samples", "directory of sample CircuitBreakers to apply in namespace default")
+	flag.Parse()
+	if flag.NArg() == 0 {
+		fmt.Fprintln(os.Stderr, "usage: localcluster [flags] -- MANAGER [ARGS...]")
+		os.Exit(2)
+	}
+	if err := run(*kubeconfig, *samples, flag.Args()); err != nil {
+		fmt.Fprintln(os.Stderr, "localcluster:", err)
+		os.Exit(1)
+	}
+}
+
+func run(kubeconfig, samples string, manager []string) error {
+	fmt.Fprintln(os.Stderr, "localcluster: starting kube-apiserver and etcd (the first run builds them, about 10 minutes)")
+	env, err := controlplane.Start()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := env.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "localcluster: stopping the control plane:", err)
+		}
+	}()
+	kubeconfig, err = filepath.Abs(kubeconfig)
+	if err != nil {
+		return err
+	}
+	if err := controlplane.WriteAdminKubeconfig(env, kubeconfig); err != nil {
+		return err
+	}
+	c, err := client.New(env.Config, client.Options{})
+	if err != nil {
+		return err
+	}
+	applied, err := applySamples(c, samples)
+	if err != nil {
+		return err
+	}
+
+	fmt.Fprintf(os.Stderr, `
+localcluster: API server %s, CRDs installed, samples applied: %s
+In another terminal:
+  export KUBECONFIG=%s
+  kubectl get cb
+  kubectl annotate cb order-api circuitbreaker.io/reset="$(date +%%s%%N)" --overwrite
+Press Ctrl-C to stop the manager and the control plane.
+
+`, env.Config.Host, strings.Join(applied, ", "), kubeconfig)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	cmd := exec.Command(manager[0], append(manager[1:], "--kubeconfig", kubeconfig)...)
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting the manager: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		return fmt.Errorf("the manager exited: %v", err)
+	case <-ctx.Done():
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		<-exited
+		return nil
+	}
+}
+
+// applySamples creates every object in dir's YAML files (except the
+// kustomization) in namespace default.
+func applySamples(c client.Client, dir string) ([]string, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		return nil, err
+	}
+	var applied []string
+	for _, file := range files {
+		if filepath.Base(file) == "kustomization.yaml" {
+			continue
+		}
+		data, err := os.ReadFile(file)
+		if err != nil {
+			return nil, err
+		}
+		for _, doc := range strings.Split(string(data), "\n---") {
+			obj := &unstructured.Unstructured{}
+			if err := yaml.Unmarshal([]byte(doc), &obj.Object); err != nil {
+				return nil, fmt.Errorf("%s: %w", file, err)
+			}
+			if len(obj.Object) == 0 {
+				continue
+			}
+			if obj.GetNamespace() == "" {
+				obj.SetNamespace("default")
+			}
+			if err := c.Create(context.Background(), obj); err != nil {
+				return nil, fmt.Errorf("applying %s: %w", file, err)
+			}
+			applied = append(applied, obj.GetName())
+		}
+	}
+	return applied, nil
+}
