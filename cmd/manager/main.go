@@ -5,27 +5,34 @@ package main
 
 import (
 	"flag"
+	"net/http"
 	"os"
+	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/controller"
+	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
 
 func main() {
 	var (
-		metricsAddr, probeAddr string
-		leaderElect            bool
-		allowURLUpstreams      bool
+		proxyAddr, metricsAddr, probeAddr string
+		leaderElect                       bool
+		allowURLUpstreams                 bool
 	)
+	flag.StringVar(&proxyAddr, "proxy-bind-address", ":8080", "address of the data plane: /<namespace>/<name>/<path>")
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443", "address of the Prometheus metrics endpoint; 0 turns it off")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "use leader election for the controller")
@@ -53,12 +60,19 @@ func main() {
 		os.Exit(1)
 	}
 
-	reconciler := controller.New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), clock.RealClock{},
-		controller.Options{AllowURLUpstreams: allowURLUpstreams})
+	metrics := proxy.NewMetrics(ctrlmetrics.Registry)
+	routes := proxy.NewTable(metrics)
+	reconciler := controller.New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), clock.RealClock{}, routes,
+		controller.Options{AllowURLUpstreams: allowURLUpstreams, OnTransition: metrics.RecordTransition})
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		setupLog.Error(err, "unable to set up controller")
 		os.Exit(1)
 	}
+	utilruntime.Must(mgr.Add(&manager.Server{
+		Name:            "proxy",
+		Server:          &http.Server{Addr: proxyAddr, Handler: proxy.New(routes, clock.RealClock{}, nil), ReadHeaderTimeout: 10 * time.Second},
+		ShutdownTimeout: ptr.To(10 * time.Second),
+	}))
 	utilruntime.Must(mgr.AddHealthzCheck("healthz", healthz.Ping))
 	utilruntime.Must(mgr.AddReadyzCheck("readyz", healthz.Ping))
 

@@ -29,6 +29,7 @@ import (
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
 
 // Event reasons, as the contract names them.
@@ -44,6 +45,7 @@ const (
 	ReasonActive             = "Active"
 	ReasonInvalidUpstream    = "InvalidUpstream"
 	ReasonUpstreamNotAllowed = "UpstreamNotAllowed"
+	ReasonInvalidSpec        = "InvalidSpec"
 )
 
 // CountsFlushInterval is how often failure counts that changed without a
@@ -66,6 +68,7 @@ type Reconciler struct {
 	client   client.Client
 	recorder recorder.EventRecorder
 	clock    clock.WithTicker
+	routes   *proxy.Table
 	opts     Options
 
 	// Registry holds the live breakers, shared with the proxy and the API.
@@ -80,9 +83,9 @@ type Reconciler struct {
 	queue atomic.Pointer[workqueue.TypedRateLimitingInterface[reconcile.Request]]
 }
 
-// New returns a Reconciler with an empty registry.
-func New(c client.Client, rec recorder.EventRecorder, clk clock.WithTicker, opts Options) *Reconciler {
-	r := &Reconciler{client: c, recorder: rec, clock: clk, opts: opts}
+// New returns a Reconciler with an empty registry that keeps routes in step.
+func New(c client.Client, rec recorder.EventRecorder, clk clock.WithTicker, routes *proxy.Table, opts Options) *Reconciler {
+	r := &Reconciler{client: c, recorder: rec, clock: clk, routes: routes, opts: opts}
 	r.Registry = breaker.NewRegistry(clk, breaker.RegistryOptions{
 		OnTransition:    r.onTransition,
 		OnCountsChanged: r.enqueue,
@@ -100,6 +103,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	var cb cbv1.CircuitBreaker
 	if err := r.client.Get(ctx, req.NamespacedName, &cb); err != nil {
 		if apierrors.IsNotFound(err) {
+			r.routes.Delete(key)
 			r.Registry.Delete(key)
 			r.written.Delete(key)
 		}
@@ -115,19 +119,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 
 	upstream, reason, err := r.resolveUpstream(&cb)
 	if err != nil {
-		// A breaker that cannot serve is not kept: the proxy answers for it
-		// from the Ready condition instead.
-		r.Registry.Delete(key)
-		status.Upstream = ""
-		meta.SetStatusCondition(&status.Conditions, metav1.Condition{
-			Type: cbv1.ConditionReady, Status: metav1.ConditionFalse,
-			Reason: reason, Message: err.Error(), ObservedGeneration: cb.Generation,
-		})
-		return ctrl.Result{}, r.patchStatus(ctx, key, &cb, status)
+		return ctrl.Result{}, r.refuse(ctx, key, &cb, status, reason, err)
 	}
 	status.Upstream = upstream.String()
 
 	b, _ := r.Registry.Upsert(key, SettingsFromSpec(&cb.Spec), savedSnapshot(&cb.Status))
+	if err := r.routes.Set(key, b, upstream, &cb.Spec); err != nil {
+		return ctrl.Result{}, r.refuse(ctx, key, &cb, status, ReasonInvalidSpec, err)
+	}
 
 	if value := cb.Annotations[cbv1.ResetAnnotation]; value != "" &&
 		b.Reset(value, "reset requested by annotation "+cbv1.ResetAnnotation+"="+value) {
@@ -150,6 +149,19 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		return ctrl.Result{RequeueAfter: snap.OpenUntil.Sub(r.clock.Now()) + 10*time.Millisecond}, nil
 	}
 	return ctrl.Result{}, nil
+}
+
+// refuse takes a breaker that cannot serve out of the registry, makes the
+// proxy answer 403 for it, and says why in the Ready condition.
+func (r *Reconciler) refuse(ctx context.Context, key breaker.Key, cb *cbv1.CircuitBreaker, status *cbv1.CircuitBreakerStatus, reason string, err error) error {
+	r.routes.Refuse(key, err.Error())
+	r.Registry.Delete(key)
+	status.Upstream = ""
+	meta.SetStatusCondition(&status.Conditions, metav1.Condition{
+		Type: cbv1.ConditionReady, Status: metav1.ConditionFalse,
+		Reason: reason, Message: err.Error(), ObservedGeneration: cb.Generation,
+	})
+	return r.patchStatus(ctx, key, cb, status)
 }
 
 // writtenStatus is the status last written for a resource.

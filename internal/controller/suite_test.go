@@ -10,6 +10,7 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
@@ -27,6 +28,7 @@ import (
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/controlplane"
+	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
 
 var (
@@ -89,7 +91,8 @@ func startManager(t *testing.T, namespace string, opts Options) *Reconciler {
 		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
 	})
 	g.Expect(err).NotTo(HaveOccurred())
-	r := New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), clock.RealClock{}, opts)
+	metrics := proxy.NewMetrics(prometheus.NewRegistry())
+	r := New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), clock.RealClock{}, proxy.NewTable(metrics), opts)
 	g.Expect(r.SetupWithManager(mgr)).To(Succeed())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
