@@ -45,7 +45,7 @@ func withRecovery(d time.Duration) func(*cbv1.CircuitBreaker) {
 }
 
 // liveBreaker waits for the registry to hold the breaker and returns it.
-func liveBreaker(g Gomega, r *Reconciler, namespace, name string) *breaker.Breaker {
+func liveBreaker(g Gomega, r *harness, namespace, name string) *breaker.Breaker {
 	var b *breaker.Breaker
 	g.Eventually(func() bool {
 		var ok bool

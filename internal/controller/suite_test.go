@@ -21,6 +21,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
@@ -78,22 +79,46 @@ func newNamespace(t *testing.T) string {
 	return name
 }
 
+// harness is a running manager with a fresh Reconciler.
+type harness struct {
+	*Reconciler
+	routes  *proxy.Table
+	metrics *prometheus.Registry
+	// statusPatches counts the status writes the Reconciler made.
+	statusPatches atomic.Int64
+}
+
 // startManager runs a manager with a fresh Reconciler that sees only namespace,
 // as a restarted manager would start: with an empty registry.
-func startManager(t *testing.T, namespace string, opts Options) *Reconciler {
+func startManager(t *testing.T, namespace string, opts Options) *harness {
 	t.Helper()
 	g := NewWithT(t)
+	h := &harness{metrics: prometheus.NewRegistry()}
+	countPatches := interceptor.Funcs{
+		SubResourcePatch: func(ctx context.Context, c client.Client, sub string, obj client.Object, patch client.Patch, opts ...client.SubResourcePatchOption) error {
+			h.statusPatches.Add(1)
+			return c.SubResource(sub).Patch(ctx, obj, patch, opts...)
+		},
+	}
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:                 controlplane.Scheme(),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{namespace: {}}},
 		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
+		NewClient: func(cfg *rest.Config, o client.Options) (client.Client, error) {
+			c, err := client.NewWithWatch(cfg, o)
+			return interceptor.NewClient(c, countPatches), err
+		},
 	})
 	g.Expect(err).NotTo(HaveOccurred())
-	metrics := proxy.NewMetrics(prometheus.NewRegistry())
-	r := New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), clock.RealClock{}, proxy.NewTable(metrics), opts)
-	g.Expect(r.SetupWithManager(mgr)).To(Succeed())
+	metrics := proxy.NewMetrics(h.metrics)
+	h.routes = proxy.NewTable(metrics)
+	if opts.OnTransition == nil {
+		opts.OnTransition = metrics.RecordTransition
+	}
+	h.Reconciler = New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), clock.RealClock{}, h.routes, opts)
+	g.Expect(h.SetupWithManager(mgr)).To(Succeed())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
@@ -101,7 +126,7 @@ func startManager(t *testing.T, namespace string, opts Options) *Reconciler {
 		cancel()
 		g.Eventually(done, 30*time.Second).Should(Receive(BeNil()))
 	})
-	return r
+	return h
 }
 
 // events lists "reason: note" of the Events recorded on a breaker, once per

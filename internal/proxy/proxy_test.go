@@ -396,7 +396,8 @@ func TestHalfOpenAdmitsExactlyTheProbeLimit(t *testing.T) {
 			g.Expect(resp.Header.Get("Retry-After")).To(Equal("1"))
 			rejected++
 		}
-		g.Expect(up.hits.Load()).To(Equal(int32(limit)), "exactly halfOpenMaxRequests probes reach the upstream")
+		g.Eventually(up.hits.Load).Should(Equal(int32(limit)), "exactly halfOpenMaxRequests probes reach the upstream")
+		g.Consistently(up.hits.Load, 200*time.Millisecond).Should(Equal(int32(limit)))
 		close(up.release)
 		wg.Wait()
 		close(statuses)
