@@ -487,3 +487,27 @@ func TestCountChangesAreReported(t *testing.T) {
 	succeed(g, b, 1)
 	g.Expect(rec.changes).To(Equal(2))
 }
+
+// countingClock counts reads of the time.
+type countingClock struct {
+	*clocktesting.FakeClock
+	reads int
+}
+
+func (c *countingClock) Now() time.Time { c.reads++; return c.FakeClock.Now() }
+
+func TestClosedHotPathReadsNoClock(t *testing.T) {
+	g := NewWithT(t)
+	clk := &countingClock{FakeClock: clocktesting.NewFakeClock(epoch)}
+	b := New(Settings{FailureThreshold: 3}, clk, Options{})
+	clk.reads = 0
+	for range 100 {
+		tk, err := b.Allow()
+		g.Expect(err).NotTo(HaveOccurred())
+		tk.Success()
+	}
+	g.Expect(clk.reads).To(BeZero(), "permission and a success while closed read no clock")
+	tk, _ := b.Allow()
+	tk.Failure(http503)
+	g.Expect(clk.reads).To(Equal(1), "a failure reads it once, for lastFailureTime")
+}

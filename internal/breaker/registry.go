@@ -4,11 +4,12 @@ import (
 	"context"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"k8s.io/utils/clock"
+
+	"github.com/circuitbreaker-io/operator/internal/cowmap"
 )
 
 // Key names a breaker as "<namespace>/<name>", the form the proxy finds in a
@@ -34,15 +35,12 @@ type RegistryOptions struct {
 	OnCountsChanged func(Key)
 }
 
-// Registry holds the live breakers. Lookups are lock-free: writers replace an
-// immutable map, which suits a table read on every request and written only
-// when a resource changes.
+// Registry holds the live breakers. Lookups are lock-free, as the table is
+// read on every request and written only when a resource changes.
 type Registry struct {
-	clock clock.WithTicker
-	opts  RegistryOptions
-
-	writeMu sync.Mutex
-	entries atomic.Pointer[map[Key]*entry]
+	clock   clock.WithTicker
+	opts    RegistryOptions
+	entries cowmap.Map[Key, *entry]
 }
 
 type entry struct {
@@ -53,14 +51,12 @@ type entry struct {
 
 // NewRegistry returns an empty registry.
 func NewRegistry(clk clock.WithTicker, opts RegistryOptions) *Registry {
-	r := &Registry{clock: clk, opts: opts}
-	r.entries.Store(&map[Key]*entry{})
-	return r
+	return &Registry{clock: clk, opts: opts}
 }
 
 // Get returns the breaker for key.
 func (r *Registry) Get(key Key) (*Breaker, bool) {
-	e, ok := (*r.entries.Load())[key]
+	e, ok := r.entries.Load(key)
 	if !ok {
 		return nil, false
 	}
@@ -71,54 +67,40 @@ func (r *Registry) Get(key Key) (*Breaker, bool) {
 // (keeping its state). A newly created breaker starts from saved when given,
 // e.g. the state recorded in a resource's status before a restart.
 func (r *Registry) Upsert(key Key, settings Settings, saved *Snapshot) (b *Breaker, created bool) {
-	r.writeMu.Lock()
-	defer r.writeMu.Unlock()
-	old := *r.entries.Load()
-	if e, ok := old[key]; ok {
-		e.breaker.Update(settings)
-		return e.breaker, false
-	}
-	e := &entry{}
-	e.breaker = New(settings, r.clock, Options{
-		OnTransition: func(t Transition) {
-			if r.opts.OnTransition != nil {
-				r.opts.OnTransition(key, t)
-			}
-		},
-		OnChange: func() { e.countsChanged.Store(true) },
+	e, _ := r.entries.Update(key, func(e *entry, loaded bool) (*entry, bool) {
+		if loaded {
+			return e, true
+		}
+		created = true
+		e = &entry{}
+		e.breaker = New(settings, r.clock, Options{
+			OnTransition: func(t Transition) {
+				if r.opts.OnTransition != nil {
+					r.opts.OnTransition(key, t)
+				}
+			},
+			OnChange: func() { e.countsChanged.Store(true) },
+		})
+		if saved != nil {
+			e.breaker.restore(*saved)
+		}
+		return e, true
 	})
-	if saved != nil {
-		e.breaker.restore(*saved)
+	if !created {
+		// Outside the table's lock: an update may fire a transition.
+		e.breaker.Update(settings)
 	}
-	next := make(map[Key]*entry, len(old)+1)
-	for k, v := range old {
-		next[k] = v
-	}
-	next[key] = e
-	r.entries.Store(&next)
-	return e.breaker, true
+	return e.breaker, created
 }
 
 // Delete removes the breaker for key.
 func (r *Registry) Delete(key Key) {
-	r.writeMu.Lock()
-	defer r.writeMu.Unlock()
-	old := *r.entries.Load()
-	if _, ok := old[key]; !ok {
-		return
-	}
-	next := make(map[Key]*entry, len(old))
-	for k, v := range old {
-		if k != key {
-			next[k] = v
-		}
-	}
-	r.entries.Store(&next)
+	r.entries.Update(key, func(*entry, bool) (*entry, bool) { return nil, false })
 }
 
 // Keys returns the keys of all breakers, sorted.
 func (r *Registry) Keys() []Key {
-	m := *r.entries.Load()
+	m := r.entries.Snapshot()
 	keys := make([]Key, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
@@ -145,7 +127,7 @@ func (r *Registry) flushCountChanges() {
 	if r.opts.OnCountsChanged == nil {
 		return
 	}
-	for k, e := range *r.entries.Load() {
+	for k, e := range r.entries.Snapshot() {
 		if e.countsChanged.Swap(false) {
 			r.opts.OnCountsChanged(k)
 		}

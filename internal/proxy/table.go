@@ -5,11 +5,11 @@ package proxy
 
 import (
 	"net/url"
-	"sync"
 	"time"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/cowmap"
 )
 
 // DefaultRequestTimeout applies when a spec has none, as the schema's default.
@@ -35,11 +35,11 @@ type fallback struct {
 	body        []byte
 }
 
-// Table holds the routes by breaker key. Reads are lock-free (sync.Map),
-// as every request reads it and only resource changes write it.
+// Table holds the routes by breaker key. Reads are lock-free, as every
+// request reads it and only resource changes write it.
 type Table struct {
 	metrics *Metrics
-	routes  sync.Map // breaker.Key → *route
+	routes  cowmap.Map[breaker.Key, *route]
 }
 
 // NewTable returns an empty table whose routes count into metrics.
@@ -74,7 +74,7 @@ func (t *Table) Set(key breaker.Key, b *breaker.Breaker, target *url.URL, spec *
 			rt.fallback.status = 503
 		}
 	}
-	if old, loaded := t.routes.Swap(key, rt); !loaded || old.(*route).refused != "" {
+	if old, loaded := t.swap(key, rt); !loaded || old.refused != "" {
 		t.metrics.SetState(key, b.Snapshot().State)
 	}
 	return nil
@@ -83,22 +83,27 @@ func (t *Table) Set(key breaker.Key, b *breaker.Breaker, target *url.URL, spec *
 // Refuse makes the proxy answer 403 with reason for key. A refused breaker
 // has no live state, so it has no metrics either.
 func (t *Table) Refuse(key breaker.Key, reason string) {
-	if old, loaded := t.routes.Swap(key, &route{key: key, refused: reason}); loaded && old.(*route).refused == "" {
+	if old, loaded := t.swap(key, &route{key: key, refused: reason}); loaded && old.refused == "" {
 		t.metrics.Forget(key)
 	}
 }
 
 // Delete removes the route and its metrics.
 func (t *Table) Delete(key breaker.Key) {
-	if _, loaded := t.routes.LoadAndDelete(key); loaded {
+	if _, loaded := t.swap(key, nil); loaded {
 		t.metrics.Forget(key)
 	}
 }
 
+// swap stores rt for key (deletes it when nil) and returns the route it replaced.
+func (t *Table) swap(key breaker.Key, rt *route) (old *route, loaded bool) {
+	t.routes.Update(key, func(prev *route, ok bool) (*route, bool) {
+		old, loaded = prev, ok
+		return rt, rt != nil
+	})
+	return old, loaded
+}
+
 func (t *Table) get(key breaker.Key) (*route, bool) {
-	v, ok := t.routes.Load(key)
-	if !ok {
-		return nil, false
-	}
-	return v.(*route), true
+	return t.routes.Load(key)
 }
