@@ -10,6 +10,8 @@ LOCALBIN ?= $(shell pwd)/bin
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 KUBECTL ?= kubectl
+KUSTOMIZE_VERSION ?= v5.8.3
+KUSTOMIZE ?= $(LOCALBIN)/kustomize-$(KUSTOMIZE_VERSION)
 # Where the locally built kube-apiserver and etcd live (see hack/control-plane.sh).
 ASSETS = $(shell hack/control-plane.sh)
 TEST_TIMEOUT ?= 20m
@@ -50,17 +52,17 @@ test: manifests generate fmt vet ## Run unit and envtest tests (with -race) on a
 	KUBEBUILDER_ASSETS="$(ASSETS)" go test -race -timeout $(TEST_TIMEOUT) ./... -coverprofile cover.out
 
 .PHONY: test-e2e
-test-e2e: build ## Run the end-to-end tests: the real manager binary and kubectl on a local control plane.
+test-e2e: build build-installer ## Run the end-to-end tests: the real manager binary and kubectl on a local control plane.
 	KUBEBUILDER_ASSETS="$(ASSETS)" go test -tags e2e -race -timeout 15m -count 1 -v ./test/e2e/
 
 .PHONY: bench
-bench: ## Run the benchmarks recorded in docs/benchmarks.md.
-	go test -run '^$$' -bench . -benchmem ./internal/...
+bench: ## Run the benchmarks of docs/benchmarks.md in interleaved rounds, with benchstat.
+	hack/bench.sh
 
 .PHONY: verify
-verify: manifests generate fmt ## Regenerate everything and fail if the tree changed.
+verify: manifests generate fmt build-installer ## Regenerate everything and fail if the tree changed.
 	@git diff --exit-code -- . || { echo "generated files are out of date: run 'make manifests generate fmt' and commit"; exit 1; }
-	@test -z "$$(git status --porcelain --untracked-files=all -- api config internal cmd)" || { git status --porcelain --untracked-files=all -- api config internal cmd; echo "untracked generated files: commit them"; exit 1; }
+	@test -z "$$(git status --porcelain --untracked-files=all -- api config internal cmd dist)" || { git status --porcelain --untracked-files=all -- api config internal cmd dist; echo "untracked generated files: commit them"; exit 1; }
 
 ##@ Build
 
@@ -81,9 +83,10 @@ docker-build: ## Build the manager image (needs a Docker engine).
 	docker build -t $(IMG) .
 
 .PHONY: build-installer
-build-installer: manifests ## Write dist/install.yaml: CRD, RBAC and the manager Deployment.
+build-installer: manifests kustomize ## Write dist/install.yaml (namespace, CRD, RBAC, manager) for image IMG.
 	mkdir -p dist
-	cd config/manager && $(KUBECTL) kustomize . >/dev/null && $(KUBECTL) kustomize ../default | sed "s#controller:latest#$(IMG)#" > ../../dist/install.yaml
+	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
+	$(KUSTOMIZE) build config/default > dist/install.yaml
 
 ##@ Deployment
 
@@ -104,6 +107,13 @@ undeploy: ## Remove the operator from the cluster of your kubeconfig.
 	$(KUBECTL) delete --ignore-not-found -f dist/install.yaml
 
 ##@ Tools
+
+.PHONY: kustomize
+kustomize: $(KUSTOMIZE)
+$(KUSTOMIZE):
+	@mkdir -p $(LOCALBIN)
+	GOBIN=$(LOCALBIN) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+	mv $(LOCALBIN)/kustomize $(KUSTOMIZE)
 
 .PHONY: controller-gen
 controller-gen: $(CONTROLLER_GEN)

@@ -5,14 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS="${ROUNDS:-6}"
+BENCHTIME="${BENCHTIME:-1s}"
+PACKAGES="${PACKAGES:-breaker proxy}"
 mkdir -p bin/bench
 [ -x bin/benchstat ] || GOBIN="$PWD/bin" go install golang.org/x/perf/cmd/benchstat@v0.0.0-20260908200009-22c9c6c9d4da
-: > bin/bench/breaker.txt
-: > bin/bench/proxy.txt
+for pkg in $PACKAGES; do : > "bin/bench/$pkg.txt"; done
 for round in $(seq "$ROUNDS"); do
   echo "round $round/$ROUNDS" >&2
-  go test -run '^$' -bench . -benchmem -count 1 ./internal/breaker/ >> bin/bench/breaker.txt
-  go test -run '^$' -bench . -benchmem -count 1 ./internal/proxy/ >> bin/bench/proxy.txt
+  for pkg in $PACKAGES; do
+    go test -run '^$' -bench . -benchmem -benchtime "$BENCHTIME" -count 1 "./internal/$pkg/" >> "bin/bench/$pkg.txt"
+  done
 done
-bin/benchstat bin/bench/proxy.txt
-bin/benchstat bin/bench/breaker.txt
+for pkg in $PACKAGES; do bin/benchstat "bin/bench/$pkg.txt"; done

@@ -141,7 +141,8 @@ type CircuitBreakerStatus struct {
 	// +optional
 	State string `json:"state,omitempty"`
 
-	// FailureCount is the number of consecutive failures in the current Closed period.
+	// FailureCount is the number of consecutive failures in the current Closed
+	// period; while Open or HalfOpen, the failures that opened the circuit.
 	// +kubebuilder:default=0
 	// +optional
 	FailureCount int32 `json:"failureCount"`
@@ -166,6 +167,12 @@ type CircuitBreakerStatus struct {
 	// +optional
 	Upstream string `json:"upstream,omitempty"`
 
+	// History holds the last 10 transitions, oldest first.
+	// +kubebuilder:validation:MaxItems=10
+	// +listType=atomic
+	// +optional
+	History []TransitionRecord `json:"history,omitempty"`
+
 	// ObservedGeneration is the generation of the spec this status describes.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
@@ -175,6 +182,21 @@ type CircuitBreakerStatus struct {
 	// +listMapKey=type
 	// +optional
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// TransitionRecord is one change of the breaker's state.
+type TransitionRecord struct {
+	// Time of the transition.
+	Time metav1.MicroTime `json:"time"`
+	// From is the state before.
+	// +kubebuilder:validation:Enum=Closed;Open;HalfOpen
+	From string `json:"from"`
+	// To is the state after.
+	// +kubebuilder:validation:Enum=Closed;Open;HalfOpen
+	To string `json:"to"`
+	// Reason says why, with counts, e.g. "5 consecutive failures, last: 503".
+	// +kubebuilder:validation:MaxLength=1024
+	Reason string `json:"reason"`
 }
 
 // CircuitBreaker is a circuit breaker in front of one upstream.

@@ -22,17 +22,23 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
+	"github.com/circuitbreaker-io/operator/internal/api"
+	"github.com/circuitbreaker-io/operator/internal/breaker"
 	"github.com/circuitbreaker-io/operator/internal/controller"
+	"github.com/circuitbreaker-io/operator/internal/notify"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
 
 func main() {
 	var (
-		proxyAddr, metricsAddr, probeAddr string
-		leaderElect                       bool
-		allowURLUpstreams                 bool
+		proxyAddr, apiAddr, metricsAddr, probeAddr string
+		notifyWebhook                              string
+		leaderElect                                bool
+		allowURLUpstreams                          bool
 	)
 	flag.StringVar(&proxyAddr, "proxy-bind-address", ":8080", "address of the data plane: /<namespace>/<name>/<path>")
+	flag.StringVar(&apiAddr, "api-bind-address", "127.0.0.1:8082", "address of the REST API and dashboard (reach it with kubectl port-forward)")
+	flag.StringVar(&notifyWebhook, "notify-webhook", "", "URL to POST a JSON notification to on every transition")
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443", "address of the Prometheus metrics endpoint; 0 turns it off")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "use leader election for the controller")
@@ -62,17 +68,28 @@ func main() {
 
 	metrics := proxy.NewMetrics(ctrlmetrics.Registry)
 	routes := proxy.NewTable(metrics)
+	onTransition := metrics.RecordTransition
+	if notifyWebhook != "" {
+		webhook := notify.NewWebhook(notifyWebhook, notify.Options{Log: ctrl.Log.WithName("notify")})
+		utilruntime.Must(mgr.Add(manager.RunnableFunc(webhook.Run)))
+		onTransition = func(key breaker.Key, t breaker.Transition) {
+			metrics.RecordTransition(key, t)
+			webhook.Notify(key, t)
+		}
+	}
 	reconciler := controller.New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), clock.RealClock{}, routes,
-		controller.Options{AllowURLUpstreams: allowURLUpstreams, OnTransition: metrics.RecordTransition})
+		controller.Options{AllowURLUpstreams: allowURLUpstreams, OnTransition: onTransition})
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		setupLog.Error(err, "unable to set up controller")
 		os.Exit(1)
 	}
-	utilruntime.Must(mgr.Add(&manager.Server{
-		Name:            "proxy",
-		Server:          &http.Server{Addr: proxyAddr, Handler: proxy.New(routes, clock.RealClock{}, nil), ReadHeaderTimeout: 10 * time.Second},
-		ShutdownTimeout: ptr.To(10 * time.Second),
-	}))
+	for name, srv := range map[string]*http.Server{
+		"proxy": {Addr: proxyAddr, Handler: proxy.New(routes, clock.RealClock{}, nil)},
+		"api":   {Addr: apiAddr, Handler: api.New(reconciler.Registry, mgr.GetClient(), clock.RealClock{}, api.DefaultResetTimeout)},
+	} {
+		srv.ReadHeaderTimeout = 10 * time.Second
+		utilruntime.Must(mgr.Add(&manager.Server{Name: name, Server: srv, ShutdownTimeout: ptr.To(10 * time.Second)}))
+	}
 	utilruntime.Must(mgr.AddHealthzCheck("healthz", healthz.Ping))
 	utilruntime.Must(mgr.AddReadyzCheck("readyz", healthz.Ping))
 

@@ -6,6 +6,7 @@ package breaker
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -118,10 +119,14 @@ type Transition struct {
 	Reset bool
 }
 
+// HistoryLimit is how many transitions a breaker remembers.
+const HistoryLimit = 10
+
 // Snapshot is a consistent copy of a breaker's observable state.
 type Snapshot struct {
 	State State
-	// Failures counts consecutive failures in the current Closed period.
+	// Failures counts consecutive failures in the current Closed period or,
+	// while Open or HalfOpen, the failures that opened the circuit.
 	Failures           uint32
 	LastFailure        time.Time
 	LastFailureCause   Failure
@@ -130,7 +135,12 @@ type Snapshot struct {
 	OpenUntil time.Time
 	// LastResetID is the id of the last Reset performed.
 	LastResetID string
-	Settings    Settings
+	// History holds the last HistoryLimit transitions, oldest first.
+	History []Transition
+	// Allowed and Rejected count the calls admitted and refused since the
+	// breaker was created (not restored across restarts).
+	Allowed, Rejected uint64
+	Settings          Settings
 }
 
 // Breaker is one circuit breaker. It is safe for concurrent use.
@@ -159,6 +169,9 @@ type Breaker struct {
 	lastTransition   time.Time
 	openUntil        time.Time
 	lastResetID      string
+	history          []Transition
+	allowed          uint64
+	rejected         uint64
 }
 
 // Options are the optional hooks of a Breaker. Both are called without any
@@ -192,6 +205,7 @@ type Ticket struct {
 func (b *Breaker) Allow() (Ticket, error) {
 	b.mu.Lock()
 	if b.state == StateClosed {
+		b.allowed++
 		t := Ticket{breaker: b, generation: b.generation}
 		b.mu.Unlock()
 		return t, nil
@@ -200,16 +214,19 @@ func (b *Breaker) Allow() (Ticket, error) {
 	if b.state == StateOpen {
 		now := b.clock.Now()
 		if now.Before(b.openUntil) {
+			b.rejected++
 			b.mu.Unlock()
 			return Ticket{}, ErrOpen
 		}
 		fired = b.setStateLocked(StateHalfOpen, now, "recovery timeout of "+b.settings.RecoveryTimeout.String()+" elapsed")
 	}
 	if b.probesInFlight >= b.settings.HalfOpenMaxRequests {
+		b.rejected++
 		b.mu.Unlock()
 		b.notify(fired)
 		return Ticket{}, ErrProbeLimit
 	}
+	b.allowed++
 	b.probesInFlight++
 	t := Ticket{breaker: b, generation: b.generation, probe: true}
 	b.mu.Unlock()
@@ -306,6 +323,7 @@ func (b *Breaker) Reset(id, reason string) bool {
 	b.lastResetID = id
 	fired := b.setStateLocked(StateClosed, b.clock.Now(), reason)
 	fired.Reset = true
+	b.history[len(b.history)-1].Reset = true
 	b.lastFailure = time.Time{}
 	b.lastFailureCause = Failure{}
 	b.mu.Unlock()
@@ -338,6 +356,9 @@ func (b *Breaker) snapshotLocked() Snapshot {
 		LastFailureCause:   b.lastFailureCause,
 		LastTransitionTime: b.lastTransition,
 		LastResetID:        b.lastResetID,
+		History:            slices.Clone(b.history),
+		Allowed:            b.allowed,
+		Rejected:           b.rejected,
 		Settings:           b.settings,
 	}
 	if b.state == StateOpen {
@@ -379,6 +400,17 @@ func (b *Breaker) Update(settings Settings) {
 	b.notify(fired)
 }
 
+// OpenUntil is when probing starts; zero unless Open. It is the cheap
+// question for a rejected call's Retry-After.
+func (b *Breaker) OpenUntil() time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.state != StateOpen {
+		return time.Time{}
+	}
+	return b.openUntil
+}
+
 // restore puts the breaker into a state recorded earlier, e.g. in a
 // resource's status before a manager restart. An Open breaker whose
 // openUntil has passed becomes HalfOpen on its next call.
@@ -392,6 +424,7 @@ func (b *Breaker) restore(s Snapshot) {
 	b.lastTransition = s.LastTransitionTime
 	b.openUntil = s.OpenUntil
 	b.lastResetID = s.LastResetID
+	b.history = slices.Clone(s.History)
 	if s.State == StateOpen && s.OpenUntil.IsZero() {
 		b.openUntil = s.LastTransitionTime.Add(b.settings.RecoveryTimeout)
 	}
@@ -407,14 +440,21 @@ func (b *Breaker) setStateLocked(to State, now time.Time, reason string) *Transi
 	b.state = to
 	b.generation++
 	b.lastTransition = now
-	b.failures = 0
+	if to == StateClosed {
+		b.failures = 0
+	}
 	b.probesInFlight = 0
 	b.probeSuccesses = 0
 	b.openUntil = time.Time{}
 	if to == StateOpen {
 		b.openUntil = now.Add(b.settings.RecoveryTimeout)
 	}
-	return &Transition{From: from, To: to, At: now, Reason: reason}
+	t := Transition{From: from, To: to, At: now, Reason: reason}
+	if len(b.history) == HistoryLimit {
+		b.history = append(b.history[:0], b.history[1:]...)
+	}
+	b.history = append(b.history, t)
+	return &t
 }
 
 func (b *Breaker) notify(t *Transition) {

@@ -107,6 +107,7 @@ func TestTransitions(t *testing.T) {
 			settings:    Settings{FailureThreshold: 3},
 			run:         func(g Gomega, b *Breaker, _ *clocktesting.FakeClock) { fail(g, b, 3) },
 			state:       StateOpen,
+			failures:    3,
 			transitions: []string{"Closed->Open"},
 		},
 		{
@@ -129,6 +130,7 @@ func TestTransitions(t *testing.T) {
 				g.Expect(err).To(MatchError(ErrOpen))
 			},
 			state:       StateOpen,
+			failures:    1,
 			transitions: []string{"Closed->Open"},
 		},
 		{
@@ -140,6 +142,7 @@ func TestTransitions(t *testing.T) {
 				g.Expect(err).NotTo(HaveOccurred())
 			},
 			state:       StateHalfOpen,
+			failures:    1,
 			transitions: []string{"Closed->Open", "Open->HalfOpen"},
 		},
 		{
@@ -149,6 +152,7 @@ func TestTransitions(t *testing.T) {
 				openAndWait(g, b, clk)
 			},
 			state:       StateHalfOpen,
+			failures:    1,
 			transitions: []string{"Closed->Open", "Open->HalfOpen"},
 		},
 		{
@@ -171,6 +175,7 @@ func TestTransitions(t *testing.T) {
 				g.Expect(err).To(MatchError(ErrOpen))
 			},
 			state:       StateOpen,
+			failures:    1,
 			transitions: []string{"Closed->Open", "Open->HalfOpen", "HalfOpen->Open"},
 		},
 		{
@@ -194,6 +199,7 @@ func TestTransitions(t *testing.T) {
 				fail(g, b, 1)
 			},
 			state:       StateOpen,
+			failures:    1,
 			transitions: []string{"Closed->Open", "Open->HalfOpen", "HalfOpen->Open"},
 		},
 		{
@@ -212,6 +218,7 @@ func TestTransitions(t *testing.T) {
 				g.Expect(err).NotTo(HaveOccurred())
 			},
 			state:       StateHalfOpen,
+			failures:    1,
 			transitions: []string{"Closed->Open", "Open->HalfOpen"},
 		},
 		{
@@ -226,6 +233,7 @@ func TestTransitions(t *testing.T) {
 				g.Expect(err).NotTo(HaveOccurred())
 			},
 			state:       StateHalfOpen,
+			failures:    1,
 			transitions: []string{"Closed->Open", "Open->HalfOpen"},
 		},
 		{
@@ -367,13 +375,13 @@ func TestUpdateKeepsStateAndCounts(t *testing.T) {
 			name:   "closed opens when its failures reach a lowered threshold",
 			setup:  func(g Gomega, b *Breaker, _ *clocktesting.FakeClock) { fail(g, b, 2) },
 			update: Settings{FailureThreshold: 2},
-			state:  StateOpen,
+			state:  StateOpen, failures: 2,
 		},
 		{
 			name:   "open stays open and follows a new recovery timeout",
 			setup:  func(g Gomega, b *Breaker, _ *clocktesting.FakeClock) { fail(g, b, 3) },
 			update: Settings{FailureThreshold: 3, RecoveryTimeout: time.Minute},
-			state:  StateOpen,
+			state:  StateOpen, failures: 3,
 			check: func(g Gomega, b *Breaker, _ *clocktesting.FakeClock) {
 				g.Expect(b.Snapshot().OpenUntil).To(Equal(epoch.Add(time.Minute)))
 			},

@@ -244,6 +244,13 @@ func savedSnapshot(st *cbv1.CircuitBreakerStatus) *breaker.Snapshot {
 	if st.OpenUntil != nil {
 		s.OpenUntil = st.OpenUntil.Time
 	}
+	for _, h := range st.History {
+		from, errFrom := breaker.ParseState(h.From)
+		to, errTo := breaker.ParseState(h.To)
+		if errFrom == nil && errTo == nil {
+			s.History = append(s.History, breaker.Transition{From: from, To: to, At: h.Time.Time, Reason: h.Reason})
+		}
+	}
 	return s
 }
 
@@ -258,6 +265,12 @@ func applySnapshot(status *cbv1.CircuitBreakerStatus, s breaker.Snapshot) {
 	status.LastTransitionTime = wholeSeconds(s.LastTransitionTime, false)
 	status.OpenUntil = wholeSeconds(s.OpenUntil, true)
 	status.LastHandledReset = s.LastResetID
+	status.History = nil
+	for _, t := range s.History {
+		// Microseconds, as the API server stores them.
+		at := metav1.NewMicroTime(t.At.Truncate(time.Microsecond).UTC())
+		status.History = append(status.History, cbv1.TransitionRecord{Time: at, From: t.From.String(), To: t.To.String(), Reason: t.Reason})
+	}
 }
 
 func wholeSeconds(t time.Time, roundUp bool) *metav1.Time {

@@ -152,7 +152,7 @@ func TestTrafficTransitionsReachTheStatus(t *testing.T) {
 	g.Expect(time.Since(opened)).To(BeNumerically("<", time.Second))
 	g.Expect(tableRow(g, ns, "order-api", false)).To(SatisfyAll(
 		HaveKeyWithValue("State", "Open"),
-		HaveKeyWithValue("Failures", BeNumerically("==", 0)),
+		HaveKeyWithValue("Failures", BeNumerically("==", 3)),
 		HaveKeyWithValue("Threshold", BeNumerically("==", 3)),
 		HaveKeyWithValue("Timeout", "2s"),
 	))

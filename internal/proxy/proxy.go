@@ -202,7 +202,7 @@ func (p *Proxy) reject(w http.ResponseWriter, rt *route, err error) {
 	state, retryAfter := "half-open", 1
 	if errors.Is(err, breaker.ErrOpen) {
 		state = "open"
-		left := rt.breaker.Snapshot().OpenUntil.Sub(p.clock.Now())
+		left := rt.breaker.OpenUntil().Sub(p.clock.Now())
 		retryAfter = max(1, int((left+time.Second-1)/time.Second))
 	}
 	h := w.Header()

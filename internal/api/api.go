@@ -1,0 +1,247 @@
+// Package api serves the REST API and the dashboard on --api-bind-address:
+// live breaker state from the registry, and resets that go through the
+// reset annotation so they are recorded on the resource.
+package api
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/util/validation"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
+	"github.com/circuitbreaker-io/operator/internal/breaker"
+)
+
+// DefaultResetTimeout is how long a reset waits for the controller to handle it.
+const DefaultResetTimeout = 5 * time.Second
+
+//go:embed dashboard.html
+var dashboard []byte
+
+// Server is the API's http.Handler.
+type Server struct {
+	registry     *breaker.Registry
+	client       client.Client
+	clock        clock.PassiveClock
+	resetTimeout time.Duration
+	mux          *http.ServeMux
+}
+
+// +kubebuilder:rbac:groups=circuitbreaker.io,resources=circuitbreakers,verbs=patch
+
+// New returns the API over registry; c reads and annotates the resources.
+func New(registry *breaker.Registry, c client.Client, clk clock.PassiveClock, resetTimeout time.Duration) *Server {
+	s := &Server{registry: registry, client: c, clock: clk, resetTimeout: resetTimeout, mux: http.NewServeMux()}
+	s.mux.HandleFunc("/{$}", s.serveDashboard)
+	s.mux.HandleFunc("/api/circuit-breakers", s.list)
+	s.mux.HandleFunc("/api/circuit-breakers/{namespace}/{name}", s.get)
+	s.mux.HandleFunc("/api/circuit-breakers/{namespace}/{name}/reset", s.reset)
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "no such route: "+r.URL.Path)
+	})
+	return s
+}
+
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// Entry is one breaker as the API shows it.
+type Entry struct {
+	Name             string  `json:"name"`
+	Namespace        string  `json:"namespace"`
+	State            string  `json:"state"`
+	FailureCount     uint32  `json:"failure_count"`
+	FailureThreshold uint32  `json:"failure_threshold"`
+	RecoveryTimeout  float64 `json:"recovery_timeout"`
+	LastFailureTime  int64   `json:"last_failure_time"`
+	TimeRemaining    int64   `json:"time_remaining"`
+	// RequestsTotal and RejectionsTotal count calls admitted and refused since
+	// the manager started; the dashboard turns them into rates.
+	RequestsTotal   uint64         `json:"requests_total"`
+	RejectionsTotal uint64         `json:"rejections_total"`
+	History         []HistoryEntry `json:"history"`
+}
+
+// HistoryEntry is one transition; time is Unix seconds.
+type HistoryEntry struct {
+	Time   int64  `json:"time"`
+	From   string `json:"from"`
+	To     string `json:"to"`
+	Reason string `json:"reason"`
+}
+
+// apiState spells a state the way the API does.
+func apiState(s breaker.State) string {
+	switch s {
+	case breaker.StateOpen:
+		return "open"
+	case breaker.StateHalfOpen:
+		return "half-open"
+	}
+	return "closed"
+}
+
+func (s *Server) entry(key breaker.Key, b *breaker.Breaker) Entry {
+	snap := b.Snapshot()
+	namespace, name := key.Split()
+	e := Entry{
+		Name:             name,
+		Namespace:        namespace,
+		State:            apiState(snap.State),
+		FailureCount:     snap.Failures,
+		FailureThreshold: snap.Settings.FailureThreshold,
+		RecoveryTimeout:  snap.Settings.RecoveryTimeout.Seconds(),
+		RequestsTotal:    snap.Allowed,
+		RejectionsTotal:  snap.Rejected,
+		History:          make([]HistoryEntry, 0, len(snap.History)),
+	}
+	if !snap.LastFailure.IsZero() {
+		e.LastFailureTime = snap.LastFailure.Unix()
+	}
+	if snap.State == breaker.StateOpen {
+		e.TimeRemaining = int64(math.Ceil(max(0, snap.OpenUntil.Sub(s.clock.Now()).Seconds())))
+	}
+	for _, t := range snap.History {
+		e.History = append(e.History, HistoryEntry{Time: t.At.Unix(), From: apiState(t.From), To: apiState(t.To), Reason: t.Reason})
+	}
+	return e
+}
+
+func (s *Server) list(w http.ResponseWriter, r *http.Request) {
+	if !allowMethod(w, r, http.MethodGet) {
+		return
+	}
+	entries := map[string]Entry{}
+	for _, key := range s.registry.Keys() {
+		if b, ok := s.registry.Get(key); ok {
+			entries[string(key)] = s.entry(key, b)
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"success": true, "circuit_breakers": entries})
+}
+
+func (s *Server) get(w http.ResponseWriter, r *http.Request) {
+	if !allowMethod(w, r, http.MethodGet) {
+		return
+	}
+	key, b, ok := s.lookup(w, r)
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"success": true, "circuit_breaker": s.entry(key, b)})
+}
+
+// reset sets the reset annotation, as `kubectl annotate` would, and answers
+// once the controller has handled it.
+func (s *Server) reset(w http.ResponseWriter, r *http.Request) {
+	if !allowMethod(w, r, http.MethodPost) {
+		return
+	}
+	key, _, ok := s.lookup(w, r)
+	if !ok {
+		return
+	}
+	namespace, name := key.Split()
+	ctx, cancel := context.WithTimeout(r.Context(), s.resetTimeout)
+	defer cancel()
+	value := strconv.FormatInt(s.clock.Now().UnixNano(), 10)
+	var cb cbv1.CircuitBreaker
+	err := s.client.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, &cb)
+	if err == nil {
+		patch := client.MergeFrom(cb.DeepCopy())
+		if cb.Annotations == nil {
+			cb.Annotations = map[string]string{}
+		}
+		cb.Annotations[cbv1.ResetAnnotation] = value
+		err = s.client.Patch(ctx, &cb, patch)
+	}
+	switch {
+	case apierrors.IsNotFound(err):
+		writeError(w, http.StatusNotFound, fmt.Sprintf("Circuit breaker '%s' not found", key))
+		return
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, fmt.Sprintf("Circuit breaker '%s' could not be reset: %v", key, err))
+		return
+	}
+	if err := s.waitForReset(ctx, client.ObjectKeyFromObject(&cb), value); err != nil {
+		writeError(w, http.StatusGatewayTimeout, fmt.Sprintf(
+			"Circuit breaker '%s': reset requested (%s=%s) but not handled by the controller within %s: %v",
+			key, cbv1.ResetAnnotation, value, s.resetTimeout, err))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"success": true, "message": fmt.Sprintf("Circuit breaker '%s' reset successfully", key)})
+}
+
+func (s *Server) waitForReset(ctx context.Context, key client.ObjectKey, value string) error {
+	ticker := time.NewTicker(50 * time.Millisecond)
+	defer ticker.Stop()
+	for {
+		var cb cbv1.CircuitBreaker
+		if err := s.client.Get(ctx, key, &cb); err == nil && cb.Status.LastHandledReset == value {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ticker.C:
+		}
+	}
+}
+
+// lookup finds the breaker named by the path, or answers 400 or 404.
+func (s *Server) lookup(w http.ResponseWriter, r *http.Request) (breaker.Key, *breaker.Breaker, bool) {
+	namespace, name := r.PathValue("namespace"), r.PathValue("name")
+	if errs := validation.IsDNS1123Label(namespace); len(errs) > 0 {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("invalid namespace %q: %s", namespace, strings.Join(errs, "; ")))
+		return "", nil, false
+	}
+	if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("invalid name %q: %s", name, strings.Join(errs, "; ")))
+		return "", nil, false
+	}
+	key := breaker.NewKey(namespace, name)
+	b, ok := s.registry.Get(key)
+	if !ok {
+		writeError(w, http.StatusNotFound, fmt.Sprintf("Circuit breaker '%s' not found", key))
+		return "", nil, false
+	}
+	return key, b, true
+}
+
+func (s *Server) serveDashboard(w http.ResponseWriter, r *http.Request) {
+	if !allowMethod(w, r, http.MethodGet) {
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
+	_, _ = w.Write(dashboard)
+}
+
+func allowMethod(w http.ResponseWriter, r *http.Request, method string) bool {
+	if r.Method == method || (method == http.MethodGet && r.Method == http.MethodHead) {
+		return true
+	}
+	w.Header().Set("Allow", method)
+	writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("method %s not allowed: use %s", r.Method, method))
+	return false
+}
+
+func writeJSON(w http.ResponseWriter, status int, body any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(body)
+}
+
+func writeError(w http.ResponseWriter, status int, message string) {
+	writeJSON(w, status, map[string]any{"success": false, "error": message})
+}

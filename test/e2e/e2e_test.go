@@ -1,0 +1,358 @@
+//go:build e2e
+
+// Package e2e drives the real bin/manager with the real kubectl against a
+// local control plane, as a platform team would.
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/circuitbreaker-io/operator/internal/controlplane"
+)
+
+const (
+	operatorNamespace = "circuit-breaker-operator-system"
+	serviceAccount    = "system:serviceaccount:" + operatorNamespace + ":circuit-breaker-operator-controller-manager"
+)
+
+var root = controlplane.RepoRoot()
+
+// cluster is the local control plane with an admin kubeconfig and one for
+// the manager that acts as its ServiceAccount.
+type cluster struct {
+	env               *envtest.Environment
+	adminKubeconfig   string
+	managerKubeconfig string
+	proxyAddr, health string
+	manager           *exec.Cmd
+	managerLog        *syncBuffer
+	managerExited     chan struct{}
+}
+
+func TestE2E(t *testing.T) {
+	g := NewWithT(t)
+	c := startCluster(t)
+	up := newUpstream(t)
+
+	step := func(name string, fn func(g Gomega)) {
+		if !t.Run(name, func(t *testing.T) { fn(NewWithT(t)) }) {
+			t.FailNow()
+		}
+	}
+
+	step("install manifests pass a server-side dry run, and the CRD installs with kubectl -k", func(g Gomega) {
+		g.Expect(c.kubectl("apply", "--dry-run=server", "-f", filepath.Join(root, "dist", "install.yaml"))).To(
+			ContainSubstring("deployment.apps/circuit-breaker-operator-controller-manager created (server dry run)"))
+		g.Expect(c.kubectl("apply", "-k", filepath.Join(root, "config", "crd"))).To(ContainSubstring("circuitbreakers.circuitbreaker.io"))
+		c.kubectl("wait", "--for", "condition=established", "crd/circuitbreakers.circuitbreaker.io", "--timeout=30s")
+		// The RBAC the manager runs with: exactly what the installer grants.
+		c.kubectl("apply", "-f", filepath.Join(root, "dist", "install.yaml"))
+	})
+
+	step("the ServiceAccount has what the manager needs and no more", func(g Gomega) {
+		for _, check := range []struct {
+			args []string
+			want string
+		}{
+			{[]string{"watch", "circuitbreakers.circuitbreaker.io", "-A"}, "yes"},
+			{[]string{"patch", "circuitbreakers.circuitbreaker.io", "--subresource=status", "-A"}, "yes"},
+			{[]string{"create", "events.events.k8s.io", "-n", "default"}, "yes"},
+			{[]string{"update", "leases.coordination.k8s.io", "-n", operatorNamespace}, "yes"},
+			{[]string{"delete", "circuitbreakers.circuitbreaker.io", "-A"}, "no"},
+			{[]string{"list", "secrets", "-A"}, "no"},
+			{[]string{"create", "pods", "-n", "default"}, "no"},
+		} {
+			out, _ := c.kubectlErr(append([]string{"auth", "can-i", "--as", serviceAccount}, check.args...)...)
+			g.Expect(strings.TrimSpace(out)).To(Equal(check.want), "can-i %v", check.args)
+		}
+	})
+
+	step("the manager starts as its ServiceAccount", func(g Gomega) {
+		c.startManager(t)
+	})
+
+	step("samples apply and show Closed in kubectl get cb", func(g Gomega) {
+		c.kubectl("apply", "-k", filepath.Join(root, "config", "samples"))
+		g.Eventually(func() string { return c.kubectlQuiet("get", "cb") }, 20*time.Second, 200*time.Millisecond).Should(SatisfyAll(
+			MatchRegexp(`NAME\s+STATE\s+FAILURES\s+THRESHOLD\s+TIMEOUT\s+AGE`),
+			MatchRegexp(`order-api\s+Closed\s+0\s+5\s+30s`),
+			MatchRegexp(`payments-gateway\s+Closed\s+0\s+3\s+1m`),
+			MatchRegexp(`catalog\s+Closed\s+0\s+10\s+15s`),
+		))
+		g.Expect(c.kubectl("get", "cb", "-o", "wide")).To(MatchRegexp(`order-api\s+Closed.*http://order-api.default.svc:8080`))
+	})
+
+	c.kubectlApply(t, fmt.Sprintf(`apiVersion: circuitbreaker.io/v1alpha1
+kind: CircuitBreaker
+metadata: {name: shop-api, namespace: default}
+spec:
+  upstream: {url: %q}
+  failureThreshold: 3
+  recoveryTimeout: 3s
+  requestTimeout: 2s
+  fallback: {statusCode: 503, contentType: application/json, body: '{"degraded":true}'}
+`, up.URL+"/api"))
+	route := "http://" + c.proxyAddr + "/default/shop-api/orders"
+	state := func() string { return c.kubectlQuiet("get", "cb", "shop-api", "-o", "jsonpath={.status.state}") }
+	trip := func(g Gomega) {
+		up.failing.Store(true)
+		for range 3 {
+			g.Expect(httpGet(g, route)).To(Equal(500))
+		}
+		g.Eventually(state, 5*time.Second, 100*time.Millisecond).Should(Equal("Open"))
+	}
+
+	step("traffic through the proxy trips the breaker; kubectl shows it Open", func(g Gomega) {
+		g.Eventually(func() int { return httpGet(g, route) }, 10*time.Second).Should(Equal(200))
+		g.Expect(up.lastPath.Load()).To(Equal("/api/orders"))
+		trip(g)
+		g.Expect(c.kubectl("get", "cb", "shop-api")).To(MatchRegexp(`shop-api\s+Open\s+3\s+3\s+3s`))
+		hits := up.hits.Load()
+		resp := httpDo(g, route)
+		g.Expect(resp.status).To(Equal(503))
+		g.Expect(resp.body).To(Equal(`{"degraded":true}`))
+		g.Expect(resp.header.Get("X-Circuit-Breaker-State")).To(Equal("open"))
+		g.Expect(resp.header.Get("Retry-After")).To(MatchRegexp(`^[1-3]$`))
+		g.Expect(up.hits.Load()).To(Equal(hits), "an open breaker does not contact the upstream")
+	})
+
+	step("kubectl describe shows the Events", func(g Gomega) {
+		g.Eventually(func() string { return c.kubectlQuiet("describe", "cb", "shop-api") }, 5*time.Second).Should(
+			MatchRegexp(`Warning\s+Opened\s+.*3 consecutive failures, last: 500`))
+	})
+
+	step("the reset annotation closes it", func(g Gomega) {
+		c.kubectl("annotate", "cb", "shop-api", "circuitbreaker.io/reset="+fmt.Sprint(time.Now().UnixNano()), "--overwrite")
+		g.Eventually(state, 5*time.Second, 100*time.Millisecond).Should(Equal("Closed"))
+		g.Eventually(func() string { return c.kubectlQuiet("describe", "cb", "shop-api") }, 5*time.Second).Should(
+			MatchRegexp(`Normal\s+Reset\s+.*breaker reset to Closed by annotation circuitbreaker.io/reset=`))
+	})
+
+	step("recovery through half-open closes it", func(g Gomega) {
+		trip(g)
+		up.failing.Store(false)
+		g.Eventually(state, 6*time.Second, 100*time.Millisecond).Should(Equal("HalfOpen"))
+		g.Expect(httpGet(g, route)).To(Equal(200))
+		g.Eventually(state, 5*time.Second, 100*time.Millisecond).Should(Equal("Closed"))
+		g.Eventually(func() string { return c.kubectlQuiet("describe", "cb", "shop-api") }, 5*time.Second).Should(SatisfyAll(
+			MatchRegexp(`HalfOpened\s+.*recovery timeout of 3s elapsed`),
+			MatchRegexp(`Closed\s+.*1 successful probe in a row`),
+		))
+	})
+
+	step("a manager restart keeps an Open breaker Open and keeps serving", func(g Gomega) {
+		c.kubectl("patch", "cb", "shop-api", "--type=merge", "-p", `{"spec":{"recoveryTimeout":"1h"}}`)
+		g.Eventually(func() bool {
+			observed, generation, _ := strings.Cut(c.kubectlQuiet("get", "cb", "shop-api", "-o", "jsonpath={.status.observedGeneration}/{.metadata.generation}"), "/")
+			return observed == generation
+		}, 5*time.Second).Should(BeTrue())
+		trip(g)
+		c.stopManager(g)
+		c.startManager(t)
+		hits := up.hits.Load()
+		up.failing.Store(false)
+		g.Eventually(func() int { return httpGet(g, route) }, 10*time.Second, 100*time.Millisecond).Should(Equal(503))
+		g.Consistently(func() int { return httpGet(g, route) }, 2*time.Second, 200*time.Millisecond).Should(Equal(503))
+		g.Expect(up.hits.Load()).To(Equal(hits), "still open after the restart: the upstream is not contacted")
+		g.Expect(state()).To(Equal("Open"))
+		c.kubectl("annotate", "cb", "shop-api", "circuitbreaker.io/reset=after-restart", "--overwrite")
+		g.Eventually(func() int { return httpGet(g, route) }, 5*time.Second, 100*time.Millisecond).Should(Equal(200))
+	})
+
+	step("bad manifests are refused with a message naming the field", func(g Gomega) {
+		for _, bad := range []struct{ spec, field string }{
+			{`{upstream: {service: {name: a, port: 80}}, failureThreshold: 0}`, "spec.failureThreshold"},
+			{`{upstream: {service: {name: a, port: 80}, url: "https://x.example.com"}}`, "spec.upstream"},
+			{`{upstream: {service: {name: a, port: 80}}, recoveryTimeout: soon}`, "spec.recoveryTimeout"},
+		} {
+			out, err := c.kubectlStdin("apiVersion: circuitbreaker.io/v1alpha1\nkind: CircuitBreaker\nmetadata: {name: bad, namespace: default}\nspec: "+bad.spec+"\n", "apply", "-f", "-")
+			g.Expect(err).To(HaveOccurred(), out)
+			g.Expect(out).To(ContainSubstring(bad.field))
+			_, err = c.kubectlErr("get", "cb", "bad")
+			g.Expect(err).To(HaveOccurred(), "nothing is stored")
+		}
+	})
+
+	step("kubectl delete removes the route", func(g Gomega) {
+		c.kubectl("delete", "cb", "shop-api")
+		g.Eventually(func() int { return httpGet(g, route) }, 5*time.Second, 100*time.Millisecond).Should(Equal(404))
+	})
+	g.Expect(c.managerLog.String()).NotTo(ContainSubstring("is forbidden"), "the ServiceAccount's RBAC was enough")
+}
+
+func startCluster(t *testing.T) *cluster {
+	g := NewWithT(t)
+	assets, err := controlplane.Assets()
+	g.Expect(err).NotTo(HaveOccurred())
+	c := &cluster{env: &envtest.Environment{BinaryAssetsDirectory: assets}}
+	_, err = c.env.Start()
+	g.Expect(err).NotTo(HaveOccurred())
+	dir := t.TempDir()
+	c.adminKubeconfig = filepath.Join(dir, "admin.kubeconfig")
+	g.Expect(controlplane.WriteAdminKubeconfig(c.env, c.adminKubeconfig)).To(Succeed())
+
+	// The manager's identity is its ServiceAccount, bound by config/rbac only.
+	cfg, err := clientcmd.LoadFromFile(c.adminKubeconfig)
+	g.Expect(err).NotTo(HaveOccurred())
+	for _, user := range cfg.AuthInfos {
+		user.Impersonate = serviceAccount
+		user.ImpersonateGroups = []string{"system:serviceaccounts", "system:serviceaccounts:" + operatorNamespace, "system:authenticated"}
+	}
+	c.managerKubeconfig = filepath.Join(dir, "manager.kubeconfig")
+	g.Expect(clientcmd.WriteToFile(*cfg, c.managerKubeconfig)).To(Succeed())
+
+	t.Cleanup(func() {
+		if t.Failed() {
+			fmt.Fprintf(os.Stderr, "\n===== manager log =====\n%s\n===== CircuitBreakers =====\n%s\n", c.managerLog, c.kubectlQuiet("get", "cb", "-A", "-o", "yaml"))
+		}
+		if c.manager != nil {
+			c.stopManager(NewWithT(t))
+		}
+		_ = c.env.Stop()
+	})
+	return c
+}
+
+func (c *cluster) startManager(t *testing.T) {
+	g := NewWithT(t)
+	c.proxyAddr, c.health = freeAddr(g), freeAddr(g)
+	if c.managerLog == nil {
+		c.managerLog = &syncBuffer{}
+	}
+	c.manager = exec.Command(filepath.Join(root, "bin", "manager"),
+		"--kubeconfig", c.managerKubeconfig,
+		"--allow-url-upstreams",
+		"--proxy-bind-address", c.proxyAddr,
+		"--health-probe-bind-address", c.health,
+		"--metrics-bind-address", "0",
+	)
+	c.manager.Stdout, c.manager.Stderr = c.managerLog, c.managerLog
+	g.Expect(c.manager.Start()).To(Succeed())
+	c.managerExited = make(chan struct{})
+	go func(cmd *exec.Cmd, exited chan struct{}) { _ = cmd.Wait(); close(exited) }(c.manager, c.managerExited)
+	g.Eventually(func() int { return httpGet(g, "http://"+c.health+"/readyz") }, 20*time.Second, 100*time.Millisecond).Should(Equal(200))
+}
+
+func (c *cluster) stopManager(g Gomega) {
+	_ = c.manager.Process.Signal(syscall.SIGTERM)
+	g.Eventually(c.managerExited, 20*time.Second).Should(BeClosed())
+	c.manager = nil
+}
+
+func (c *cluster) kubectlErr(args ...string) (string, error) {
+	return c.kubectlStdin("", args...)
+}
+
+func (c *cluster) kubectlStdin(stdin string, args ...string) (string, error) {
+	cmd := exec.Command("kubectl", args...)
+	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.adminKubeconfig)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// kubectl runs kubectl as the cluster admin and fails the test on error.
+func (c *cluster) kubectl(args ...string) string {
+	out, err := c.kubectlErr(args...)
+	if err != nil {
+		panic(fmt.Sprintf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out))
+	}
+	return out
+}
+
+// kubectlQuiet returns kubectl's output, errors included, for polling.
+func (c *cluster) kubectlQuiet(args ...string) string {
+	out, _ := c.kubectlErr(args...)
+	return out
+}
+
+func (c *cluster) kubectlApply(t *testing.T, manifest string) {
+	out, err := c.kubectlStdin(manifest, "apply", "-f", "-")
+	NewWithT(t).Expect(err).NotTo(HaveOccurred(), out)
+}
+
+// upstream is an HTTP server that fails on command.
+type upstream struct {
+	*httptest.Server
+	failing  atomic.Bool
+	hits     atomic.Int64
+	lastPath atomic.Value
+}
+
+func newUpstream(t *testing.T) *upstream {
+	u := &upstream{}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.hits.Add(1)
+		u.lastPath.Store(r.URL.Path)
+		if u.failing.Load() {
+			w.WriteHeader(http.StatusInternalServerError)
+			return
+		}
+		_, _ = io.WriteString(w, `{"orders":[]}`)
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+type response struct {
+	status int
+	header http.Header
+	body   string
+}
+
+var httpClient = &http.Client{Timeout: 5 * time.Second}
+
+func httpDo(g Gomega, url string) response {
+	resp, err := httpClient.Get(url)
+	if err != nil {
+		return response{}
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return response{status: resp.StatusCode, header: resp.Header, body: string(body)}
+}
+
+func httpGet(g Gomega, url string) int { return httpDo(g, url).status }
+
+func freeAddr(g Gomega) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	g.Expect(err).NotTo(HaveOccurred())
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// syncBuffer collects the manager's output from its two streams.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
