@@ -7,6 +7,7 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
+
 	clocktesting "k8s.io/utils/clock/testing"
 )
 
@@ -518,4 +519,49 @@ func TestClosedHotPathReadsNoClock(t *testing.T) {
 	tk, _ := b.Allow()
 	tk.Failure(http503)
 	g.Expect(clk.reads).To(Equal(1), "a failure reads it once, for lastFailureTime")
+}
+
+func TestHistoryKeepsTheLastTransitions(t *testing.T) {
+	g := NewWithT(t)
+	b, clk, _ := newTestBreaker(Settings{FailureThreshold: 1, RecoveryTimeout: time.Second})
+	// Flap: each cycle is Closed→Open, Open→HalfOpen, HalfOpen→Closed.
+	for range 7 {
+		openAndWait(g, b, clk)
+		succeed(g, b, 1)
+	}
+	b.Reset("r1", "operator asked")
+	h := b.Snapshot().History
+	g.Expect(h).To(HaveLen(HistoryLimit))
+	last := h[len(h)-1]
+	g.Expect(last.Reason).To(Equal("operator asked"))
+	g.Expect(last.Reset).To(BeTrue())
+	g.Expect(h[len(h)-2].From).To(Equal(StateHalfOpen))
+	g.Expect(h[len(h)-2].To).To(Equal(StateClosed))
+	for i := 1; i < len(h); i++ {
+		g.Expect(h[i].At).NotTo(BeTemporally("<", h[i-1].At), "oldest first")
+	}
+	// The snapshot is a copy.
+	h[0].Reason = "changed"
+	g.Expect(b.Snapshot().History[0].Reason).NotTo(Equal("changed"))
+}
+
+func TestAllowedAndRejectedCounts(t *testing.T) {
+	g := NewWithT(t)
+	b, clk, _ := newTestBreaker(Settings{FailureThreshold: 2, HalfOpenMaxRequests: 1})
+	succeed(g, b, 3)
+	fail(g, b, 2) // opens
+	for range 4 {
+		_, err := b.Allow()
+		g.Expect(err).To(MatchError(ErrOpen))
+	}
+	clk.Step(DefaultRecoveryTimeout)
+	probe, err := b.Allow()
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = b.Allow()
+	g.Expect(err).To(MatchError(ErrProbeLimit))
+	probe.Success()
+	s := b.Snapshot()
+	g.Expect(s.Allowed).To(Equal(uint64(6)))
+	g.Expect(s.Rejected).To(Equal(uint64(5)))
+	g.Expect(b.OpenUntil().IsZero()).To(BeTrue(), "not open")
 }

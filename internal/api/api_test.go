@@ -1,0 +1,144 @@
+package api
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	clocktesting "k8s.io/utils/clock/testing"
+
+	"github.com/circuitbreaker-io/operator/internal/breaker"
+)
+
+var epoch = time.Date(2026, 11, 26, 17, 0, 0, 0, time.UTC)
+
+type fixture struct {
+	srv      *httptest.Server
+	registry *breaker.Registry
+	clock    *clocktesting.FakeClock
+}
+
+// newFixture serves the API over a registry; routes that need the API
+// server (reset) are tested with envtest in internal/controller.
+func newFixture(t *testing.T) *fixture {
+	clk := clocktesting.NewFakeClock(epoch)
+	f := &fixture{registry: breaker.NewRegistry(clk, breaker.RegistryOptions{}), clock: clk}
+	f.srv = httptest.NewServer(New(f.registry, nil, clk, time.Second))
+	t.Cleanup(f.srv.Close)
+	return f
+}
+
+func (f *fixture) do(t *testing.T, method, path string) (*http.Response, map[string]any) {
+	req, _ := http.NewRequest(method, f.srv.URL+path, nil)
+	resp, err := http.DefaultClient.Do(req)
+	NewWithT(t).Expect(err).NotTo(HaveOccurred())
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var body map[string]any
+	if strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") {
+		NewWithT(t).Expect(json.Unmarshal(raw, &body)).To(Succeed(), string(raw))
+	}
+	return resp, body
+}
+
+func TestListAndGet(t *testing.T) {
+	g := NewWithT(t)
+	f := newFixture(t)
+	b, _ := f.registry.Upsert(breaker.NewKey("shop", "order-api"), breaker.Settings{FailureThreshold: 2, RecoveryTimeout: 30 * time.Second}, nil)
+	f.registry.Upsert(breaker.NewKey("shop", "catalog"), breaker.Settings{}, nil)
+	tk, _ := b.Allow()
+	tk.Success()
+	f.clock.Step(time.Second)
+	for range 2 {
+		tk, _ := b.Allow()
+		tk.Failure(breaker.Failure{StatusCode: 503})
+	}
+	_, _ = b.Allow() // rejected
+	f.clock.Step(10*time.Second + 200*time.Millisecond)
+
+	resp, body := f.do(t, http.MethodGet, "/api/circuit-breakers/shop/order-api")
+	g.Expect(resp.StatusCode).To(Equal(http.StatusOK))
+	g.Expect(body).To(Equal(map[string]any{
+		"success": true,
+		"circuit_breaker": map[string]any{
+			"name": "order-api", "namespace": "shop", "state": "open",
+			"failure_count": 2.0, "failure_threshold": 2.0, "recovery_timeout": 30.0,
+			"last_failure_time": float64(epoch.Add(time.Second).Unix()),
+			"time_remaining":    20.0, // 19.8s left, in whole seconds rounded up
+			"requests_total":    3.0, "rejections_total": 1.0,
+			"history": []any{map[string]any{
+				"time": float64(epoch.Add(time.Second).Unix()), "from": "closed", "to": "open",
+				"reason": "2 consecutive failures, last: 503",
+			}},
+		},
+	}))
+
+	resp, body = f.do(t, http.MethodGet, "/api/circuit-breakers")
+	g.Expect(resp.StatusCode).To(Equal(http.StatusOK))
+	g.Expect(body["success"]).To(BeTrue())
+	all := body["circuit_breakers"].(map[string]any)
+	g.Expect(all).To(HaveKey("shop/order-api"))
+	g.Expect(all["shop/catalog"]).To(Equal(map[string]any{
+		"name": "catalog", "namespace": "shop", "state": "closed",
+		"failure_count": 0.0, "failure_threshold": 5.0, "recovery_timeout": 30.0,
+		"last_failure_time": 0.0, "time_remaining": 0.0,
+		"requests_total": 0.0, "rejections_total": 0.0, "history": []any{},
+	}))
+
+	f.clock.Step(20 * time.Second)
+	_, body = f.do(t, http.MethodGet, "/api/circuit-breakers/shop/order-api")
+	entry := body["circuit_breaker"].(map[string]any)
+	g.Expect(entry["state"]).To(Equal("half-open"), "computed live")
+	g.Expect(entry["time_remaining"]).To(Equal(0.0))
+}
+
+func TestErrors(t *testing.T) {
+	f := newFixture(t)
+	f.registry.Upsert(breaker.NewKey("shop", "order-api"), breaker.Settings{}, nil)
+	tests := []struct {
+		method, path string
+		status       int
+		allow        string
+		err          string
+	}{
+		{"GET", "/api/circuit-breakers/shop/missing", 404, "", "Circuit breaker 'shop/missing' not found"},
+		{"POST", "/api/circuit-breakers/shop/missing/reset", 404, "", "Circuit breaker 'shop/missing' not found"},
+		{"GET", "/api/circuit-breakers/Shop_1/order-api", 400, "", `invalid namespace "Shop_1"`},
+		{"GET", "/api/circuit-breakers/shop/Order_API", 400, "", `invalid name "Order_API"`},
+		{"POST", "/api/circuit-breakers/shop/Bad_Name/reset", 400, "", `invalid name "Bad_Name"`},
+		{"POST", "/api/circuit-breakers", 405, "GET", "method POST not allowed: use GET"},
+		{"DELETE", "/api/circuit-breakers/shop/order-api", 405, "GET", "method DELETE not allowed: use GET"},
+		{"GET", "/api/circuit-breakers/shop/order-api/reset", 405, "POST", "method GET not allowed: use POST"},
+		{"POST", "/", 405, "GET", "method POST not allowed: use GET"},
+		{"GET", "/api/unknown", 404, "", "no such route: /api/unknown"},
+		{"GET", "/api/circuit-breakers/shop/order-api/reset/more", 404, "", "no such route"},
+	}
+	for _, tt := range tests {
+		g := NewWithT(t)
+		resp, body := f.do(t, tt.method, tt.path)
+		g.Expect(resp.StatusCode).To(Equal(tt.status), "%s %s", tt.method, tt.path)
+		g.Expect(resp.Header.Get("Allow")).To(Equal(tt.allow), "%s %s", tt.method, tt.path)
+		g.Expect(body["success"]).To(Equal(false), "%s %s", tt.method, tt.path)
+		g.Expect(body["error"]).To(ContainSubstring(tt.err), "%s %s", tt.method, tt.path)
+	}
+}
+
+func TestDashboardIsSelfContained(t *testing.T) {
+	g := NewWithT(t)
+	f := newFixture(t)
+	resp, err := http.Get(f.srv.URL + "/")
+	g.Expect(err).NotTo(HaveOccurred())
+	defer resp.Body.Close()
+	page, _ := io.ReadAll(resp.Body)
+	g.Expect(resp.StatusCode).To(Equal(http.StatusOK))
+	g.Expect(resp.Header.Get("Content-Type")).To(Equal("text/html; charset=utf-8"))
+	g.Expect(string(page)).To(ContainSubstring("/api/circuit-breakers"))
+	for _, external := range []string{"<script src", "<link", "@import", "http://", "https://", "url("} {
+		g.Expect(string(page)).NotTo(ContainSubstring(external), "no external scripts, styles or fonts")
+	}
+}

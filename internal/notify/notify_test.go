@@ -1,0 +1,148 @@
+package notify_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/utils/clock"
+
+	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
+	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/notify"
+	"github.com/circuitbreaker-io/operator/internal/proxy"
+)
+
+var at = time.Date(2026, 11, 26, 17, 0, 0, 0, time.UTC)
+
+// receiver records notifications; it answers each request with the next of
+// its scripted status codes (200 once they run out).
+type receiver struct {
+	*httptest.Server
+	mu       sync.Mutex
+	got      []notify.Notification
+	attempts atomic.Int32
+	script   []int
+}
+
+func newReceiver(t *testing.T, script ...int) *receiver {
+	r := &receiver{script: script}
+	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		n := int(r.attempts.Add(1))
+		if n <= len(r.script) && r.script[n-1] != http.StatusOK {
+			w.WriteHeader(r.script[n-1])
+			return
+		}
+		var got notify.Notification
+		if req.Header.Get("Content-Type") != "application/json" || json.NewDecoder(req.Body).Decode(&got) != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		r.mu.Lock()
+		r.got = append(r.got, got)
+		r.mu.Unlock()
+	}))
+	t.Cleanup(r.Close)
+	return r
+}
+
+func (r *receiver) received() []notify.Notification {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]notify.Notification(nil), r.got...)
+}
+
+func run(t *testing.T, w *notify.Webhook) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = w.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+func TestDelivery(t *testing.T) {
+	g := NewWithT(t)
+	r := newReceiver(t)
+	w := notify.NewWebhook(r.URL, notify.Options{})
+	run(t, w)
+	w.Notify(breaker.NewKey("shop", "order-api"), breaker.Transition{
+		From: breaker.StateClosed, To: breaker.StateOpen, At: at, Reason: "5 consecutive failures, last: 503",
+	})
+	w.Notify(breaker.NewKey("shop", "order-api"), breaker.Transition{
+		From: breaker.StateOpen, To: breaker.StateHalfOpen, At: at.Add(30 * time.Second), Reason: "recovery timeout of 30s elapsed",
+	})
+	g.Eventually(r.received).Should(Equal([]notify.Notification{
+		{Namespace: "shop", Name: "order-api", From: "Closed", To: "Open", Reason: "5 consecutive failures, last: 503", Time: at},
+		{Namespace: "shop", Name: "order-api", From: "Open", To: "HalfOpen", Reason: "recovery timeout of 30s elapsed", Time: at.Add(30 * time.Second)},
+	}), "in order")
+}
+
+func TestRetryAfterReceiverError(t *testing.T) {
+	g := NewWithT(t)
+	r := newReceiver(t, http.StatusInternalServerError, http.StatusServiceUnavailable)
+	w := notify.NewWebhook(r.URL, notify.Options{Backoff: 10 * time.Millisecond})
+	run(t, w)
+	w.Notify(breaker.NewKey("shop", "a"), breaker.Transition{From: breaker.StateClosed, To: breaker.StateOpen, At: at})
+	g.Eventually(r.received).Should(HaveLen(1))
+	g.Expect(r.attempts.Load()).To(Equal(int32(3)), "two failed attempts, then delivery")
+}
+
+func TestGivesUpAfterItsAttempts(t *testing.T) {
+	g := NewWithT(t)
+	r := newReceiver(t, 500, 500, 500, 200)
+	w := notify.NewWebhook(r.URL, notify.Options{Attempts: 3, Backoff: time.Millisecond})
+	run(t, w)
+	w.Notify(breaker.NewKey("shop", "a"), breaker.Transition{From: breaker.StateClosed, To: breaker.StateOpen, At: at})
+	w.Notify(breaker.NewKey("shop", "b"), breaker.Transition{From: breaker.StateClosed, To: breaker.StateOpen, At: at})
+	g.Eventually(r.received).Should(HaveLen(1))
+	g.Expect(r.received()[0].Name).To(Equal("b"), "a was given up after 3 attempts; b went on")
+}
+
+// A receiver that hangs must not slow proxied requests: transitions caused
+// by traffic are queued, and once the bounded queue is full they are dropped.
+func TestHangingReceiverDoesNotDelayTheDataPlane(t *testing.T) {
+	g := NewWithT(t)
+	hang := make(chan struct{})
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hang:
+		case <-r.Context().Done():
+		}
+	}))
+	defer receiver.Close()
+	defer close(hang)
+	w := notify.NewWebhook(receiver.URL, notify.Options{QueueSize: 2, AttemptTimeout: time.Minute})
+	run(t, w)
+
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusInternalServerError)
+	}))
+	defer upstream.Close()
+	metrics := proxy.NewMetrics(prometheus.NewRegistry())
+	table := proxy.NewTable(metrics)
+	registry := breaker.NewRegistry(clock.RealClock{}, breaker.RegistryOptions{OnTransition: w.Notify})
+	key := breaker.NewKey("shop", "a")
+	target, _ := url.Parse(upstream.URL)
+	px := httptest.NewServer(proxy.New(table, clock.RealClock{}, nil))
+	defer px.Close()
+	for i := range 20 {
+		// Every request opens a fresh breaker: one transition per request.
+		registry.Delete(key)
+		b, _ := registry.Upsert(key, breaker.Settings{FailureThreshold: 1}, nil)
+		g.Expect(table.Set(key, b, target, &cbv1.CircuitBreakerSpec{})).To(Succeed())
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(px.URL + "/shop/a/")
+		g.Expect(err).NotTo(HaveOccurred(), "request %d completed while the receiver hangs", i)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		g.Expect(resp.StatusCode).To(Equal(500))
+	}
+	g.Expect(w.Dropped()).To(BeNumerically(">=", 20-2-1), "the queue stayed bounded: one in delivery, two queued, the rest dropped")
+}
