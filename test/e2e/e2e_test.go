@@ -58,13 +58,18 @@ func TestE2E(t *testing.T) {
 		}
 	}
 
-	step("install manifests pass a server-side dry run, and the CRD installs with kubectl -k", func(g Gomega) {
-		g.Expect(c.kubectl("apply", "--dry-run=server", "-f", filepath.Join(root, "dist", "install.yaml"))).To(
-			ContainSubstring("deployment.apps/circuit-breaker-operator-controller-manager created (server dry run)"))
-		g.Expect(c.kubectl("apply", "-k", filepath.Join(root, "config", "crd"))).To(ContainSubstring("circuitbreakers.circuitbreaker.io"))
-		c.kubectl("wait", "--for", "condition=established", "crd/circuitbreakers.circuitbreaker.io", "--timeout=30s")
+	step("the CRD installs with kubectl -k, and the install manifests pass a server-side dry run", func(g Gomega) {
+		g.Expect(c.kubectl(g, "apply", "-k", filepath.Join(root, "config", "crd"))).To(ContainSubstring("circuitbreakers.circuitbreaker.io"))
+		c.kubectl(g, "wait", "--for", "condition=established", "crd/circuitbreakers.circuitbreaker.io", "--timeout=30s")
+		// A server-side dry run cannot create the namespace its other objects need.
+		c.kubectl(g, "create", "namespace", operatorNamespace)
+		g.Expect(c.kubectl(g, "apply", "--dry-run=server", "-f", filepath.Join(root, "dist", "install.yaml"))).To(SatisfyAll(
+			ContainSubstring("deployment.apps/circuit-breaker-operator-controller-manager created (server dry run)"),
+			ContainSubstring("service/circuit-breaker-operator-proxy created (server dry run)"),
+			ContainSubstring("clusterrole.rbac.authorization.k8s.io/circuit-breaker-operator-manager-role created (server dry run)"),
+		))
 		// The RBAC the manager runs with: exactly what the installer grants.
-		c.kubectl("apply", "-f", filepath.Join(root, "dist", "install.yaml"))
+		c.kubectl(g, "apply", "-f", filepath.Join(root, "dist", "install.yaml"))
 	})
 
 	step("the ServiceAccount has what the manager needs and no more", func(g Gomega) {
@@ -86,18 +91,21 @@ func TestE2E(t *testing.T) {
 	})
 
 	step("the manager starts as its ServiceAccount", func(g Gomega) {
+		whoami, err := exec.Command("kubectl", "--kubeconfig", c.managerKubeconfig, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").CombinedOutput()
+		g.Expect(err).NotTo(HaveOccurred(), string(whoami))
+		g.Expect(string(whoami)).To(Equal(serviceAccount))
 		c.startManager(t)
 	})
 
 	step("samples apply and show Closed in kubectl get cb", func(g Gomega) {
-		c.kubectl("apply", "-k", filepath.Join(root, "config", "samples"))
+		c.kubectl(g, "apply", "-k", filepath.Join(root, "config", "samples"))
 		g.Eventually(func() string { return c.kubectlQuiet("get", "cb") }, 20*time.Second, 200*time.Millisecond).Should(SatisfyAll(
 			MatchRegexp(`NAME\s+STATE\s+FAILURES\s+THRESHOLD\s+TIMEOUT\s+AGE`),
 			MatchRegexp(`order-api\s+Closed\s+0\s+5\s+30s`),
 			MatchRegexp(`payments-gateway\s+Closed\s+0\s+3\s+1m`),
 			MatchRegexp(`catalog\s+Closed\s+0\s+10\s+15s`),
 		))
-		g.Expect(c.kubectl("get", "cb", "-o", "wide")).To(MatchRegexp(`order-api\s+Closed.*http://order-api.default.svc:8080`))
+		g.Expect(c.kubectl(g, "get", "cb", "-o", "wide")).To(MatchRegexp(`order-api\s+Closed.*http://order-api.default.svc:8080`))
 	})
 
 	c.kubectlApply(t, fmt.Sprintf(`apiVersion: circuitbreaker.io/v1alpha1
@@ -124,7 +132,7 @@ spec:
 		g.Eventually(func() int { return httpGet(g, route) }, 10*time.Second).Should(Equal(200))
 		g.Expect(up.lastPath.Load()).To(Equal("/api/orders"))
 		trip(g)
-		g.Expect(c.kubectl("get", "cb", "shop-api")).To(MatchRegexp(`shop-api\s+Open\s+3\s+3\s+3s`))
+		g.Expect(c.kubectl(g, "get", "cb", "shop-api")).To(MatchRegexp(`shop-api\s+Open\s+3\s+3\s+3s`))
 		hits := up.hits.Load()
 		resp := httpDo(g, route)
 		g.Expect(resp.status).To(Equal(503))
@@ -140,7 +148,7 @@ spec:
 	})
 
 	step("the reset annotation closes it", func(g Gomega) {
-		c.kubectl("annotate", "cb", "shop-api", "circuitbreaker.io/reset="+fmt.Sprint(time.Now().UnixNano()), "--overwrite")
+		c.kubectl(g, "annotate", "cb", "shop-api", "circuitbreaker.io/reset="+fmt.Sprint(time.Now().UnixNano()), "--overwrite")
 		g.Eventually(state, 5*time.Second, 100*time.Millisecond).Should(Equal("Closed"))
 		g.Eventually(func() string { return c.kubectlQuiet("describe", "cb", "shop-api") }, 5*time.Second).Should(
 			MatchRegexp(`Normal\s+Reset\s+.*breaker reset to Closed by annotation circuitbreaker.io/reset=`))
@@ -159,7 +167,7 @@ spec:
 	})
 
 	step("a manager restart keeps an Open breaker Open and keeps serving", func(g Gomega) {
-		c.kubectl("patch", "cb", "shop-api", "--type=merge", "-p", `{"spec":{"recoveryTimeout":"1h"}}`)
+		c.kubectl(g, "patch", "cb", "shop-api", "--type=merge", "-p", `{"spec":{"recoveryTimeout":"1h"}}`)
 		g.Eventually(func() bool {
 			observed, generation, _ := strings.Cut(c.kubectlQuiet("get", "cb", "shop-api", "-o", "jsonpath={.status.observedGeneration}/{.metadata.generation}"), "/")
 			return observed == generation
@@ -173,7 +181,7 @@ spec:
 		g.Consistently(func() int { return httpGet(g, route) }, 2*time.Second, 200*time.Millisecond).Should(Equal(503))
 		g.Expect(up.hits.Load()).To(Equal(hits), "still open after the restart: the upstream is not contacted")
 		g.Expect(state()).To(Equal("Open"))
-		c.kubectl("annotate", "cb", "shop-api", "circuitbreaker.io/reset=after-restart", "--overwrite")
+		c.kubectl(g, "annotate", "cb", "shop-api", "circuitbreaker.io/reset=after-restart", "--overwrite")
 		g.Eventually(func() int { return httpGet(g, route) }, 5*time.Second, 100*time.Millisecond).Should(Equal(200))
 	})
 
@@ -192,7 +200,7 @@ spec:
 	})
 
 	step("kubectl delete removes the route", func(g Gomega) {
-		c.kubectl("delete", "cb", "shop-api")
+		c.kubectl(g, "delete", "cb", "shop-api")
 		g.Eventually(func() int { return httpGet(g, route) }, 5*time.Second, 100*time.Millisecond).Should(Equal(404))
 	})
 	g.Expect(c.managerLog.String()).NotTo(ContainSubstring("is forbidden"), "the ServiceAccount's RBAC was enough")
@@ -220,7 +228,7 @@ func startCluster(t *testing.T) *cluster {
 	g.Expect(clientcmd.WriteToFile(*cfg, c.managerKubeconfig)).To(Succeed())
 
 	t.Cleanup(func() {
-		if t.Failed() {
+		if t.Failed() && c.managerLog != nil {
 			fmt.Fprintf(os.Stderr, "\n===== manager log =====\n%s\n===== CircuitBreakers =====\n%s\n", c.managerLog, c.kubectlQuiet("get", "cb", "-A", "-o", "yaml"))
 		}
 		if c.manager != nil {
@@ -233,9 +241,9 @@ func startCluster(t *testing.T) *cluster {
 
 func (c *cluster) startManager(t *testing.T) {
 	g := NewWithT(t)
-	c.proxyAddr, c.health = freeAddr(g), freeAddr(g)
-	if c.managerLog == nil {
+	if c.managerLog == nil { // first start; a restart keeps the addresses
 		c.managerLog = &syncBuffer{}
+		c.proxyAddr, c.health = freeAddr(g), freeAddr(g)
 	}
 	c.manager = exec.Command(filepath.Join(root, "bin", "manager"),
 		"--kubeconfig", c.managerKubeconfig,
@@ -270,11 +278,9 @@ func (c *cluster) kubectlStdin(stdin string, args ...string) (string, error) {
 }
 
 // kubectl runs kubectl as the cluster admin and fails the test on error.
-func (c *cluster) kubectl(args ...string) string {
+func (c *cluster) kubectl(g Gomega, args ...string) string {
 	out, err := c.kubectlErr(args...)
-	if err != nil {
-		panic(fmt.Sprintf("kubectl %s: %v\n%s", strings.Join(args, " "), err, out))
-	}
+	g.ExpectWithOffset(1, err).NotTo(HaveOccurred(), "kubectl %s\n%s", strings.Join(args, " "), out)
 	return out
 }
 
