@@ -53,7 +53,8 @@ test: manifests generate fmt vet ## Run unit and envtest tests (with -race) on a
 
 .PHONY: test-e2e
 test-e2e: build build-installer ## Run the end-to-end tests: the real manager binary and kubectl on a local control plane.
-	KUBEBUILDER_ASSETS="$(ASSETS)" go test -tags e2e -race -timeout 15m -count 1 -v ./test/e2e/
+	mkdir -p $(LOCALBIN)/e2e-output
+	KUBEBUILDER_ASSETS="$(ASSETS)" go test -tags e2e -race -timeout 15m -count 1 -v ./test/e2e/ -artifacts -outputdir $(LOCALBIN)/e2e-output
 
 .PHONY: bench
 bench: ## Run the benchmarks of docs/benchmarks.md in interleaved rounds, with benchstat.

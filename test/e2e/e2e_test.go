@@ -42,6 +42,7 @@ type cluster struct {
 	adminKubeconfig   string
 	managerKubeconfig string
 	proxyAddr, health string
+	api               string
 	manager           *exec.Cmd
 	managerLog        *syncBuffer
 	managerExited     chan struct{}
@@ -185,6 +186,10 @@ spec:
 		g.Eventually(func() int { return httpGet(g, route) }, 5*time.Second, 100*time.Millisecond).Should(Equal(200))
 	})
 
+	if !t.Run("the dashboard shows a breaker open and resets it", dashboardTest(c, up)) {
+		t.FailNow()
+	}
+
 	step("bad manifests are refused with a message naming the field", func(g Gomega) {
 		for _, bad := range []struct{ spec, field string }{
 			{`{upstream: {service: {name: a, port: 80}}, failureThreshold: 0}`, "spec.failureThreshold"},
@@ -243,12 +248,13 @@ func (c *cluster) startManager(t *testing.T) {
 	g := NewWithT(t)
 	if c.managerLog == nil { // first start; a restart keeps the addresses
 		c.managerLog = &syncBuffer{}
-		c.proxyAddr, c.health = freeAddr(g), freeAddr(g)
+		c.proxyAddr, c.health, c.api = freeAddr(g), freeAddr(g), freeAddr(g)
 	}
 	c.manager = exec.Command(filepath.Join(root, "bin", "manager"),
 		"--kubeconfig", c.managerKubeconfig,
 		"--allow-url-upstreams",
 		"--proxy-bind-address", c.proxyAddr,
+		"--api-bind-address", c.api,
 		"--health-probe-bind-address", c.health,
 		"--metrics-bind-address", "0",
 	)
