@@ -141,7 +141,10 @@ func rewrite(pr *httputil.ProxyRequest) {
 	out := pr.Out.URL
 	out.Scheme = target.Scheme
 	out.Host = target.Host
-	escaped := strings.TrimSuffix(target.EscapedPath(), "/") + c.rest
+	escaped := c.rest // most targets have no path: no concatenation
+	if base := strings.TrimSuffix(target.EscapedPath(), "/"); base != "" {
+		escaped = base + c.rest
+	}
 	if escaped == "" {
 		escaped = "/"
 	}
