@@ -35,11 +35,7 @@ func TestAPIResetRoundTripsThroughTheAnnotation(t *testing.T) {
 	h := startManager(t, ns, Options{})
 	srv := httptest.NewServer(api.New(h.Registry, k8sClient, clock.RealClock{}, api.DefaultResetTimeout))
 	defer srv.Close()
-	g.Expect(k8sClient.Create(context.Background(), newCircuitBreaker(ns, "order-api", withThreshold(2), withRecovery(time.Hour)))).To(Succeed())
-	failCalls(g, liveBreaker(g, h, ns, "order-api"), 2)
-	g.Eventually(func(g Gomega) {
-		g.Expect(getBreaker(g, ns, "order-api").Status.State).To(Equal(cbv1.StateOpen))
-	}).Should(Succeed())
+	openBreaker(g, h, ns, "order-api")
 
 	status, body := post(g, srv.URL+"/api/circuit-breakers/"+ns+"/order-api/reset")
 	g.Expect(status).To(Equal(http.StatusOK), "%v", body)

@@ -63,6 +63,29 @@ func failCalls(g Gomega, b *breaker.Breaker, n int) {
 	}
 }
 
+// openBreaker creates a breaker that stays Open for an hour, trips it with
+// two failures and waits for the status to say Open.
+func openBreaker(g Gomega, h *harness, namespace, name string) *breaker.Breaker {
+	g.Expect(k8sClient.Create(context.Background(), newCircuitBreaker(namespace, name, withThreshold(2), withRecovery(time.Hour)))).To(Succeed())
+	b := liveBreaker(g, h, namespace, name)
+	failCalls(g, b, 2)
+	g.Eventually(func(g Gomega) {
+		g.Expect(getBreaker(g, namespace, name).Status.State).To(Equal(cbv1.StateOpen))
+	}).Should(Succeed())
+	return b
+}
+
+// annotateReset sets the reset annotation, as kubectl annotate does.
+func annotateReset(g Gomega, namespace, name, value string) {
+	cb := getBreaker(g, namespace, name)
+	patch := client.MergeFrom(cb.DeepCopy())
+	if cb.Annotations == nil {
+		cb.Annotations = map[string]string{}
+	}
+	cb.Annotations[cbv1.ResetAnnotation] = value
+	g.Expect(k8sClient.Patch(context.Background(), cb, patch)).To(Succeed())
+}
+
 // tableRow returns the columns `kubectl get cb` prints for one breaker, as
 // the API server's Table rendering gives them.
 func tableRow(g Gomega, namespace, name string, wide bool) map[string]any {
@@ -183,22 +206,9 @@ func TestResetAnnotationResetsOncePerValue(t *testing.T) {
 	ns := newNamespace(t)
 	r := startManager(t, ns, Options{})
 	ctx := context.Background()
-	g.Expect(k8sClient.Create(ctx, newCircuitBreaker(ns, "order-api", withThreshold(2), withRecovery(time.Hour)))).To(Succeed())
-	b := liveBreaker(g, r, ns, "order-api")
-	failCalls(g, b, 2)
-	g.Eventually(func(g Gomega) {
-		g.Expect(getBreaker(g, ns, "order-api").Status.State).To(Equal(cbv1.StateOpen))
-	}).Should(Succeed())
+	b := openBreaker(g, r, ns, "order-api")
 
-	annotate := func(value string) {
-		cb := getBreaker(g, ns, "order-api")
-		patch := client.MergeFrom(cb.DeepCopy())
-		if cb.Annotations == nil {
-			cb.Annotations = map[string]string{}
-		}
-		cb.Annotations[cbv1.ResetAnnotation] = value
-		g.Expect(k8sClient.Patch(ctx, cb, patch)).To(Succeed())
-	}
+	annotate := func(value string) { annotateReset(g, ns, "order-api", value) }
 	annotate("1764176400")
 	g.Eventually(func(g Gomega) {
 		cb := getBreaker(g, ns, "order-api")
@@ -246,12 +256,7 @@ func TestSpecChangeKeepsState(t *testing.T) {
 	ns := newNamespace(t)
 	r := startManager(t, ns, Options{})
 	ctx := context.Background()
-	g.Expect(k8sClient.Create(ctx, newCircuitBreaker(ns, "order-api", withThreshold(2), withRecovery(time.Hour)))).To(Succeed())
-	b := liveBreaker(g, r, ns, "order-api")
-	failCalls(g, b, 2)
-	g.Eventually(func(g Gomega) {
-		g.Expect(getBreaker(g, ns, "order-api").Status.State).To(Equal(cbv1.StateOpen))
-	}).Should(Succeed())
+	b := openBreaker(g, r, ns, "order-api")
 
 	cb := getBreaker(g, ns, "order-api")
 	patch := client.MergeFrom(cb.DeepCopy())

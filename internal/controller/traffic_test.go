@@ -13,7 +13,6 @@ import (
 	. "github.com/onsi/gomega"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
@@ -91,16 +90,13 @@ func TestTrafficThroughTheProxyDrivesTheStatus(t *testing.T) {
 		call(g, route)
 	}
 	g.Eventually(state, time.Second, 20*time.Millisecond).Should(Equal(cbv1.StateOpen))
-	cb := getBreaker(g, ns, "order-api")
-	patch := client.MergeFrom(cb.DeepCopy())
-	cb.Annotations = map[string]string{cbv1.ResetAnnotation: "1"}
-	g.Expect(k8sClient.Patch(ctx, cb, patch)).To(Succeed())
+	annotateReset(g, ns, "order-api", "1")
 	g.Eventually(state, time.Second, 20*time.Millisecond).Should(Equal(cbv1.StateClosed))
 	failing.Store(false)
 	g.Expect(call(g, route)).To(Equal(200))
 
 	// Deleting the resource removes the route.
-	g.Expect(k8sClient.Delete(ctx, cb)).To(Succeed())
+	g.Expect(k8sClient.Delete(ctx, getBreaker(g, ns, "order-api"))).To(Succeed())
 	g.Eventually(func() int { return call(g, route) }).Should(Equal(404))
 }
 

@@ -42,7 +42,7 @@ type cluster struct {
 	adminKubeconfig   string
 	managerKubeconfig string
 	proxyAddr, health string
-	api               string
+	api, metrics      string
 	manager           *exec.Cmd
 	managerLog        *syncBuffer
 	managerExited     chan struct{}
@@ -141,6 +141,21 @@ spec:
 		g.Expect(resp.header.Get("X-Circuit-Breaker-State")).To(Equal("open"))
 		g.Expect(resp.header.Get("Retry-After")).To(MatchRegexp(`^[1-3]$`))
 		g.Expect(up.hits.Load()).To(Equal(hits), "an open breaker does not contact the upstream")
+	})
+
+	step("the metrics endpoint shows the breaker's series", func(g Gomega) {
+		metrics := httpDo(g, "http://"+c.metrics+"/metrics").body
+		for _, series := range []string{
+			`circuitbreaker_requests_total{name="shop-api",namespace="default",outcome="success"} 1`,
+			`circuitbreaker_requests_total{name="shop-api",namespace="default",outcome="failure"} 3`,
+			`circuitbreaker_requests_total{name="shop-api",namespace="default",outcome="rejected"} 1`,
+			`circuitbreaker_state{name="shop-api",namespace="default",state="Open"} 1`,
+			`circuitbreaker_state{name="shop-api",namespace="default",state="Closed"} 0`,
+			`circuitbreaker_transitions_total{from="Closed",name="shop-api",namespace="default",to="Open"} 1`,
+			`circuitbreaker_request_duration_seconds_count{name="shop-api",namespace="default"} 4`,
+		} {
+			g.Expect(metrics).To(ContainSubstring(series + "\n"))
+		}
 	})
 
 	step("kubectl describe shows the Events", func(g Gomega) {
@@ -248,7 +263,7 @@ func (c *cluster) startManager(t *testing.T) {
 	g := NewWithT(t)
 	if c.managerLog == nil { // first start; a restart keeps the addresses
 		c.managerLog = &syncBuffer{}
-		c.proxyAddr, c.health, c.api = freeAddr(g), freeAddr(g), freeAddr(g)
+		c.proxyAddr, c.health, c.api, c.metrics = freeAddr(g), freeAddr(g), freeAddr(g), freeAddr(g)
 	}
 	c.manager = exec.Command(filepath.Join(root, "bin", "manager"),
 		"--kubeconfig", c.managerKubeconfig,
@@ -256,7 +271,7 @@ func (c *cluster) startManager(t *testing.T) {
 		"--proxy-bind-address", c.proxyAddr,
 		"--api-bind-address", c.api,
 		"--health-probe-bind-address", c.health,
-		"--metrics-bind-address", "0",
+		"--metrics-bind-address", c.metrics,
 	)
 	c.manager.Stdout, c.manager.Stderr = c.managerLog, c.managerLog
 	g.Expect(c.manager.Start()).To(Succeed())
