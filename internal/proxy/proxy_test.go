@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -331,8 +330,12 @@ func TestRejection(t *testing.T) {
 			g.Expect(b.Snapshot().State).To(Equal(breaker.StateOpen))
 			g.Expect(up.hits.Load()).To(Equal(int32(2)))
 
-			for _, advance := range []time.Duration{0, 10*time.Second + 500*time.Millisecond, 19 * time.Second} {
-				f.clock.Step(advance)
+			// Opened at the fake clock's start with a 30s recovery timeout.
+			for _, step := range []struct {
+				advance    time.Duration
+				retryAfter string
+			}{{0, "30"}, {10*time.Second + 500*time.Millisecond, "20"}, {19 * time.Second, "1"}} {
+				f.clock.Step(step.advance)
 				resp, body := f.get(t, "/shop/a/x")
 				g.Expect(resp.StatusCode).To(Equal(tt.status))
 				g.Expect(resp.Header.Get("Content-Type")).To(Equal(tt.contentType))
@@ -342,9 +345,7 @@ func TestRejection(t *testing.T) {
 				} else {
 					g.Expect(jsonError(g, body)).To(Equal("circuit breaker 'shop/a' is open: circuit breaker is open"))
 				}
-				left := b.Snapshot().OpenUntil.Sub(f.clock.Now())
-				want := int((left + time.Second - 1) / time.Second)
-				g.Expect(resp.Header.Get("Retry-After")).To(Equal(strconv.Itoa(max(want, 1))))
+				g.Expect(resp.Header.Get("Retry-After")).To(Equal(step.retryAfter), "whole seconds until probing, rounded up")
 			}
 			g.Expect(up.hits.Load()).To(Equal(int32(2)), "an open breaker never contacts the upstream")
 			g.Expect(scrape(g, f.reg)).To(ContainSubstring(`circuitbreaker_requests_total{name="a",namespace="shop",outcome="rejected"} 3`))
