@@ -212,13 +212,11 @@ func (b *Breaker) Allow() (Ticket, error) {
 	}
 	var fired *Transition
 	if b.state == StateOpen {
-		now := b.clock.Now()
-		if now.Before(b.openUntil) {
+		if fired = b.halfOpenIfDueLocked(); fired == nil {
 			b.rejected++
 			b.mu.Unlock()
 			return Ticket{}, ErrOpen
 		}
-		fired = b.setStateLocked(StateHalfOpen, now, "recovery timeout of "+b.settings.RecoveryTimeout.String()+" elapsed")
 	}
 	if b.probesInFlight >= b.settings.HalfOpenMaxRequests {
 		b.rejected++
@@ -312,7 +310,8 @@ func (t Ticket) Cancel() {
 }
 
 // Reset closes the breaker and clears its counts, once per id: a request to
-// reset that is seen again (a requeue, a restart) does nothing. Outcomes of
+// reset that is seen again (a requeue, a restart) does nothing; id must not
+// be empty. Outcomes of
 // calls allowed before the reset are ignored. It reports whether it reset.
 func (b *Breaker) Reset(id, reason string) bool {
 	b.mu.Lock()
@@ -338,9 +337,7 @@ func (b *Breaker) Snapshot() Snapshot {
 	b.mu.Lock()
 	var fired *Transition
 	if b.state == StateOpen {
-		if now := b.clock.Now(); !now.Before(b.openUntil) {
-			fired = b.setStateLocked(StateHalfOpen, now, "recovery timeout of "+b.settings.RecoveryTimeout.String()+" elapsed")
-		}
+		fired = b.halfOpenIfDueLocked()
 	}
 	s := b.snapshotLocked()
 	b.mu.Unlock()
@@ -431,6 +428,16 @@ func (b *Breaker) restore(s Snapshot) {
 	b.probesInFlight = 0
 	b.probeSuccesses = 0
 	b.mu.Unlock()
+}
+
+// halfOpenIfDueLocked moves an Open breaker whose recovery timeout has
+// passed to HalfOpen, and returns that transition (nil if not yet due).
+func (b *Breaker) halfOpenIfDueLocked() *Transition {
+	now := b.clock.Now()
+	if now.Before(b.openUntil) {
+		return nil
+	}
+	return b.setStateLocked(StateHalfOpen, now, "recovery timeout of "+b.settings.RecoveryTimeout.String()+" elapsed")
 }
 
 // setStateLocked moves to a new state, starts a new generation and returns
