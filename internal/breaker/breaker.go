@@ -311,8 +311,8 @@ func (t Ticket) Cancel() {
 
 // Reset closes the breaker and clears its counts, once per id: a request to
 // reset that is seen again (a requeue, a restart) does nothing; id must not
-// be empty. Outcomes of
-// calls allowed before the reset are ignored. It reports whether it reset.
+// be empty. Outcomes of calls allowed before the reset are ignored. It
+// reports whether it reset.
 func (b *Breaker) Reset(id, reason string) bool {
 	b.mu.Lock()
 	if id == b.lastResetID {
