@@ -71,6 +71,7 @@ In another terminal:
   export KUBECONFIG=%s
   kubectl get cb
   kubectl annotate cb order-api circuitbreaker.io/reset="$(date +%%s%%N)" --overwrite
+Proxy: http://localhost:8080/<namespace>/<name>/<path>   Dashboard and REST API: http://127.0.0.1:8082/
 Press Ctrl-C to stop the manager and the control plane.
 
 `, env.Config.Host, strings.Join(applied, ", "), kubeconfig)
