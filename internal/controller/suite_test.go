@@ -39,6 +39,9 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	// Waits that are not themselves the subject of a test get room for a
+	// loaded CI machine; the "within a second" checks pass their own timeout.
+	SetDefaultEventuallyTimeout(10 * time.Second)
 	log.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapLevelFromEnv())))
 	env, err := controlplane.Start()
 	if err != nil {

@@ -35,6 +35,12 @@ const (
 
 var root = controlplane.RepoRoot()
 
+func init() {
+	// Waits that are not themselves the subject of a step get room for a
+	// loaded CI machine.
+	SetDefaultEventuallyTimeout(10 * time.Second)
+}
+
 // cluster is the local control plane with an admin kubeconfig and one for
 // the manager that acts as its ServiceAccount.
 type cluster struct {
