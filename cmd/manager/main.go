@@ -50,6 +50,15 @@ func main() {
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	setupLog := ctrl.Log.WithName("setup")
 
+	var webhook *notify.Webhook
+	if notifyWebhook != "" {
+		var err error
+		if webhook, err = notify.NewWebhook(notifyWebhook, notify.Options{Log: ctrl.Log.WithName("notify")}); err != nil {
+			setupLog.Error(err, "invalid --notify-webhook")
+			os.Exit(1)
+		}
+	}
+
 	scheme := runtime.NewScheme()
 	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
 	utilruntime.Must(cbv1.AddToScheme(scheme))
@@ -69,8 +78,7 @@ func main() {
 	metrics := proxy.NewMetrics(ctrlmetrics.Registry)
 	routes := proxy.NewTable(metrics)
 	onTransition := metrics.RecordTransition
-	if notifyWebhook != "" {
-		webhook := notify.NewWebhook(notifyWebhook, notify.Options{Log: ctrl.Log.WithName("notify")})
+	if webhook != nil {
 		utilruntime.Must(mgr.Add(manager.RunnableFunc(webhook.Run)))
 		onTransition = func(key breaker.Key, t breaker.Transition) {
 			metrics.RecordTransition(key, t)

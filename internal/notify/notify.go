@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"sync/atomic"
 	"time"
 
@@ -45,8 +46,13 @@ type Webhook struct {
 	dropped atomic.Int64
 }
 
-// NewWebhook returns a Webhook for url; Run delivers its queue.
-func NewWebhook(url string, opts Options) *Webhook {
+// NewWebhook returns a Webhook for rawURL, which must be an absolute http(s)
+// URL; Run delivers its queue.
+func NewWebhook(rawURL string, opts Options) (*Webhook, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("webhook URL %q is not an absolute http or https URL", rawURL)
+	}
 	if opts.QueueSize <= 0 {
 		opts.QueueSize = 1024
 	}
@@ -62,7 +68,7 @@ func NewWebhook(url string, opts Options) *Webhook {
 	if opts.Client == nil {
 		opts.Client = &http.Client{}
 	}
-	return &Webhook{url: url, opts: opts, queue: make(chan Notification, opts.QueueSize)}
+	return &Webhook{url: rawURL, opts: opts, queue: make(chan Notification, opts.QueueSize)}, nil
 }
 
 // Notify queues a transition without blocking.

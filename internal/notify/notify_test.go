@@ -3,6 +3,7 @@ package notify_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -71,7 +72,7 @@ func run(t *testing.T, w *notify.Webhook) {
 func TestDelivery(t *testing.T) {
 	g := NewWithT(t)
 	r := newReceiver(t)
-	w := notify.NewWebhook(r.URL, notify.Options{})
+	w := newWebhook(t, r.URL, notify.Options{})
 	run(t, w)
 	w.Notify(breaker.NewKey("shop", "order-api"), breaker.Transition{
 		From: breaker.StateClosed, To: breaker.StateOpen, At: at, Reason: "5 consecutive failures, last: 503",
@@ -88,7 +89,7 @@ func TestDelivery(t *testing.T) {
 func TestRetryAfterReceiverError(t *testing.T) {
 	g := NewWithT(t)
 	r := newReceiver(t, http.StatusInternalServerError, http.StatusServiceUnavailable)
-	w := notify.NewWebhook(r.URL, notify.Options{Backoff: 10 * time.Millisecond})
+	w := newWebhook(t, r.URL, notify.Options{Backoff: 10 * time.Millisecond})
 	run(t, w)
 	w.Notify(breaker.NewKey("shop", "a"), breaker.Transition{From: breaker.StateClosed, To: breaker.StateOpen, At: at})
 	g.Eventually(r.received).Should(HaveLen(1))
@@ -98,7 +99,7 @@ func TestRetryAfterReceiverError(t *testing.T) {
 func TestGivesUpAfterItsAttempts(t *testing.T) {
 	g := NewWithT(t)
 	r := newReceiver(t, 500, 500, 500, 200)
-	w := notify.NewWebhook(r.URL, notify.Options{Attempts: 3, Backoff: time.Millisecond})
+	w := newWebhook(t, r.URL, notify.Options{Attempts: 3, Backoff: time.Millisecond})
 	run(t, w)
 	w.Notify(breaker.NewKey("shop", "a"), breaker.Transition{From: breaker.StateClosed, To: breaker.StateOpen, At: at})
 	w.Notify(breaker.NewKey("shop", "b"), breaker.Transition{From: breaker.StateClosed, To: breaker.StateOpen, At: at})
@@ -119,7 +120,7 @@ func TestHangingReceiverDoesNotDelayTheDataPlane(t *testing.T) {
 	}))
 	defer receiver.Close()
 	defer close(hang)
-	w := notify.NewWebhook(receiver.URL, notify.Options{QueueSize: 2, AttemptTimeout: time.Minute})
+	w := newWebhook(t, receiver.URL, notify.Options{QueueSize: 2, AttemptTimeout: time.Minute})
 	run(t, w)
 
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -145,4 +146,19 @@ func TestHangingReceiverDoesNotDelayTheDataPlane(t *testing.T) {
 		g.Expect(resp.StatusCode).To(Equal(500))
 	}
 	g.Expect(w.Dropped()).To(BeNumerically(">=", 20-2-1), "the queue stayed bounded: one in delivery, two queued, the rest dropped")
+}
+
+func newWebhook(t *testing.T, url string, opts notify.Options) *notify.Webhook {
+	w, err := notify.NewWebhook(url, opts)
+	NewWithT(t).Expect(err).NotTo(HaveOccurred())
+	return w
+}
+
+func TestBadWebhookURLsAreRefused(t *testing.T) {
+	for _, bad := range []string{"", "receiver.example.com/hook", "ftp://receiver.example.com", "http://", "::not a url"} {
+		g := NewWithT(t)
+		w, err := notify.NewWebhook(bad, notify.Options{})
+		g.Expect(w).To(BeNil())
+		g.Expect(err).To(MatchError(fmt.Sprintf("webhook URL %q is not an absolute http or https URL", bad)))
+	}
 }

@@ -6,6 +6,8 @@ package e2e
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -94,6 +96,28 @@ func TestE2E(t *testing.T) {
 		} {
 			out, _ := c.kubectlErr(append([]string{"auth", "can-i", "--as", serviceAccount}, check.args...)...)
 			g.Expect(strings.TrimSpace(out)).To(Equal(check.want), "can-i %v", check.args)
+		}
+	})
+
+	step("bad flags stop the manager with a clear message", func(g Gomega) {
+		for _, bad := range []struct {
+			args []string
+			code int
+			want string
+		}{
+			{[]string{"--no-such-flag"}, 2, "flag provided but not defined: -no-such-flag"},
+			{[]string{"--notify-webhook", "ftp://hooks.example.com"}, 1, `webhook URL \"ftp://hooks.example.com\" is not an absolute http or https URL`},
+			{[]string{"--proxy-bind-address", "127.0.0.1:99999"}, 1, "invalid port"},
+		} {
+			args := append([]string{"--kubeconfig", c.managerKubeconfig, "--health-probe-bind-address", freeAddr(g),
+				"--api-bind-address", freeAddr(g), "--metrics-bind-address", "0", "--proxy-bind-address", freeAddr(g)}, bad.args...)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			out, err := exec.CommandContext(ctx, filepath.Join(root, "bin", "manager"), args...).CombinedOutput()
+			cancel()
+			var exit *exec.ExitError
+			g.Expect(errors.As(err, &exit)).To(BeTrue(), "%v exits with an error\n%s", bad.args, out)
+			g.Expect(exit.ExitCode()).To(Equal(bad.code), "%v\n%s", bad.args, out)
+			g.Expect(string(out)).To(ContainSubstring(bad.want))
 		}
 	})
 
