@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -79,6 +80,11 @@ type Reconciler struct {
 	// next patch, since the cache can lag behind our own writes.
 	written sync.Map
 
+	// elected is closed once this replica leads: only the leader writes
+	// status and Events, while every replica keeps live breakers and routes
+	// so that each one's proxy serves.
+	elected <-chan struct{}
+
 	// queue is the controller's work queue, captured when it starts, so
 	// breaker changes enqueue their resource without a channel in between.
 	queue atomic.Pointer[workqueue.TypedRateLimitingInterface[reconcile.Request]]
@@ -130,7 +136,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 
 	if value := cb.Annotations[cbv1.ResetAnnotation]; value != "" &&
-		b.Reset(value, "reset requested by annotation "+cbv1.ResetAnnotation+"="+value) {
+		b.Reset(value, "reset requested by annotation "+cbv1.ResetAnnotation+"="+value) && r.leading() {
 		r.recorder.Eventf(&cb, nil, corev1.EventTypeNormal, ReasonReset, "Reset",
 			"breaker reset to Closed by annotation %s=%s", cbv1.ResetAnnotation, value)
 	}
@@ -174,7 +180,7 @@ type writtenStatus struct {
 // patchStatus writes status with one merge patch against the status as
 // stored, and not at all when nothing changed.
 func (r *Reconciler) patchStatus(ctx context.Context, key breaker.Key, cb *cbv1.CircuitBreaker, status *cbv1.CircuitBreakerStatus) error {
-	if equality.Semantic.DeepEqual(&cb.Status, status) {
+	if !r.leading() || equality.Semantic.DeepEqual(&cb.Status, status) {
 		return nil
 	}
 	patch := client.MergeFrom(cb.DeepCopy())
@@ -292,7 +298,7 @@ func (r *Reconciler) onTransition(key breaker.Key, t breaker.Transition) {
 	if r.opts.OnTransition != nil {
 		r.opts.OnTransition(key, t)
 	}
-	if t.Reset {
+	if t.Reset || !r.leading() {
 		return // the reconcile that reset it records the Reset event
 	}
 	namespace, name := key.Split()
@@ -305,6 +311,16 @@ func (r *Reconciler) onTransition(key breaker.Key, t breaker.Transition) {
 		eventType = corev1.EventTypeWarning
 	}
 	r.recorder.Eventf(&cb, nil, eventType, transitionReason(t.To), "Transition", "%s", t.Reason)
+}
+
+// leading reports whether this replica is the leader (always, without leader election).
+func (r *Reconciler) leading() bool {
+	select {
+	case <-r.elected:
+		return true
+	default:
+		return false
+	}
 }
 
 func transitionReason(to breaker.State) string {
@@ -324,9 +340,15 @@ func (r *Reconciler) enqueue(key breaker.Key) {
 	}
 }
 
-// SetupWithManager registers the controller and starts the registry's count flushing.
+// SetupWithManager registers the controller, on every replica, and the
+// leader's work: on election, write every breaker's state as this replica
+// sees it, then flush count changes.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	r.elected = mgr.Elected()
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		for _, key := range r.Registry.Keys() {
+			r.enqueue(key)
+		}
 		r.Registry.Run(ctx, CountsFlushInterval)
 		return nil
 	})); err != nil {
@@ -341,8 +363,12 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 			return nil
 		})).
 		Named("circuitbreaker").
-		// Breakers are independent; a few workers keep one slow status write
-		// from delaying the transitions of others.
-		WithOptions(controller.Options{MaxConcurrentReconciles: 4}).
+		WithOptions(controller.Options{
+			// Breakers are independent; a few workers keep one slow status
+			// write from delaying the transitions of others.
+			MaxConcurrentReconciles: 4,
+			// Every replica's proxy needs live breakers, not just the leader's.
+			NeedLeaderElection: ptr.To(false),
+		}).
 		Complete(r)
 }

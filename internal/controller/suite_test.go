@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -89,11 +90,27 @@ type harness struct {
 	metrics *prometheus.Registry
 	// statusPatches counts the status writes the Reconciler made.
 	statusPatches atomic.Int64
+	// stop stops the manager (and is done at the test's end anyway).
+	stop func()
+}
+
+// withLeaderElection makes the manager one of the replicas that elect a
+// leader by a Lease in namespace, with short timings.
+func withLeaderElection(namespace string) func(*ctrl.Options) {
+	return func(o *ctrl.Options) {
+		o.LeaderElection = true
+		o.LeaderElectionID = "circuit-breaker-operator-test"
+		o.LeaderElectionNamespace = namespace
+		o.LeaderElectionReleaseOnCancel = true
+		o.LeaseDuration = ptr.To(2 * time.Second)
+		o.RenewDeadline = ptr.To(time.Second)
+		o.RetryPeriod = ptr.To(200 * time.Millisecond)
+	}
 }
 
 // startManager runs a manager with a fresh Reconciler that sees only namespace,
 // as a restarted manager would start: with an empty registry.
-func startManager(t *testing.T, namespace string, opts Options) *harness {
+func startManager(t *testing.T, namespace string, opts Options, mgrOpts ...func(*ctrl.Options)) *harness {
 	t.Helper()
 	g := NewWithT(t)
 	h := &harness{metrics: prometheus.NewRegistry()}
@@ -103,7 +120,7 @@ func startManager(t *testing.T, namespace string, opts Options) *harness {
 			return c.SubResource(sub).Patch(ctx, obj, patch, opts...)
 		},
 	}
-	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
+	options := ctrl.Options{
 		Scheme:                 controlplane.Scheme(),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
@@ -113,7 +130,11 @@ func startManager(t *testing.T, namespace string, opts Options) *harness {
 			c, err := client.NewWithWatch(cfg, o)
 			return interceptor.NewClient(c, countPatches), err
 		},
-	})
+	}
+	for _, o := range mgrOpts {
+		o(&options)
+	}
+	mgr, err := ctrl.NewManager(restConfig, options)
 	g.Expect(err).NotTo(HaveOccurred())
 	metrics := proxy.NewMetrics(h.metrics)
 	h.routes = proxy.NewTable(metrics)
@@ -125,10 +146,14 @@ func startManager(t *testing.T, namespace string, opts Options) *harness {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		g.Eventually(done, 30*time.Second).Should(Receive(BeNil()))
-	})
+	var once sync.Once
+	h.stop = func() {
+		once.Do(func() {
+			cancel()
+			g.Eventually(done, 30*time.Second).Should(Receive(BeNil()))
+		})
+	}
+	t.Cleanup(h.stop)
 	return h
 }
 
