@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -80,6 +81,10 @@ func main() {
 	onTransition := metrics.RecordTransition
 	if webhook != nil {
 		utilruntime.Must(mgr.Add(manager.RunnableFunc(webhook.Run)))
+		ctrlmetrics.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "circuitbreaker_notifications_dropped_total",
+			Help: "Transition notifications dropped because the webhook queue was full.",
+		}, func() float64 { return float64(webhook.Dropped()) }))
 		onTransition = func(key breaker.Key, t breaker.Transition) {
 			metrics.RecordTransition(key, t)
 			webhook.Notify(key, t)

@@ -7,6 +7,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -51,6 +52,7 @@ type cluster struct {
 	managerKubeconfig string
 	proxyAddr, health string
 	api, metrics      string
+	webhook           string
 	manager           *exec.Cmd
 	managerLog        *syncBuffer
 	managerExited     chan struct{}
@@ -58,7 +60,9 @@ type cluster struct {
 
 func TestE2E(t *testing.T) {
 	g := NewWithT(t)
+	hooks := newHookReceiver(t)
 	c := startCluster(t)
+	c.webhook = hooks.URL
 	up := newUpstream(t)
 
 	step := func(name string, fn func(g Gomega)) {
@@ -183,9 +187,18 @@ spec:
 			`circuitbreaker_state{name="shop-api",namespace="default",state="Closed"} 0`,
 			`circuitbreaker_transitions_total{from="Closed",name="shop-api",namespace="default",to="Open"} 1`,
 			`circuitbreaker_request_duration_seconds_count{name="shop-api",namespace="default"} 4`,
+			`circuitbreaker_notifications_dropped_total 0`,
 		} {
 			g.Expect(metrics).To(ContainSubstring(series + "\n"))
 		}
+	})
+
+	step("the webhook is told of the transition", func(g Gomega) {
+		g.Eventually(hooks.received).Should(ContainElement(SatisfyAll(
+			HaveKeyWithValue("namespace", "default"), HaveKeyWithValue("name", "shop-api"),
+			HaveKeyWithValue("from", "Closed"), HaveKeyWithValue("to", "Open"),
+			HaveKeyWithValue("reason", "3 consecutive failures, last: 500"), HaveKey("time"),
+		)))
 	})
 
 	step("kubectl describe shows the Events", func(g Gomega) {
@@ -302,6 +315,7 @@ func (c *cluster) startManager(t *testing.T) {
 		"--api-bind-address", c.api,
 		"--health-probe-bind-address", c.health,
 		"--metrics-bind-address", c.metrics,
+		"--notify-webhook", c.webhook,
 	)
 	c.manager.Stdout, c.manager.Stderr = c.managerLog, c.managerLog
 	g.Expect(c.manager.Start()).To(Succeed())
@@ -367,6 +381,35 @@ func newUpstream(t *testing.T) *upstream {
 	}))
 	t.Cleanup(u.Close)
 	return u
+}
+
+// hookReceiver records the JSON documents POSTed to it.
+type hookReceiver struct {
+	*httptest.Server
+	mu   sync.Mutex
+	docs []map[string]any
+}
+
+func newHookReceiver(t *testing.T) *hookReceiver {
+	h := &hookReceiver{}
+	h.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var doc map[string]any
+		if r.Method != http.MethodPost || json.NewDecoder(r.Body).Decode(&doc) != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		h.mu.Lock()
+		h.docs = append(h.docs, doc)
+		h.mu.Unlock()
+	}))
+	t.Cleanup(h.Close)
+	return h
+}
+
+func (h *hookReceiver) received() []map[string]any {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return append([]map[string]any(nil), h.docs...)
 }
 
 type response struct {
