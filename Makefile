@@ -49,7 +49,7 @@ control-plane: ## Build kube-apiserver and etcd from the Go module proxy (cached
 
 .PHONY: test
 test: manifests generate fmt vet ## Run unit and envtest tests (with -race) on a locally built API server.
-	KUBEBUILDER_ASSETS="$(ASSETS)" go test -race -timeout $(TEST_TIMEOUT) ./... -coverprofile cover.out
+	KUBEBUILDER_ASSETS="$(ASSETS)" go test -race -count 1 -timeout $(TEST_TIMEOUT) ./... -coverprofile cover.out
 
 .PHONY: test-e2e
 test-e2e: build build-installer ## Run the end-to-end tests: the real manager binary and kubectl on a local control plane.
