@@ -97,7 +97,7 @@ func main() {
 		os.Exit(1)
 	}
 	for name, srv := range map[string]*http.Server{
-		"proxy": {Addr: proxyAddr, Handler: proxy.New(routes, clock.RealClock{}, nil)},
+		"proxy": {Addr: proxyAddr, Handler: proxy.New(routes, clock.RealClock{})},
 		"api":   {Addr: apiAddr, Handler: api.New(reconciler.Registry, mgr.GetClient(), clock.RealClock{}, api.DefaultResetTimeout)},
 	} {
 		srv.ReadHeaderTimeout = 10 * time.Second

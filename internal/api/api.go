@@ -8,7 +8,6 @@ import (
 	_ "embed"
 	"encoding/json"
 	"fmt"
-	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -109,7 +108,7 @@ func (s *Server) entry(key breaker.Key, b *breaker.Breaker) Entry {
 		e.LastFailureTime = snap.LastFailure.Unix()
 	}
 	if snap.State == breaker.StateOpen {
-		e.TimeRemaining = int64(math.Ceil(max(0, snap.OpenUntil.Sub(s.clock.Now()).Seconds())))
+		e.TimeRemaining = breaker.WholeSecondsUntil(snap.OpenUntil, s.clock.Now())
 	}
 	for _, t := range snap.History {
 		e.History = append(e.History, HistoryEntry{Time: t.At.Unix(), From: apiState(t.From), To: apiState(t.To), Reason: t.Reason})

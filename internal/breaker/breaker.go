@@ -408,6 +408,17 @@ func (b *Breaker) OpenUntil() time.Time {
 	return b.openUntil
 }
 
+// WholeSecondsUntil is the time from now until t in whole seconds, rounded
+// up, and 0 once t has passed: how Retry-After and the API count down to
+// probing.
+func WholeSecondsUntil(t, now time.Time) int64 {
+	d := t.Sub(now)
+	if d <= 0 {
+		return 0
+	}
+	return int64((d + time.Second - 1) / time.Second)
+}
+
 // restore puts the breaker into a state recorded earlier, e.g. in a
 // resource's status before a manager restart. An Open breaker whose
 // openUntil has passed becomes HalfOpen on its next call.

@@ -565,3 +565,20 @@ func TestAllowedAndRejectedCounts(t *testing.T) {
 	g.Expect(s.Rejected).To(Equal(uint64(5)))
 	g.Expect(b.OpenUntil().IsZero()).To(BeTrue(), "not open")
 }
+
+func TestWholeSecondsUntil(t *testing.T) {
+	g := NewWithT(t)
+	for _, tt := range []struct {
+		left time.Duration
+		want int64
+	}{
+		{30 * time.Second, 30},
+		{19*time.Second + 500*time.Millisecond, 20},
+		{time.Nanosecond, 1},
+		{0, 0},
+		{-time.Second, 0},
+	} {
+		g.Expect(WholeSecondsUntil(epoch.Add(tt.left), epoch)).To(Equal(tt.want), "%s left", tt.left)
+	}
+	g.Expect(WholeSecondsUntil(time.Time{}, epoch)).To(BeZero(), "no time set")
+}

@@ -34,7 +34,7 @@ func failingUpstream(t *testing.T) (*httptest.Server, *atomic.Bool) {
 
 // proxyFor serves the harness's routes like the manager's proxy does.
 func proxyFor(t *testing.T, h *harness) *httptest.Server {
-	srv := httptest.NewServer(proxy.New(h.routes, clock.RealClock{}, nil))
+	srv := httptest.NewServer(proxy.New(h.routes, clock.RealClock{}))
 	t.Cleanup(srv.Close)
 	return srv
 }

@@ -132,7 +132,7 @@ func TestHangingReceiverDoesNotDelayTheDataPlane(t *testing.T) {
 	registry := breaker.NewRegistry(clock.RealClock{}, breaker.RegistryOptions{OnTransition: w.Notify})
 	key := breaker.NewKey("shop", "a")
 	target, _ := url.Parse(upstream.URL)
-	px := httptest.NewServer(proxy.New(table, clock.RealClock{}, nil))
+	px := httptest.NewServer(proxy.New(table, clock.RealClock{}))
 	defer px.Close()
 	for i := range 20 {
 		// Every request opens a fresh breaker: one transition per request.

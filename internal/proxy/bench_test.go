@@ -54,7 +54,7 @@ func BenchmarkProxyHop(b *testing.B) {
 	}{
 		{"bare-A", bareReverseProxy(target)},
 		{"bare-B", bareReverseProxy(target)},
-		{"breaker", New(table, clock.RealClock{}, nil)},
+		{"breaker", New(table, clock.RealClock{})},
 	}
 	for _, front := range fronts {
 		b.Run(front.name, func(b *testing.B) {

@@ -26,16 +26,12 @@ type Proxy struct {
 	reverse *httputil.ReverseProxy
 }
 
-// New returns a Proxy that serves the routes of table through transport;
-// nil means NewTransport().
-func New(table *Table, clk clock.PassiveClock, transport http.RoundTripper) *Proxy {
-	if transport == nil {
-		transport = NewTransport()
-	}
+// New returns a Proxy that serves the routes of table.
+func New(table *Table, clk clock.PassiveClock) *Proxy {
 	p := &Proxy{table: table, clock: clk}
 	p.reverse = &httputil.ReverseProxy{
 		Rewrite:        rewrite,
-		Transport:      transport,
+		Transport:      NewTransport(),
 		BufferPool:     &bufferPool{},
 		ModifyResponse: classifyResponse,
 		ErrorHandler:   handleTransportError,
@@ -205,8 +201,7 @@ func (p *Proxy) reject(w http.ResponseWriter, rt *route, err error) {
 	state, retryAfter := "half-open", 1
 	if errors.Is(err, breaker.ErrOpen) {
 		state = "open"
-		left := rt.breaker.OpenUntil().Sub(p.clock.Now())
-		retryAfter = max(1, int((left+time.Second-1)/time.Second))
+		retryAfter = max(1, int(breaker.WholeSecondsUntil(rt.breaker.OpenUntil(), p.clock.Now())))
 	}
 	h := w.Header()
 	h.Set("Retry-After", strconv.Itoa(retryAfter))

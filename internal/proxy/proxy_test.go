@@ -93,7 +93,7 @@ func newFixture(t *testing.T) *fixture {
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
 	f := &fixture{table: NewTable(m), metrics: m, reg: reg, clock: clocktesting.NewFakeClock(time.Now())}
-	f.proxy = httptest.NewServer(New(f.table, f.clock, nil))
+	f.proxy = httptest.NewServer(New(f.table, f.clock))
 	t.Cleanup(f.proxy.Close)
 	return f
 }
