@@ -130,7 +130,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	}
 	status.Upstream = upstream.String()
 
-	b, _ := r.Registry.Upsert(key, SettingsFromSpec(&cb.Spec), savedSnapshot(&cb.Status))
+	b, _ := r.Registry.Upsert(key, settingsFromSpec(&cb.Spec), savedSnapshot(&cb.Status))
 	if err := r.routes.Set(key, b, upstream, &cb.Spec); err != nil {
 		return ctrl.Result{}, r.refuse(ctx, key, &cb, status, ReasonInvalidSpec, err)
 	}
@@ -216,9 +216,9 @@ func (r *Reconciler) resolveUpstream(cb *cbv1.CircuitBreaker) (*url.URL, string,
 	return nil, ReasonInvalidUpstream, fmt.Errorf("spec.upstream needs exactly one of service or url")
 }
 
-// SettingsFromSpec maps a spec onto breaker settings; zero values (a spec
+// settingsFromSpec maps a spec onto breaker settings; zero values (a spec
 // not yet defaulted) take the breaker's defaults, which equal the schema's.
-func SettingsFromSpec(spec *cbv1.CircuitBreakerSpec) breaker.Settings {
+func settingsFromSpec(spec *cbv1.CircuitBreakerSpec) breaker.Settings {
 	return breaker.Settings{
 		FailureThreshold:    uint32(max(spec.FailureThreshold, 0)),
 		RecoveryTimeout:     durationOrZero(spec.RecoveryTimeout),
