@@ -7,8 +7,13 @@ import (
 // ResetAnnotation resets a breaker once for each new value it is given.
 const ResetAnnotation = "circuitbreaker.io/reset"
 
-// ConditionReady is the condition type that says whether the breaker serves traffic.
-const ConditionReady = "Ready"
+// Condition types, following kstatus: Ready=True means the breaker serves as
+// its spec says (whatever the circuit's state); Stalled=True means the spec
+// cannot be served until it changes, with the same reason as Ready=False.
+const (
+	ConditionReady   = "Ready"
+	ConditionStalled = "Stalled"
+)
 
 // State values of CircuitBreakerStatus.State.
 const (
@@ -177,7 +182,9 @@ type CircuitBreakerStatus struct {
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
-	// Conditions hold Ready, with a PascalCase reason and a message when False.
+	// Conditions hold Ready (True: serving as specified; False with a
+	// PascalCase reason and a message) and Stalled (True, with the same
+	// reason, while the spec cannot be served).
 	// +listType=map
 	// +listMapKey=type
 	// +optional

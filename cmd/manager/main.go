@@ -9,7 +9,6 @@ import (
 	"os"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -51,10 +50,12 @@ func main() {
 	ctrl.SetLogger(zap.New(zap.UseFlagOptions(&zapOpts)))
 	setupLog := ctrl.Log.WithName("setup")
 
+	// Flags that can be wrong stop the manager before it touches the cluster.
 	var webhook *notify.Webhook
 	if notifyWebhook != "" {
 		var err error
-		if webhook, err = notify.NewWebhook(notifyWebhook, notify.Options{Log: ctrl.Log.WithName("notify")}); err != nil {
+		webhook, err = notify.NewWebhook(notifyWebhook, notify.Options{Log: ctrl.Log.WithName("notify"), Registerer: ctrlmetrics.Registry})
+		if err != nil {
 			setupLog.Error(err, "invalid --notify-webhook")
 			os.Exit(1)
 		}
@@ -76,29 +77,30 @@ func main() {
 		os.Exit(1)
 	}
 
+	// The live breakers, and everyone who hears of their transitions.
+	clk := clock.RealClock{}
+	registry := breaker.NewRegistry(clk)
 	metrics := proxy.NewMetrics(ctrlmetrics.Registry)
-	routes := proxy.NewTable(metrics)
-	onTransition := metrics.RecordTransition
+	registry.OnTransition(metrics.RecordTransition)
 	if webhook != nil {
+		registry.OnTransition(webhook.Notify)
 		utilruntime.Must(mgr.Add(manager.RunnableFunc(webhook.Run)))
-		ctrlmetrics.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Name: "circuitbreaker_notifications_dropped_total",
-			Help: "Transition notifications dropped because the webhook queue was full.",
-		}, func() float64 { return float64(webhook.Dropped()) }))
-		onTransition = func(key breaker.Key, t breaker.Transition) {
-			metrics.RecordTransition(key, t)
-			webhook.Notify(key, t)
-		}
 	}
-	reconciler := controller.New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), clock.RealClock{}, routes,
-		controller.Options{AllowURLUpstreams: allowURLUpstreams, OnTransition: onTransition})
+
+	// The controller keeps the registry and the proxy's routes in step with
+	// the resources.
+	routes := proxy.NewTable(metrics)
+	reconciler := controller.New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), registry, routes,
+		controller.Options{AllowURLUpstreams: allowURLUpstreams})
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		setupLog.Error(err, "unable to set up controller")
 		os.Exit(1)
 	}
+
+	// The data plane and the REST API.
 	for name, srv := range map[string]*http.Server{
-		"proxy": {Addr: proxyAddr, Handler: proxy.New(routes, clock.RealClock{})},
-		"api":   {Addr: apiAddr, Handler: api.New(reconciler.Registry, mgr.GetClient(), clock.RealClock{}, api.DefaultResetTimeout)},
+		"proxy": {Addr: proxyAddr, Handler: proxy.New(routes, clk)},
+		"api":   {Addr: apiAddr, Handler: api.New(registry, mgr.GetClient(), clk, api.DefaultResetTimeout)},
 	} {
 		srv.ReadHeaderTimeout = 10 * time.Second
 		utilruntime.Must(mgr.Add(&manager.Server{Name: name, Server: srv, ShutdownTimeout: ptr.To(10 * time.Second)}))

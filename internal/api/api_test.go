@@ -27,7 +27,7 @@ type fixture struct {
 // server (reset) are tested with envtest in internal/controller.
 func newFixture(t *testing.T) *fixture {
 	clk := clocktesting.NewFakeClock(epoch)
-	f := &fixture{registry: breaker.NewRegistry(clk, breaker.RegistryOptions{}), clock: clk}
+	f := &fixture{registry: breaker.NewRegistry(clk), clock: clk}
 	f.srv = httptest.NewServer(New(f.registry, nil, clk, time.Second))
 	t.Cleanup(f.srv.Close)
 	return f
@@ -49,8 +49,8 @@ func (f *fixture) do(t *testing.T, method, path string) (*http.Response, map[str
 func TestListAndGet(t *testing.T) {
 	g := NewWithT(t)
 	f := newFixture(t)
-	b, _ := f.registry.Upsert(breaker.NewKey("shop", "order-api"), breaker.Settings{FailureThreshold: 2, RecoveryTimeout: 30 * time.Second}, nil)
-	f.registry.Upsert(breaker.NewKey("shop", "catalog"), breaker.Settings{}, nil)
+	b, _ := f.registry.Upsert(breaker.NewKey("shop", "order-api"), "uid", breaker.Settings{FailureThreshold: 2, RecoveryTimeout: 30 * time.Second}, nil)
+	f.registry.Upsert(breaker.NewKey("shop", "catalog"), "uid", breaker.Settings{}, nil)
 	tk, _ := b.Allow()
 	tk.Success()
 	f.clock.Step(time.Second)
@@ -99,7 +99,7 @@ func TestListAndGet(t *testing.T) {
 
 func TestErrors(t *testing.T) {
 	f := newFixture(t)
-	f.registry.Upsert(breaker.NewKey("shop", "order-api"), breaker.Settings{}, nil)
+	f.registry.Upsert(breaker.NewKey("shop", "order-api"), "uid", breaker.Settings{}, nil)
 	tests := []struct {
 		method, path string
 		status       int

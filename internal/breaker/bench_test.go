@@ -123,9 +123,9 @@ func BenchmarkOpenParallel(b *testing.B) {
 // BenchmarkRegistryGet is the lookup the proxy's route table stands for: a
 // key sliced out of a request path, among 500 breakers.
 func BenchmarkRegistryGet(b *testing.B) {
-	r := NewRegistry(clock.RealClock{}, RegistryOptions{})
+	r := NewRegistry(clock.RealClock{})
 	for i := range 500 {
-		r.Upsert(NewKey(fmt.Sprintf("team-%02d", i%20), fmt.Sprintf("svc-%03d", i)), Settings{}, nil)
+		r.Upsert(NewKey(fmt.Sprintf("team-%02d", i%20), fmt.Sprintf("svc-%03d", i)), "uid", Settings{}, nil)
 	}
 	path := "/team-10/svc-250/orders"
 	end := len("/team-10/svc-250")

@@ -5,7 +5,6 @@ package breaker
 
 import (
 	"errors"
-	"fmt"
 	"slices"
 	"strconv"
 	"sync"
@@ -23,7 +22,9 @@ const (
 	StateHalfOpen
 )
 
-// String returns the state as the resource's status spells it.
+// String returns the state's name: "Closed", "Open" or "HalfOpen". Metrics
+// labels and webhook documents print it as it is; the resource's status and
+// the REST API spell states their own way, at the edges that print them.
 func (s State) String() string {
 	switch s {
 	case StateClosed:
@@ -34,19 +35,6 @@ func (s State) String() string {
 		return "HalfOpen"
 	}
 	return "State(" + strconv.Itoa(int(s)) + ")"
-}
-
-// ParseState is the inverse of State.String.
-func ParseState(s string) (State, error) {
-	switch s {
-	case "Closed":
-		return StateClosed, nil
-	case "Open":
-		return StateOpen, nil
-	case "HalfOpen":
-		return StateHalfOpen, nil
-	}
-	return 0, fmt.Errorf("unknown breaker state %q", s)
 }
 
 var (
@@ -111,6 +99,10 @@ func (f Failure) String() string {
 
 // Transition is a change of state, delivered to the OnTransition callback.
 type Transition struct {
+	// Seq numbers the breaker's transitions from 1, so that a watcher can
+	// tell which ones it has not handled yet; transitions restored from a
+	// saved history have Seq 0.
+	Seq      uint64
 	From, To State
 	At       time.Time
 	// Reason says why, e.g. "5 consecutive failures, last: 503".
@@ -124,6 +116,8 @@ const HistoryLimit = 10
 
 // Snapshot is a consistent copy of a breaker's observable state.
 type Snapshot struct {
+	// At is when the snapshot was taken, by the breaker's clock.
+	At    time.Time
 	State State
 	// Failures counts consecutive failures in the current Closed period or,
 	// while Open or HalfOpen, the failures that opened the circuit.
@@ -160,7 +154,9 @@ type Breaker struct {
 	state    State
 	// generation advances on every transition and reset; outcomes reported
 	// with an older generation are ignored.
-	generation       uint64
+	generation uint64
+	// seq is the Seq of the last transition.
+	seq              uint64
 	failures         uint32
 	probesInFlight   uint32
 	probeSuccesses   uint32
@@ -340,6 +336,7 @@ func (b *Breaker) Snapshot() Snapshot {
 		fired = b.halfOpenIfDueLocked()
 	}
 	s := b.snapshotLocked()
+	s.At = b.clock.Now()
 	b.mu.Unlock()
 	b.notify(fired)
 	return s
@@ -433,6 +430,9 @@ func (b *Breaker) restore(s Snapshot) {
 	b.openUntil = s.OpenUntil
 	b.lastResetID = s.LastResetID
 	b.history = slices.Clone(s.History)
+	for i := range b.history {
+		b.history[i].Seq = 0 // handled before the restart
+	}
 	if s.State == StateOpen && s.OpenUntil.IsZero() {
 		b.openUntil = s.LastTransitionTime.Add(b.settings.RecoveryTimeout)
 	}
@@ -467,7 +467,8 @@ func (b *Breaker) setStateLocked(to State, now time.Time, reason string) *Transi
 	if to == StateOpen {
 		b.openUntil = now.Add(b.settings.RecoveryTimeout)
 	}
-	t := Transition{From: from, To: to, At: now, Reason: reason}
+	b.seq++
+	t := Transition{Seq: b.seq, From: from, To: to, At: now, Reason: reason}
 	if len(b.history) == HistoryLimit {
 		b.history = append(b.history[:0], b.history[1:]...)
 	}

@@ -77,15 +77,36 @@ func TestSettingsDefaults(t *testing.T) {
 }
 
 func TestStateString(t *testing.T) {
-	g := NewWithT(t)
-	for _, s := range []State{StateClosed, StateOpen, StateHalfOpen} {
-		parsed, err := ParseState(s.String())
-		g.Expect(err).NotTo(HaveOccurred())
-		g.Expect(parsed).To(Equal(s))
+	for state, want := range map[State]string{StateClosed: "Closed", StateOpen: "Open", StateHalfOpen: "HalfOpen", State(9): "State(9)"} {
+		t.Run(want, func(t *testing.T) { NewWithT(t).Expect(state.String()).To(Equal(want)) })
 	}
-	g.Expect(State(9).String()).To(Equal("State(9)"))
-	_, err := ParseState("open")
-	g.Expect(err).To(MatchError(ContainSubstring(`unknown breaker state "open"`)))
+}
+
+func TestTransitionsAreNumbered(t *testing.T) {
+	g := NewWithT(t)
+	clk := clocktesting.NewFakeClock(epoch)
+	b := New(Settings{FailureThreshold: 1, RecoveryTimeout: time.Second}, clk, Options{})
+	fail(g, b, 1)
+	clk.Step(time.Second)
+	probe, err := b.Allow()
+	g.Expect(err).NotTo(HaveOccurred())
+	probe.Success()
+	var seqs []uint64
+	for _, tr := range b.Snapshot().History {
+		seqs = append(seqs, tr.Seq)
+	}
+	g.Expect(seqs).To(Equal([]uint64{1, 2, 3}))
+
+	// A restored history was handled before: its entries have no number, and
+	// new transitions continue from where the restored breaker is.
+	restored := New(Settings{FailureThreshold: 1}, clk, Options{})
+	restored.restore(b.Snapshot())
+	fail(g, restored, 1)
+	seqs = nil
+	for _, tr := range restored.Snapshot().History {
+		seqs = append(seqs, tr.Seq)
+	}
+	g.Expect(seqs).To(Equal([]uint64{0, 0, 0, 1}))
 }
 
 func TestTransitions(t *testing.T) {
@@ -295,7 +316,7 @@ func TestTransitionDetails(t *testing.T) {
 	g.Expect(s.OpenUntil).To(Equal(epoch.Add(6 * time.Second)))
 	g.Expect(rec.transitions).To(HaveLen(1))
 	g.Expect(rec.transitions[0]).To(Equal(Transition{
-		From: StateClosed, To: StateOpen, At: epoch.Add(time.Second), Reason: "2 consecutive failures, last: timeout",
+		Seq: 1, From: StateClosed, To: StateOpen, At: epoch.Add(time.Second), Reason: "2 consecutive failures, last: timeout",
 	}))
 
 	clk.Step(5 * time.Second)
@@ -312,10 +333,11 @@ func TestResetFromEveryState(t *testing.T) {
 		name  string
 		setup func(g Gomega, b *Breaker, clk *clocktesting.FakeClock)
 		from  State
+		seq   uint64 // of the reset's transition
 	}{
-		{"closed with failures", func(g Gomega, b *Breaker, _ *clocktesting.FakeClock) { fail(g, b, 2) }, StateClosed},
-		{"open", func(g Gomega, b *Breaker, _ *clocktesting.FakeClock) { fail(g, b, 3) }, StateOpen},
-		{"half-open", func(g Gomega, b *Breaker, clk *clocktesting.FakeClock) { openAndWait(g, b, clk) }, StateHalfOpen},
+		{"closed with failures", func(g Gomega, b *Breaker, _ *clocktesting.FakeClock) { fail(g, b, 2) }, StateClosed, 1},
+		{"open", func(g Gomega, b *Breaker, _ *clocktesting.FakeClock) { fail(g, b, 3) }, StateOpen, 2},
+		{"half-open", func(g Gomega, b *Breaker, clk *clocktesting.FakeClock) { openAndWait(g, b, clk) }, StateHalfOpen, 3},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -334,7 +356,7 @@ func TestResetFromEveryState(t *testing.T) {
 			g.Expect(s.LastFailure.IsZero()).To(BeTrue())
 			g.Expect(s.OpenUntil.IsZero()).To(BeTrue())
 			last := rec.transitions[len(rec.transitions)-1]
-			g.Expect(last).To(Equal(Transition{From: tt.from, To: StateClosed, At: clk.Now(), Reason: "operator asked", Reset: true}))
+			g.Expect(last).To(Equal(Transition{Seq: tt.seq, From: tt.from, To: StateClosed, At: clk.Now(), Reason: "operator asked", Reset: true}))
 
 			if lateErr == nil {
 				late.Failure(http503)

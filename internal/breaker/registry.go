@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -25,33 +26,70 @@ func (k Key) Split() (namespace, name string) {
 	return namespace, name
 }
 
-// RegistryOptions are the hooks of a Registry, called without locks held.
-type RegistryOptions struct {
-	// OnTransition is called on every state change and reset, from the
-	// goroutine that caused it.
-	OnTransition func(Key, Transition)
-	// OnCountsChanged is called by Run at most once per interval for each
-	// breaker whose counts changed without a transition.
-	OnCountsChanged func(Key)
-}
-
 // Registry holds the live breakers. Lookups are lock-free, as the table is
 // read on every request and written only when a resource changes.
+//
+// Subscribers are told of every transition (OnTransition) and, coalesced by
+// Run, of count changes (OnCountsChanged). A breaker that was deleted or
+// replaced tells nobody anything any more: a call still in flight when its
+// resource went away cannot bring the breaker's traces back.
 type Registry struct {
 	clock   clock.WithTicker
-	opts    RegistryOptions
 	entries cowmap.Map[Key, *entry]
+
+	subscribeMu     sync.Mutex
+	onTransition    atomic.Pointer[[]func(Key, Transition)]
+	onCountsChanged atomic.Pointer[[]func(Key)]
 }
 
 type entry struct {
+	key     Key
+	uid     string
 	breaker *Breaker
 	// countsChanged is set by the breaker and cleared by Run.
 	countsChanged atomic.Bool
+	// retired is set when the entry leaves the registry.
+	retired atomic.Bool
 }
 
 // NewRegistry returns an empty registry.
-func NewRegistry(clk clock.WithTicker, opts RegistryOptions) *Registry {
-	return &Registry{clock: clk, opts: opts}
+func NewRegistry(clk clock.WithTicker) *Registry {
+	return &Registry{clock: clk}
+}
+
+// OnTransition subscribes fn to every state change and reset of every live
+// breaker. fn is called without locks held, on the goroutine that caused the
+// transition (often a request's), so it must not block.
+func (r *Registry) OnTransition(fn func(Key, Transition)) {
+	subscribe(r, &r.onTransition, fn)
+}
+
+// OnCountsChanged subscribes fn to count changes without a transition,
+// reported by Run at most once per interval and breaker.
+func (r *Registry) OnCountsChanged(fn func(Key)) {
+	subscribe(r, &r.onCountsChanged, fn)
+}
+
+func subscribe[F any](r *Registry, list *atomic.Pointer[[]F], fn F) {
+	r.subscribeMu.Lock()
+	defer r.subscribeMu.Unlock()
+	var next []F
+	if p := list.Load(); p != nil {
+		next = slices.Clone(*p)
+	}
+	next = append(next, fn)
+	list.Store(&next)
+}
+
+func (e *entry) transitioned(r *Registry, t Transition) {
+	if e.retired.Load() {
+		return
+	}
+	if subs := r.onTransition.Load(); subs != nil {
+		for _, fn := range *subs {
+			fn(e.key, t)
+		}
+	}
 }
 
 // Get returns the breaker for key.
@@ -63,29 +101,35 @@ func (r *Registry) Get(key Key) (*Breaker, bool) {
 	return e.breaker, true
 }
 
-// Upsert creates the breaker for key, or applies settings to the existing one
-// (keeping its state). A newly created breaker starts from saved when given,
-// e.g. the state recorded in a resource's status before a restart.
-func (r *Registry) Upsert(key Key, settings Settings, saved *Snapshot) (b *Breaker, created bool) {
+// Upsert creates the breaker for key, or applies settings to the existing
+// one (keeping its state). uid is the identity of the resource the breaker
+// belongs to: a resource deleted and created again under the same key has a
+// new uid and gets a new breaker, never the old one's state. A newly created
+// breaker starts from saved when given, e.g. the state recorded in a
+// resource's status before a restart.
+func (r *Registry) Upsert(key Key, uid string, settings Settings, saved *Snapshot) (b *Breaker, created bool) {
+	var replaced *entry
 	e, _ := r.entries.Update(key, func(e *entry, loaded bool) (*entry, bool) {
-		if loaded {
+		if loaded && e.uid == uid {
 			return e, true
 		}
+		if loaded {
+			replaced = e
+		}
 		created = true
-		e = &entry{}
+		e = &entry{key: key, uid: uid}
 		e.breaker = New(settings, r.clock, Options{
-			OnTransition: func(t Transition) {
-				if r.opts.OnTransition != nil {
-					r.opts.OnTransition(key, t)
-				}
-			},
-			OnChange: func() { e.countsChanged.Store(true) },
+			OnTransition: func(t Transition) { e.transitioned(r, t) },
+			OnChange:     func() { e.countsChanged.Store(true) },
 		})
 		if saved != nil {
 			e.breaker.restore(*saved)
 		}
 		return e, true
 	})
+	if replaced != nil {
+		replaced.retired.Store(true)
+	}
 	if !created {
 		// Outside the table's lock: an update may fire a transition.
 		e.breaker.Update(settings)
@@ -93,9 +137,14 @@ func (r *Registry) Upsert(key Key, settings Settings, saved *Snapshot) (b *Break
 	return e.breaker, created
 }
 
-// Delete removes the breaker for key.
+// Delete removes the breaker for key; it tells its subscribers nothing more.
 func (r *Registry) Delete(key Key) {
-	r.entries.Update(key, func(*entry, bool) (*entry, bool) { return nil, false })
+	r.entries.Update(key, func(e *entry, loaded bool) (*entry, bool) {
+		if loaded {
+			e.retired.Store(true)
+		}
+		return nil, false
+	})
 }
 
 // Keys returns the keys of all breakers, sorted.
@@ -124,12 +173,15 @@ func (r *Registry) Run(ctx context.Context, interval time.Duration) {
 }
 
 func (r *Registry) flushCountChanges() {
-	if r.opts.OnCountsChanged == nil {
+	subs := r.onCountsChanged.Load()
+	if subs == nil {
 		return
 	}
 	for k, e := range r.entries.Snapshot() {
 		if e.countsChanged.Swap(false) {
-			r.opts.OnCountsChanged(k)
+			for _, fn := range *subs {
+				fn(k)
+			}
 		}
 	}
 }

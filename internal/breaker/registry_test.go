@@ -19,14 +19,13 @@ type registryEvents struct {
 func newTestRegistry() (*Registry, *clocktesting.FakeClock, *registryEvents) {
 	clk := clocktesting.NewFakeClock(epoch)
 	ev := &registryEvents{transitions: map[Key][]Transition{}}
-	r := NewRegistry(clk, RegistryOptions{
-		OnTransition: func(k Key, t Transition) {
-			ev.mu.Lock()
-			ev.transitions[k] = append(ev.transitions[k], t)
-			ev.mu.Unlock()
-		},
-		OnCountsChanged: func(k Key) { ev.mu.Lock(); ev.counts = append(ev.counts, k); ev.mu.Unlock() },
+	r := NewRegistry(clk)
+	r.OnTransition(func(k Key, t Transition) {
+		ev.mu.Lock()
+		ev.transitions[k] = append(ev.transitions[k], t)
+		ev.mu.Unlock()
 	})
+	r.OnCountsChanged(func(k Key) { ev.mu.Lock(); ev.counts = append(ev.counts, k); ev.mu.Unlock() })
 	return r, clk, ev
 }
 
@@ -47,14 +46,14 @@ func TestRegistryUpsertGetDelete(t *testing.T) {
 	_, ok := r.Get(key)
 	g.Expect(ok).To(BeFalse())
 
-	b, created := r.Upsert(key, Settings{FailureThreshold: 3}, nil)
+	b, created := r.Upsert(key, "uid-1", Settings{FailureThreshold: 3}, nil)
 	g.Expect(created).To(BeTrue())
 	got, ok := r.Get(key)
 	g.Expect(ok).To(BeTrue())
 	g.Expect(got).To(BeIdenticalTo(b))
 
 	fail(g, b, 2)
-	again, created := r.Upsert(key, Settings{FailureThreshold: 4}, &Snapshot{State: StateOpen})
+	again, created := r.Upsert(key, "uid-1", Settings{FailureThreshold: 4}, &Snapshot{State: StateOpen})
 	g.Expect(created).To(BeFalse())
 	g.Expect(again).To(BeIdenticalTo(b), "an update keeps the live breaker")
 	g.Expect(b.Snapshot().Failures).To(Equal(uint32(2)), "and its counts; saved state is only for new breakers")
@@ -64,7 +63,7 @@ func TestRegistryUpsertGetDelete(t *testing.T) {
 	g.Expect(ev.transitions[key]).To(HaveLen(1))
 	g.Expect(ev.transitions[key][0].To).To(Equal(StateOpen))
 
-	r.Upsert(NewKey("shop", "billing"), Settings{}, nil)
+	r.Upsert(NewKey("shop", "billing"), "uid-1", Settings{}, nil)
 	g.Expect(r.Keys()).To(Equal([]Key{"shop/billing", "shop/order-api"}))
 
 	r.Delete(key)
@@ -112,7 +111,7 @@ func TestRegistryRestore(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			g := NewWithT(t)
 			r, clk, _ := newTestRegistry()
-			b, created := r.Upsert(NewKey("shop", "a"), Settings{RecoveryTimeout: 30 * time.Second}, &tt.saved)
+			b, created := r.Upsert(NewKey("shop", "a"), "uid-1", Settings{RecoveryTimeout: 30 * time.Second}, &tt.saved)
 			g.Expect(created).To(BeTrue())
 			clk.Step(tt.advance)
 			tk, err := b.Allow()
@@ -134,11 +133,48 @@ func TestRegistryRestore(t *testing.T) {
 	}
 }
 
+func TestRegistryKeepsStateByUID(t *testing.T) {
+	g := NewWithT(t)
+	r, _, ev := newTestRegistry()
+	key := NewKey("shop", "order-api")
+	old, _ := r.Upsert(key, "uid-1", Settings{FailureThreshold: 1}, nil)
+	fail(g, old, 1)
+	g.Expect(old.Snapshot().State).To(Equal(StateOpen))
+
+	// Deleted and created again before the delete was seen: a new uid.
+	fresh, created := r.Upsert(key, "uid-2", Settings{FailureThreshold: 1}, nil)
+	g.Expect(created).To(BeTrue())
+	g.Expect(fresh).NotTo(BeIdenticalTo(old))
+	g.Expect(fresh.Snapshot().State).To(Equal(StateClosed), "the new resource does not inherit the old one's state")
+
+	// The old breaker's in-flight calls still end, but tell nobody.
+	before := len(ev.transitions[key])
+	old.Reset("late", "late reset")
+	g.Expect(ev.transitions[key]).To(HaveLen(before), "a replaced breaker's transitions are not delivered")
+	fail(g, fresh, 1)
+	g.Expect(ev.transitions[key]).To(HaveLen(before + 1))
+}
+
+func TestDeletedBreakerTellsNobody(t *testing.T) {
+	g := NewWithT(t)
+	r, _, ev := newTestRegistry()
+	key := NewKey("shop", "gone")
+	b, _ := r.Upsert(key, "uid-1", Settings{FailureThreshold: 1000}, nil)
+	inFlight, err := b.Allow()
+	g.Expect(err).NotTo(HaveOccurred())
+	r.Delete(key)
+	inFlight.Failure(Failure{StatusCode: 503})
+	b.Reset("after-delete", "reset")
+	r.flushCountChanges()
+	g.Expect(ev.transitions).NotTo(HaveKey(key))
+	g.Expect(ev.counts).To(BeEmpty())
+}
+
 func TestRegistryCoalescesCountChanges(t *testing.T) {
 	g := NewWithT(t)
 	r, clk, ev := newTestRegistry()
-	a, _ := r.Upsert(NewKey("shop", "a"), Settings{FailureThreshold: 1000}, nil)
-	r.Upsert(NewKey("shop", "quiet"), Settings{}, nil)
+	a, _ := r.Upsert(NewKey("shop", "a"), "uid-1", Settings{FailureThreshold: 1000}, nil)
+	r.Upsert(NewKey("shop", "quiet"), "uid-1", Settings{}, nil)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

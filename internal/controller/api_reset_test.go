@@ -33,7 +33,7 @@ func TestAPIResetRoundTripsThroughTheAnnotation(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
 	h := startManager(t, ns, Options{})
-	srv := httptest.NewServer(api.New(h.Registry, k8sClient, clock.RealClock{}, api.DefaultResetTimeout))
+	srv := httptest.NewServer(api.New(h.registry, k8sClient, clock.RealClock{}, api.DefaultResetTimeout))
 	defer srv.Close()
 	openBreaker(g, h, ns, "order-api")
 
@@ -46,7 +46,7 @@ func TestAPIResetRoundTripsThroughTheAnnotation(t *testing.T) {
 	g.Expect(cb.Status.State).To(Equal(cbv1.StateClosed))
 	g.Expect(cb.Annotations).To(HaveKey(cbv1.ResetAnnotation))
 	g.Expect(cb.Status.LastHandledReset).To(Equal(cb.Annotations[cbv1.ResetAnnotation]))
-	b, _ := h.Registry.Get(breaker.NewKey(ns, "order-api"))
+	b, _ := h.registry.Get(breaker.NewKey(ns, "order-api"))
 	g.Expect(b.Snapshot().State).To(Equal(breaker.StateClosed))
 	g.Eventually(func() []string { return events(g, ns, "order-api") }).Should(
 		ContainElement(HavePrefix("Reset: breaker reset to Closed by annotation circuitbreaker.io/reset=")))
@@ -60,8 +60,8 @@ func TestAPIResetAnswersWithAnErrorWhenNotHandled(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
 	// A registry that knows the breaker, but no controller to handle the annotation.
-	registry := breaker.NewRegistry(clock.RealClock{}, breaker.RegistryOptions{})
-	registry.Upsert(breaker.NewKey(ns, "orphan"), breaker.Settings{}, nil)
+	registry := breaker.NewRegistry(clock.RealClock{})
+	registry.Upsert(breaker.NewKey(ns, "orphan"), "uid", breaker.Settings{}, nil)
 	srv := httptest.NewServer(api.New(registry, k8sClient, clock.RealClock{}, 500*time.Millisecond))
 	defer srv.Close()
 

@@ -1,23 +1,20 @@
 // Package controller reconciles CircuitBreaker resources into the live
-// breaker registry and writes each breaker's state back into its status.
+// breaker registry and the proxy's routes, and writes each breaker's state
+// back into its status.
 package controller
 
 import (
 	"context"
-	"fmt"
-	"net/url"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
-	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -42,7 +39,7 @@ const (
 	ReasonReset      = "Reset"
 )
 
-// Ready condition reasons.
+// Ready (and Stalled) condition reasons.
 const (
 	ReasonActive             = "Active"
 	ReasonInvalidUpstream    = "InvalidUpstream"
@@ -55,34 +52,36 @@ const (
 // that traffic never turns into API writes.
 const CountsFlushInterval = time.Second
 
+// minRequeue keeps the requeue for an Open breaker positive: controller-runtime
+// ignores a zero or negative RequeueAfter.
+const minRequeue = 10 * time.Millisecond
+
+// maxEventNote is the API server's bound on an Event's note.
+const maxEventNote = 1024
+
 // Options configure the Reconciler.
 type Options struct {
 	// AllowURLUpstreams permits spec.upstream.url.
 	AllowURLUpstreams bool
-	// OnTransition, when set, is told of every breaker transition too
-	// (metrics, notifications).
-	OnTransition func(breaker.Key, breaker.Transition)
 }
 
-// Reconciler keeps the Registry in step with the CircuitBreaker resources
-// and writes each breaker's live state into its status.
+// Reconciler keeps the registry and the proxy's routes in step with the
+// CircuitBreaker resources and writes each breaker's live state into its
+// status. Every replica reconciles, so that each one's proxy serves; only
+// the leader writes status and Events.
 type Reconciler struct {
 	client   client.Client
 	recorder recorder.EventRecorder
-	clock    clock.WithTicker
+	registry *breaker.Registry
 	routes   *proxy.Table
 	opts     Options
+	status   statusWriter
 
-	// Registry holds the live breakers, shared with the proxy and the API.
-	Registry *breaker.Registry
+	// announced holds, by key, the last transition logged and recorded as
+	// an Event, so each one is announced once.
+	announced sync.Map
 
-	// written holds, by Key, the writtenStatus last patched: the base of the
-	// next patch, since the cache can lag behind our own writes.
-	written sync.Map
-
-	// elected is closed once this replica leads: only the leader writes
-	// status and Events, while every replica keeps live breakers and routes
-	// so that each one's proxy serves.
+	// elected is closed once this replica leads.
 	elected <-chan struct{}
 
 	// queue is the controller's work queue, captured when it starts, so
@@ -90,13 +89,16 @@ type Reconciler struct {
 	queue atomic.Pointer[workqueue.TypedRateLimitingInterface[reconcile.Request]]
 }
 
-// New returns a Reconciler with an empty registry that keeps routes in step.
-func New(c client.Client, rec recorder.EventRecorder, clk clock.WithTicker, routes *proxy.Table, opts Options) *Reconciler {
-	r := &Reconciler{client: c, recorder: rec, clock: clk, routes: routes, opts: opts}
-	r.Registry = breaker.NewRegistry(clk, breaker.RegistryOptions{
-		OnTransition:    r.onTransition,
-		OnCountsChanged: r.enqueue,
-	})
+// announcement is the last transition of breaker that was announced.
+type announcement struct {
+	breaker *breaker.Breaker
+	seq     uint64
+}
+
+// New returns a Reconciler that keeps registry and routes in step with the resources.
+func New(c client.Client, rec recorder.EventRecorder, registry *breaker.Registry, routes *proxy.Table, opts Options) *Reconciler {
+	r := &Reconciler{client: c, recorder: rec, registry: registry, routes: routes, opts: opts}
+	r.status = statusWriter{client: c, leading: r.leading}
 	return r
 }
 
@@ -104,213 +106,119 @@ func New(c client.Client, rec recorder.EventRecorder, clk clock.WithTicker, rout
 // +kubebuilder:rbac:groups=circuitbreaker.io,resources=circuitbreakers/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 
-// Reconcile puts one CircuitBreaker into the registry and writes its status.
-func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+// Reconcile puts one CircuitBreaker into the registry and the routes,
+// announces its new transitions, and writes its status (deferred, once).
+func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
+	log := ctrl.LoggerFrom(ctx)
 	key := breaker.NewKey(req.Namespace, req.Name)
 	var cb cbv1.CircuitBreaker
 	if err := r.client.Get(ctx, req.NamespacedName, &cb); err != nil {
 		if apierrors.IsNotFound(err) {
-			r.routes.Delete(key)
-			r.Registry.Delete(key)
-			r.written.Delete(key)
+			r.forget(key)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
-	// The cache may not have caught up with our last status write yet.
-	if last, ok := r.written.Load(key); ok && last.(writtenStatus).uid == cb.UID {
-		cb.Status = *last.(writtenStatus).status.DeepCopy()
-	}
 
-	status := cb.Status.DeepCopy()
+	base := r.status.base(key, &cb)
+	status := base.DeepCopy()
 	status.ObservedGeneration = cb.Generation
+	defer func() {
+		if err := r.status.patch(ctx, key, &cb, &base, status); err != nil {
+			log.Error(err, "status write failed", "state", status.State)
+			retErr = errors.Join(retErr, err)
+		}
+	}()
 
-	upstream, reason, err := r.resolveUpstream(&cb)
-	if err != nil {
-		return ctrl.Result{}, r.refuse(ctx, key, &cb, status, reason, err)
+	cfg, refused := translate(&cb, r.opts)
+	if refused != nil {
+		r.refuse(ctx, key, &cb, status, refused)
+		return ctrl.Result{}, nil
 	}
-	status.Upstream = upstream.String()
-
-	b, _ := r.Registry.Upsert(key, settingsFromSpec(&cb.Spec), savedSnapshot(&cb.Status))
-	if err := r.routes.Set(key, b, upstream, &cb.Spec); err != nil {
-		return ctrl.Result{}, r.refuse(ctx, key, &cb, status, ReasonInvalidSpec, err)
+	b, created := r.registry.Upsert(key, string(cb.UID), cfg.settings, savedSnapshot(&base))
+	if created {
+		log.V(1).Info("breaker created", "state", statusStates[b.Snapshot().State])
 	}
+	r.routes.Set(key, b, cfg.route)
 
-	if value := cb.Annotations[cbv1.ResetAnnotation]; value != "" &&
-		b.Reset(value, "reset requested by annotation "+cbv1.ResetAnnotation+"="+value) && r.leading() {
-		r.recorder.Eventf(&cb, nil, corev1.EventTypeNormal, ReasonReset, "Reset",
-			"breaker reset to Closed by annotation %s=%s", cbv1.ResetAnnotation, value)
+	if value := cb.Annotations[cbv1.ResetAnnotation]; value != "" {
+		b.Reset(value, "breaker reset to Closed by annotation "+cbv1.ResetAnnotation+"="+value)
 	}
 
 	snap := b.Snapshot()
+	r.announce(ctx, &cb, key, b, snap)
 	applySnapshot(status, snap)
-	meta.SetStatusCondition(&status.Conditions, metav1.Condition{
-		Type: cbv1.ConditionReady, Status: metav1.ConditionTrue,
-		Reason: ReasonActive, Message: "forwarding to " + status.Upstream, ObservedGeneration: cb.Generation,
-	})
-	if err := r.patchStatus(ctx, key, &cb, status); err != nil {
-		return ctrl.Result{}, err
-	}
+	status.Upstream = cfg.route.Target.String()
+	setServing(status, cb.Generation)
 	if snap.State == breaker.StateOpen {
 		// Come back when probing starts, so the status shows HalfOpen even
-		// when no traffic arrives to notice it.
-		return ctrl.Result{RequeueAfter: snap.OpenUntil.Sub(r.clock.Now()) + 10*time.Millisecond}, nil
+		// when no traffic arrives to notice it. Measured from the
+		// snapshot's own time, not from after the status write.
+		result.RequeueAfter = max(snap.OpenUntil.Sub(snap.At), minRequeue)
 	}
-	return ctrl.Result{}, nil
+	return result, nil
 }
 
 // refuse takes a breaker that cannot serve out of the registry, makes the
-// proxy answer 403 for it, and says why in the Ready condition.
-func (r *Reconciler) refuse(ctx context.Context, key breaker.Key, cb *cbv1.CircuitBreaker, status *cbv1.CircuitBreakerStatus, reason string, err error) error {
-	r.routes.Refuse(key, err.Error())
-	r.Registry.Delete(key)
+// proxy answer 403 for it, and says why in the conditions.
+func (r *Reconciler) refuse(ctx context.Context, key breaker.Key, cb *cbv1.CircuitBreaker, status *cbv1.CircuitBreakerStatus, why *refusal) {
+	r.routes.Refuse(key, why.message)
+	r.registry.Delete(key)
+	r.announced.Delete(key)
 	status.Upstream = ""
-	meta.SetStatusCondition(&status.Conditions, metav1.Condition{
-		Type: cbv1.ConditionReady, Status: metav1.ConditionFalse,
-		Reason: reason, Message: err.Error(), ObservedGeneration: cb.Generation,
-	})
-	return r.patchStatus(ctx, key, cb, status)
-}
-
-// writtenStatus is the status last written for a resource.
-type writtenStatus struct {
-	uid    types.UID
-	status *cbv1.CircuitBreakerStatus
-}
-
-// patchStatus writes status with one merge patch against the status as
-// stored, and not at all when nothing changed.
-func (r *Reconciler) patchStatus(ctx context.Context, key breaker.Key, cb *cbv1.CircuitBreaker, status *cbv1.CircuitBreakerStatus) error {
-	if !r.leading() || equality.Semantic.DeepEqual(&cb.Status, status) {
-		return nil
+	if ready := meta.FindStatusCondition(status.Conditions, cbv1.ConditionReady); ready == nil ||
+		ready.Reason != why.reason || ready.Message != why.message || ready.ObservedGeneration != cb.Generation {
+		ctrl.LoggerFrom(ctx).Info("breaker refused", "reason", why.reason, "message", why.message)
 	}
-	patch := client.MergeFrom(cb.DeepCopy())
-	cb.Status = *status
-	if err := r.client.Status().Patch(ctx, cb, patch); err != nil {
-		return client.IgnoreNotFound(err)
-	}
-	r.written.Store(key, writtenStatus{uid: cb.UID, status: status})
-	return nil
+	setStalled(status, cb.Generation, why)
 }
 
-// resolveUpstream returns the URL calls are forwarded to, or the Ready
-// reason and error that explain why there is none.
-func (r *Reconciler) resolveUpstream(cb *cbv1.CircuitBreaker) (*url.URL, string, error) {
-	up := cb.Spec.Upstream
-	switch {
-	case up.Service != nil:
-		scheme := up.Service.Scheme
-		if scheme == "" {
-			scheme = "http"
+// forget removes every trace of a deleted resource.
+func (r *Reconciler) forget(key breaker.Key) {
+	r.routes.Delete(key)
+	r.registry.Delete(key)
+	r.status.forget(key)
+	r.announced.Delete(key)
+}
+
+// announce logs each transition of b not yet announced and, on the leader,
+// records it as an Event. Transitions restored from a status were announced
+// before the restart (their Seq is 0).
+func (r *Reconciler) announce(ctx context.Context, cb *cbv1.CircuitBreaker, key breaker.Key, b *breaker.Breaker, snap breaker.Snapshot) {
+	var last uint64
+	if a, ok := r.announced.Load(key); ok && a.(announcement).breaker == b {
+		last = a.(announcement).seq
+	}
+	newest := last
+	log := ctrl.LoggerFrom(ctx)
+	for _, t := range snap.History {
+		if t.Seq <= last {
+			continue
 		}
-		return &url.URL{Scheme: scheme, Host: fmt.Sprintf("%s.%s.svc:%d", up.Service.Name, cb.Namespace, up.Service.Port)}, "", nil
-	case up.URL != "":
-		if !r.opts.AllowURLUpstreams {
-			return nil, ReasonUpstreamNotAllowed, fmt.Errorf("spec.upstream.url is refused: the manager runs without --allow-url-upstreams")
+		newest = max(newest, t.Seq)
+		from, to := statusStates[t.From], statusStates[t.To]
+		if t.Reset {
+			log.Info("breaker reset", "from", from, "to", to, "reason", t.Reason)
+			r.event(cb, corev1.EventTypeNormal, ReasonReset, "Reset", t.Reason)
+			continue
 		}
-		u, err := url.Parse(up.URL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, ReasonInvalidUpstream, fmt.Errorf("spec.upstream.url %q is not an absolute http(s) URL", up.URL)
+		log.Info("breaker transition", "from", from, "to", to, "reason", t.Reason)
+		eventType := corev1.EventTypeNormal
+		if t.To == breaker.StateOpen {
+			eventType = corev1.EventTypeWarning
 		}
-		return u, "", nil
+		r.event(cb, eventType, transitionReason(t.To), "Transition", t.Reason)
 	}
-	return nil, ReasonInvalidUpstream, fmt.Errorf("spec.upstream needs exactly one of service or url")
-}
-
-// settingsFromSpec maps a spec onto breaker settings; zero values (a spec
-// not yet defaulted) take the breaker's defaults, which equal the schema's.
-func settingsFromSpec(spec *cbv1.CircuitBreakerSpec) breaker.Settings {
-	return breaker.Settings{
-		FailureThreshold:    uint32(max(spec.FailureThreshold, 0)),
-		RecoveryTimeout:     durationOrZero(spec.RecoveryTimeout),
-		HalfOpenMaxRequests: uint32(max(spec.HalfOpenMaxRequests, 0)),
-		SuccessThreshold:    uint32(max(spec.SuccessThreshold, 0)),
+	if newest != last {
+		r.announced.Store(key, announcement{breaker: b, seq: newest})
 	}
 }
 
-func durationOrZero(d *metav1.Duration) time.Duration {
-	if d == nil {
-		return 0
+// event records an Event on cb, on the leader only, with the note cut to
+// what the API server accepts.
+func (r *Reconciler) event(cb *cbv1.CircuitBreaker, eventType, reason, action, note string) {
+	if r.leading() {
+		r.recorder.Eventf(cb, nil, eventType, reason, action, "%s", truncate(note, maxEventNote))
 	}
-	return d.Duration
-}
-
-// savedSnapshot is the state recorded in a status, used when the breaker is
-// created again, e.g. after a manager restart.
-func savedSnapshot(st *cbv1.CircuitBreakerStatus) *breaker.Snapshot {
-	state, err := breaker.ParseState(st.State)
-	if err != nil {
-		return nil
-	}
-	s := &breaker.Snapshot{State: state, Failures: uint32(max(st.FailureCount, 0)), LastResetID: st.LastHandledReset}
-	if st.LastFailureTime != nil {
-		s.LastFailure = st.LastFailureTime.Time
-	}
-	if st.LastTransitionTime != nil {
-		s.LastTransitionTime = st.LastTransitionTime.Time
-	}
-	if st.OpenUntil != nil {
-		s.OpenUntil = st.OpenUntil.Time
-	}
-	for _, h := range st.History {
-		from, errFrom := breaker.ParseState(h.From)
-		to, errTo := breaker.ParseState(h.To)
-		if errFrom == nil && errTo == nil {
-			s.History = append(s.History, breaker.Transition{From: from, To: to, At: h.Time.Time, Reason: h.Reason})
-		}
-	}
-	return s
-}
-
-// applySnapshot writes the breaker's state into status. Times are kept to
-// whole seconds, as the API server stores them, so an unchanged breaker
-// compares equal and is not written again; openUntil is rounded up so a
-// restored breaker never starts probing early.
-func applySnapshot(status *cbv1.CircuitBreakerStatus, s breaker.Snapshot) {
-	status.State = s.State.String()
-	status.FailureCount = int32(s.Failures)
-	status.LastFailureTime = wholeSeconds(s.LastFailure, false)
-	status.LastTransitionTime = wholeSeconds(s.LastTransitionTime, false)
-	status.OpenUntil = wholeSeconds(s.OpenUntil, true)
-	status.LastHandledReset = s.LastResetID
-	status.History = nil
-	for _, t := range s.History {
-		// Microseconds, as the API server stores them.
-		at := metav1.NewMicroTime(t.At.Truncate(time.Microsecond).UTC())
-		status.History = append(status.History, cbv1.TransitionRecord{Time: at, From: t.From.String(), To: t.To.String(), Reason: t.Reason})
-	}
-}
-
-func wholeSeconds(t time.Time, roundUp bool) *metav1.Time {
-	if t.IsZero() {
-		return nil
-	}
-	truncated := t.Truncate(time.Second)
-	if roundUp && truncated.Before(t) {
-		truncated = truncated.Add(time.Second)
-	}
-	mt := metav1.NewTime(truncated.UTC())
-	return &mt
-}
-
-// onTransition enqueues the resource and records the transition as an Event.
-func (r *Reconciler) onTransition(key breaker.Key, t breaker.Transition) {
-	r.enqueue(key)
-	if r.opts.OnTransition != nil {
-		r.opts.OnTransition(key, t)
-	}
-	if t.Reset || !r.leading() {
-		return // the reconcile that reset it records the Reset event
-	}
-	namespace, name := key.Split()
-	var cb cbv1.CircuitBreaker
-	if err := r.client.Get(context.Background(), types.NamespacedName{Namespace: namespace, Name: name}, &cb); err != nil {
-		return
-	}
-	eventType := corev1.EventTypeNormal
-	if t.To == breaker.StateOpen {
-		eventType = corev1.EventTypeWarning
-	}
-	r.recorder.Eventf(&cb, nil, eventType, transitionReason(t.To), "Transition", "%s", t.Reason)
 }
 
 // leading reports whether this replica is the leader (always, without leader election).
@@ -340,16 +248,18 @@ func (r *Reconciler) enqueue(key breaker.Key) {
 	}
 }
 
-// SetupWithManager registers the controller, on every replica, and the
-// leader's work: on election, write every breaker's state as this replica
-// sees it, then flush count changes.
+// SetupWithManager registers the controller on every replica, subscribes it
+// to the registry's changes, and adds the leader's work: on election, write
+// every breaker's state as this replica sees it, then flush count changes.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.elected = mgr.Elected()
+	r.registry.OnTransition(func(key breaker.Key, _ breaker.Transition) { r.enqueue(key) })
+	r.registry.OnCountsChanged(r.enqueue)
 	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
-		for _, key := range r.Registry.Keys() {
+		for _, key := range r.registry.Keys() {
 			r.enqueue(key)
 		}
-		r.Registry.Run(ctx, CountsFlushInterval)
+		r.registry.Run(ctx, CountsFlushInterval)
 		return nil
 	})); err != nil {
 		return err

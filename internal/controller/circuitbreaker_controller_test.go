@@ -49,7 +49,7 @@ func liveBreaker(g Gomega, r *harness, namespace, name string) *breaker.Breaker 
 	var b *breaker.Breaker
 	g.Eventually(func() bool {
 		var ok bool
-		b, ok = r.Registry.Get(breaker.NewKey(namespace, name))
+		b, ok = r.registry.Get(breaker.NewKey(namespace, name))
 		return ok
 	}).Should(BeTrue())
 	return b
@@ -281,7 +281,7 @@ func TestDeleteRemovesTheBreaker(t *testing.T) {
 	liveBreaker(g, r, ns, "order-api")
 	g.Expect(k8sClient.Delete(ctx, cb)).To(Succeed())
 	g.Eventually(func() bool {
-		_, ok := r.Registry.Get(breaker.NewKey(ns, "order-api"))
+		_, ok := r.registry.Get(breaker.NewKey(ns, "order-api"))
 		return ok
 	}).Should(BeFalse())
 }
@@ -349,7 +349,7 @@ func TestURLUpstreams(t *testing.T) {
 				g.Expect(ready.Message).To(Equal(tt.message))
 				g.Expect(cb.Status.ObservedGeneration).To(Equal(cb.Generation))
 			}).Should(Succeed())
-			_, ok := r.Registry.Get(breaker.NewKey(ns, "ext"))
+			_, ok := r.registry.Get(breaker.NewKey(ns, "ext"))
 			g.Expect(ok).To(Equal(tt.live))
 		})
 	}

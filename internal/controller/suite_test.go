@@ -29,6 +29,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
+	"github.com/circuitbreaker-io/operator/internal/breaker"
 	"github.com/circuitbreaker-io/operator/internal/controlplane"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
@@ -83,21 +84,37 @@ func newNamespace(t *testing.T) string {
 	return name
 }
 
-// harness is a running manager with a fresh Reconciler.
+// harness is a running manager with a fresh Reconciler, wired as
+// cmd/manager wires it.
 type harness struct {
 	*Reconciler
-	routes  *proxy.Table
-	metrics *prometheus.Registry
+	registry *breaker.Registry
+	routes   *proxy.Table
+	metrics  *prometheus.Registry
 	// statusPatches counts the status writes the Reconciler made.
 	statusPatches atomic.Int64
 	// stop stops the manager (and is done at the test's end anyway).
 	stop func()
 }
 
+// harnessConfig is what harnessOptions change.
+type harnessConfig struct {
+	manager ctrl.Options
+	clock   clock.WithTicker
+}
+
+type harnessOption func(*harnessConfig)
+
+// withClock gives the breakers clk instead of the real clock.
+func withClock(clk clock.WithTicker) harnessOption {
+	return func(c *harnessConfig) { c.clock = clk }
+}
+
 // withLeaderElection makes the manager one of the replicas that elect a
 // leader by a Lease in namespace, with short timings.
-func withLeaderElection(namespace string) func(*ctrl.Options) {
-	return func(o *ctrl.Options) {
+func withLeaderElection(namespace string) harnessOption {
+	return func(c *harnessConfig) {
+		o := &c.manager
 		o.LeaderElection = true
 		o.LeaderElectionID = "circuit-breaker-operator-test"
 		o.LeaderElectionNamespace = namespace
@@ -110,7 +127,7 @@ func withLeaderElection(namespace string) func(*ctrl.Options) {
 
 // startManager runs a manager with a fresh Reconciler that sees only namespace,
 // as a restarted manager would start: with an empty registry.
-func startManager(t *testing.T, namespace string, opts Options, mgrOpts ...func(*ctrl.Options)) *harness {
+func startManager(t *testing.T, namespace string, opts Options, hopts ...harnessOption) *harness {
 	t.Helper()
 	g := NewWithT(t)
 	h := &harness{metrics: prometheus.NewRegistry()}
@@ -120,7 +137,7 @@ func startManager(t *testing.T, namespace string, opts Options, mgrOpts ...func(
 			return c.SubResource(sub).Patch(ctx, obj, patch, opts...)
 		},
 	}
-	options := ctrl.Options{
+	cfg := harnessConfig{clock: clock.RealClock{}, manager: ctrl.Options{
 		Scheme:                 controlplane.Scheme(),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
@@ -130,18 +147,17 @@ func startManager(t *testing.T, namespace string, opts Options, mgrOpts ...func(
 			c, err := client.NewWithWatch(cfg, o)
 			return interceptor.NewClient(c, countPatches), err
 		},
+	}}
+	for _, o := range hopts {
+		o(&cfg)
 	}
-	for _, o := range mgrOpts {
-		o(&options)
-	}
-	mgr, err := ctrl.NewManager(restConfig, options)
+	mgr, err := ctrl.NewManager(restConfig, cfg.manager)
 	g.Expect(err).NotTo(HaveOccurred())
+	h.registry = breaker.NewRegistry(cfg.clock)
 	metrics := proxy.NewMetrics(h.metrics)
+	h.registry.OnTransition(metrics.RecordTransition)
 	h.routes = proxy.NewTable(metrics)
-	if opts.OnTransition == nil {
-		opts.OnTransition = metrics.RecordTransition
-	}
-	h.Reconciler = New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), clock.RealClock{}, h.routes, opts)
+	h.Reconciler = New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), h.registry, h.routes, opts)
 	g.Expect(h.SetupWithManager(mgr)).To(Succeed())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 )
@@ -36,7 +37,13 @@ type Options struct {
 	Backoff        time.Duration // first retry delay, doubled each time; default 200ms
 	Client         *http.Client
 	Log            logr.Logger
+	// Registerer, when set, gets circuitbreaker_notifications_dropped_total.
+	Registerer prometheus.Registerer
 }
+
+// dropLogInterval bounds how often a full queue is logged: a receiver that
+// is down during a storm of transitions must not turn into a storm of logs.
+const dropLogInterval = 10 * time.Second
 
 // Webhook delivers notifications to one URL.
 type Webhook struct {
@@ -44,6 +51,8 @@ type Webhook struct {
 	opts    Options
 	queue   chan Notification
 	dropped atomic.Int64
+	// lastDropLog is when a drop was last logged (Unix nanoseconds).
+	lastDropLog atomic.Int64
 }
 
 // NewWebhook returns a Webhook for rawURL, which must be an absolute http(s)
@@ -68,7 +77,16 @@ func NewWebhook(rawURL string, opts Options) (*Webhook, error) {
 	if opts.Client == nil {
 		opts.Client = &http.Client{}
 	}
-	return &Webhook{url: rawURL, opts: opts, queue: make(chan Notification, opts.QueueSize)}, nil
+	w := &Webhook{url: rawURL, opts: opts, queue: make(chan Notification, opts.QueueSize)}
+	if opts.Registerer != nil {
+		if err := opts.Registerer.Register(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "circuitbreaker_notifications_dropped_total",
+			Help: "Transition notifications dropped because the webhook queue was full.",
+		}, func() float64 { return float64(w.Dropped()) })); err != nil {
+			return nil, err
+		}
+	}
+	return w, nil
 }
 
 // Notify queues a transition without blocking.
@@ -78,8 +96,12 @@ func (w *Webhook) Notify(key breaker.Key, t breaker.Transition) {
 	select {
 	case w.queue <- n:
 	default:
-		w.dropped.Add(1)
-		w.opts.Log.Info("notification queue full, dropped a transition", "breaker", key, "dropped", w.dropped.Load())
+		dropped := w.dropped.Add(1)
+		now := time.Now().UnixNano()
+		if last := w.lastDropLog.Load(); now-last >= int64(dropLogInterval) && w.lastDropLog.CompareAndSwap(last, now) {
+			w.opts.Log.Info("notification queue full, dropping transitions", "namespace", namespace, "name", name,
+				"from", t.From.String(), "to", t.To.String(), "droppedTotal", dropped)
+		}
 	}
 }
 
@@ -94,7 +116,7 @@ func (w *Webhook) Run(ctx context.Context) error {
 			return nil
 		case n := <-w.queue:
 			if err := w.deliver(ctx, n); err != nil && ctx.Err() == nil {
-				w.opts.Log.Error(err, "webhook notification not delivered", "breaker", n.Namespace+"/"+n.Name, "to", n.To)
+				w.opts.Log.Error(err, "webhook notification not delivered", "namespace", n.Namespace, "name", n.Name, "from", n.From, "to", n.To)
 			}
 		}
 	}

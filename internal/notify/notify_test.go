@@ -17,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/clock"
 
-	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 	"github.com/circuitbreaker-io/operator/internal/notify"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
@@ -120,7 +119,8 @@ func TestHangingReceiverDoesNotDelayTheDataPlane(t *testing.T) {
 	}))
 	defer receiver.Close()
 	defer close(hang)
-	w := newWebhook(t, receiver.URL, notify.Options{QueueSize: 2, AttemptTimeout: time.Minute})
+	reg := prometheus.NewRegistry()
+	w := newWebhook(t, receiver.URL, notify.Options{QueueSize: 2, AttemptTimeout: time.Minute, Registerer: reg})
 	run(t, w)
 
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -129,16 +129,19 @@ func TestHangingReceiverDoesNotDelayTheDataPlane(t *testing.T) {
 	defer upstream.Close()
 	metrics := proxy.NewMetrics(prometheus.NewRegistry())
 	table := proxy.NewTable(metrics)
-	registry := breaker.NewRegistry(clock.RealClock{}, breaker.RegistryOptions{OnTransition: w.Notify})
+	registry := breaker.NewRegistry(clock.RealClock{})
+	registry.OnTransition(w.Notify)
 	key := breaker.NewKey("shop", "a")
 	target, _ := url.Parse(upstream.URL)
+	codes, _ := proxy.ParseStatusCodes([]string{"5xx"})
+	route := proxy.RouteConfig{Target: target, Timeout: 5 * time.Second, FailureCodes: codes}
 	px := httptest.NewServer(proxy.New(table, clock.RealClock{}))
 	defer px.Close()
 	for i := range 20 {
 		// Every request opens a fresh breaker: one transition per request.
 		registry.Delete(key)
-		b, _ := registry.Upsert(key, breaker.Settings{FailureThreshold: 1}, nil)
-		g.Expect(table.Set(key, b, target, &cbv1.CircuitBreakerSpec{})).To(Succeed())
+		b, _ := registry.Upsert(key, fmt.Sprint(i), breaker.Settings{FailureThreshold: 1}, nil)
+		table.Set(key, b, route)
 		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(px.URL + "/shop/a/")
 		g.Expect(err).NotTo(HaveOccurred(), "request %d completed while the receiver hangs", i)
 		_, _ = io.Copy(io.Discard, resp.Body)
@@ -146,6 +149,20 @@ func TestHangingReceiverDoesNotDelayTheDataPlane(t *testing.T) {
 		g.Expect(resp.StatusCode).To(Equal(500))
 	}
 	g.Expect(w.Dropped()).To(BeNumerically(">=", 20-2-1), "the queue stayed bounded: one in delivery, two queued, the rest dropped")
+	g.Expect(counterValue(g, reg, "circuitbreaker_notifications_dropped_total")).To(BeNumerically("==", w.Dropped()))
+}
+
+// counterValue reads the counter called name from reg.
+func counterValue(g Gomega, reg *prometheus.Registry, name string) float64 {
+	families, err := reg.Gather()
+	g.Expect(err).NotTo(HaveOccurred())
+	for _, f := range families {
+		if f.GetName() == name {
+			return f.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	g.Expect(name).To(BeEmpty(), "metric not registered")
+	return 0
 }
 
 func newWebhook(t *testing.T, url string, opts notify.Options) *notify.Webhook {

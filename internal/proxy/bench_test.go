@@ -15,7 +15,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/utils/clock"
 
-	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 )
 
@@ -45,9 +44,7 @@ func BenchmarkProxyHop(b *testing.B) {
 
 	table := NewTable(NewMetrics(prometheus.NewRegistry()))
 	br := breaker.New(breaker.Settings{}, clock.RealClock{}, breaker.Options{})
-	if err := table.Set(breaker.NewKey("bench", "svc"), br, target, &cbv1.CircuitBreakerSpec{}); err != nil {
-		b.Fatal(err)
-	}
+	table.Set(breaker.NewKey("bench", "svc"), br, benchRoute(target))
 	fronts := []struct {
 		name    string
 		handler http.Handler
@@ -111,9 +108,7 @@ func BenchmarkTableGet(b *testing.B) {
 	for i := range 500 {
 		key := breaker.NewKey("team-"+string(rune('a'+i%20)), "svc-"+string(rune('a'+i/20)))
 		br := breaker.New(breaker.Settings{}, clock.RealClock{}, breaker.Options{})
-		if err := table.Set(key, br, target, &cbv1.CircuitBreakerSpec{}); err != nil {
-			b.Fatal(err)
-		}
+		table.Set(key, br, benchRoute(target))
 	}
 	path := "/team-k/svc-m/orders"
 	b.Run("lookup", func(b *testing.B) {
@@ -134,6 +129,12 @@ func BenchmarkTableGet(b *testing.B) {
 			}
 		}
 	})
+}
+
+// benchRoute is a route with the resource's defaults.
+func benchRoute(target *url.URL) RouteConfig {
+	codes, _ := ParseStatusCodes([]string{"5xx"})
+	return RouteConfig{Target: target, Timeout: 10 * time.Second, FailureCodes: codes}
 }
 
 func processCPU() time.Duration {

@@ -99,7 +99,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.reject(w, rt, err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), rt.timeout)
+	ctx, cancel := context.WithTimeout(r.Context(), rt.Timeout)
 	defer cancel()
 	c := &call{Context: ctx, callerCtx: r.Context(), route: rt, ticket: ticket, rest: rest, start: time.Now()}
 	defer func() {
@@ -133,7 +133,7 @@ func splitPath(path string) (key breaker.Key, rest string, ok bool) {
 
 func rewrite(pr *httputil.ProxyRequest) {
 	c := callOf(pr.In)
-	target := c.route.target
+	target := c.route.Target
 	out := pr.Out.URL
 	out.Scheme = target.Scheme
 	out.Host = target.Host
@@ -157,7 +157,7 @@ func classifyResponse(resp *http.Response) error {
 	c := callOf(resp.Request)
 	c.reported = true
 	c.route.metrics.duration.Observe(time.Since(c.start).Seconds())
-	if c.route.failureCodes.Contains(resp.StatusCode) {
+	if c.route.FailureCodes.Contains(resp.StatusCode) {
 		c.ticket.Failure(breaker.Failure{StatusCode: resp.StatusCode})
 		c.route.metrics.failure.Inc()
 		return nil
@@ -206,13 +206,13 @@ func (p *Proxy) reject(w http.ResponseWriter, rt *route, err error) {
 	h := w.Header()
 	h.Set("Retry-After", strconv.Itoa(retryAfter))
 	h.Set("X-Circuit-Breaker-State", state)
-	if fb := rt.fallback; fb != nil {
-		if fb.contentType != "" {
-			h.Set("Content-Type", fb.contentType)
+	if fb := rt.Fallback; fb != nil {
+		if fb.ContentType != "" {
+			h.Set("Content-Type", fb.ContentType)
 		}
-		h.Set("Content-Length", strconv.Itoa(len(fb.body)))
-		w.WriteHeader(fb.status)
-		_, _ = w.Write(fb.body)
+		h.Set("Content-Length", strconv.Itoa(len(fb.Body)))
+		w.WriteHeader(fb.StatusCode)
+		_, _ = w.Write(fb.Body)
 		return
 	}
 	writeError(w, http.StatusServiceUnavailable, "circuit breaker '"+string(rt.key)+"' is "+state+": "+err.Error())

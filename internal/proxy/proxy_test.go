@@ -17,10 +17,8 @@ import (
 	. "github.com/onsi/gomega"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	clocktesting "k8s.io/utils/clock/testing"
 
-	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 )
 
@@ -98,15 +96,46 @@ func newFixture(t *testing.T) *fixture {
 	return f
 }
 
+// routeOption changes a test route's configuration.
+type routeOption func(*RouteConfig)
+
+func withCodes(patterns ...string) routeOption {
+	return func(c *RouteConfig) {
+		codes, err := ParseStatusCodes(patterns)
+		if err != nil {
+			panic(err)
+		}
+		c.FailureCodes = codes
+	}
+}
+
+func withTimeout(d time.Duration) routeOption { return func(c *RouteConfig) { c.Timeout = d } }
+
+func withFallback(status int, contentType, body string) routeOption {
+	return func(c *RouteConfig) {
+		c.Fallback = &Fallback{StatusCode: status, ContentType: contentType, Body: []byte(body)}
+	}
+}
+
+// testRoute is a route to target with the resource's defaults (10s, 5xx), changed by opts.
+func testRoute(t *testing.T, target string, opts ...routeOption) RouteConfig {
+	u, err := url.Parse(target)
+	NewWithT(t).Expect(err).NotTo(HaveOccurred())
+	cfg := RouteConfig{Target: u, Timeout: 10 * time.Second}
+	withCodes("5xx")(&cfg)
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return cfg
+}
+
 // add routes shop/<name> to target through a new breaker.
-func (f *fixture) add(t *testing.T, name, target string, settings breaker.Settings, spec cbv1.CircuitBreakerSpec) *breaker.Breaker {
+func (f *fixture) add(t *testing.T, name, target string, settings breaker.Settings, opts ...routeOption) *breaker.Breaker {
 	key := breaker.NewKey("shop", name)
 	b := breaker.New(settings, f.clock, breaker.Options{
 		OnTransition: func(tr breaker.Transition) { f.metrics.RecordTransition(key, tr) },
 	})
-	u, err := url.Parse(target)
-	NewWithT(t).Expect(err).NotTo(HaveOccurred())
-	NewWithT(t).Expect(f.table.Set(key, b, u, &spec)).To(Succeed())
+	f.table.Set(key, b, testRoute(t, target, opts...))
 	return b
 }
 
@@ -126,13 +155,18 @@ func jsonError(g Gomega, body string) string {
 	return e.Error
 }
 
-func timeout(d time.Duration) *metav1.Duration { return &metav1.Duration{Duration: d} }
+func optional(o routeOption) []routeOption {
+	if o == nil {
+		return nil
+	}
+	return []routeOption{o}
+}
 
 func TestForwardsRequestsIntact(t *testing.T) {
 	g := NewWithT(t)
 	up := newUpstream(t)
 	f := newFixture(t)
-	f.add(t, "order-api", up.URL+"/v1/", breaker.Settings{}, cbv1.CircuitBreakerSpec{})
+	f.add(t, "order-api", up.URL+"/v1/", breaker.Settings{})
 
 	req, _ := http.NewRequest(http.MethodPut, f.proxy.URL+"/shop/order-api/orders/42%2F7?x=1&y=two", strings.NewReader(`{"qty":3}`))
 	req.Header.Set("X-Custom", "kept")
@@ -219,7 +253,7 @@ func TestClassification(t *testing.T) {
 		name        string
 		mode        string
 		target      string // default: the upstream
-		spec        cbv1.CircuitBreakerSpec
+		route       routeOption
 		status      int
 		body        string
 		failures    uint32
@@ -230,13 +264,13 @@ func TestClassification(t *testing.T) {
 		{name: "404 is a success by default", mode: "404", status: 404, outcome: "success"},
 		{name: "500 is a failure, and the upstream's answer still goes back", mode: "500", status: 500,
 			body: "upstream broke", failures: 1, lastFailure: breaker.Failure{StatusCode: 500}, outcome: "failure"},
-		{name: "429 is a failure when listed", mode: "429", spec: cbv1.CircuitBreakerSpec{FailureStatusCodes: []string{"429", "5xx"}},
+		{name: "429 is a failure when listed", mode: "429", route: withCodes("429", "5xx"),
 			status: 429, failures: 1, lastFailure: breaker.Failure{StatusCode: 429}, outcome: "failure"},
-		{name: "500 is a success when not listed", mode: "500", spec: cbv1.CircuitBreakerSpec{FailureStatusCodes: []string{"503"}},
+		{name: "500 is a success when not listed", mode: "500", route: withCodes("503"),
 			status: 500, body: "upstream broke", outcome: "success"},
-		{name: "a hang past requestTimeout is a failure", mode: "hang", spec: cbv1.CircuitBreakerSpec{RequestTimeout: timeout(150 * time.Millisecond)},
+		{name: "a hang past requestTimeout is a failure", mode: "hang", route: withTimeout(150 * time.Millisecond),
 			status: 504, failures: 1, lastFailure: breaker.Failure{Kind: "timeout"}, outcome: "failure"},
-		{name: "a slow answer within requestTimeout is a success", mode: "slow", spec: cbv1.CircuitBreakerSpec{RequestTimeout: timeout(2 * time.Second)},
+		{name: "a slow answer within requestTimeout is a success", mode: "slow", route: withTimeout(2 * time.Second),
 			status: 200, body: "slow but fine", outcome: "success"},
 		{name: "a refused connection is a failure", target: closedPort, status: 502,
 			failures: 1, lastFailure: breaker.Failure{Kind: "connection refused"}, outcome: "failure"},
@@ -251,7 +285,7 @@ func TestClassification(t *testing.T) {
 			if tt.target != "" {
 				target = tt.target
 			}
-			b := f.add(t, "a", target, breaker.Settings{FailureThreshold: 10}, tt.spec)
+			b := f.add(t, "a", target, breaker.Settings{FailureThreshold: 10}, optional(tt.route)...)
 			resp, body := f.get(t, "/shop/a/x")
 			g.Expect(resp.StatusCode).To(Equal(tt.status))
 			if tt.body != "" {
@@ -270,7 +304,7 @@ func TestCallerThatGoesAwayIsNoVerdict(t *testing.T) {
 	up := newUpstream(t)
 	up.mode.Store("block")
 	f := newFixture(t)
-	b := f.add(t, "a", up.URL, breaker.Settings{FailureThreshold: 1, HalfOpenMaxRequests: 1}, cbv1.CircuitBreakerSpec{})
+	b := f.add(t, "a", up.URL, breaker.Settings{FailureThreshold: 1, HalfOpenMaxRequests: 1})
 	// Open, then half-open: the one probe slot is what a vanished caller must give back.
 	tk, _ := b.Allow()
 	tk.Failure(breaker.Failure{StatusCode: 500})
@@ -307,16 +341,16 @@ func TestCallerThatGoesAwayIsNoVerdict(t *testing.T) {
 func TestRejection(t *testing.T) {
 	tests := []struct {
 		name        string
-		spec        cbv1.CircuitBreakerSpec
+		route       routeOption
 		status      int
 		contentType string
 		body        string
 	}{
 		{name: "without a fallback: 503 JSON", status: 503, contentType: "application/json"},
 		{name: "the spec's fallback", status: 200, contentType: "application/json", body: `{"items":[],"degraded":true}`,
-			spec: cbv1.CircuitBreakerSpec{Fallback: &cbv1.Fallback{StatusCode: 200, ContentType: "application/json", Body: `{"items":[],"degraded":true}`}}},
+			route: withFallback(200, "application/json", `{"items":[],"degraded":true}`)},
 		{name: "a fallback with a plain body", status: 503, contentType: "text/plain", body: "try later",
-			spec: cbv1.CircuitBreakerSpec{Fallback: &cbv1.Fallback{StatusCode: 503, ContentType: "text/plain", Body: "try later"}}},
+			route: withFallback(503, "text/plain", "try later")},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -324,7 +358,7 @@ func TestRejection(t *testing.T) {
 			up := newUpstream(t)
 			up.mode.Store("500")
 			f := newFixture(t)
-			b := f.add(t, "a", up.URL, breaker.Settings{FailureThreshold: 2, RecoveryTimeout: 30 * time.Second}, tt.spec)
+			b := f.add(t, "a", up.URL, breaker.Settings{FailureThreshold: 2, RecoveryTimeout: 30 * time.Second}, optional(tt.route)...)
 			f.get(t, "/shop/a/x")
 			f.get(t, "/shop/a/x")
 			g.Expect(b.Snapshot().State).To(Equal(breaker.StateOpen))
@@ -358,7 +392,7 @@ func TestRetryAfterIsAtLeastOneSecond(t *testing.T) {
 	up := newUpstream(t)
 	up.mode.Store("500")
 	f := newFixture(t)
-	f.add(t, "a", up.URL, breaker.Settings{FailureThreshold: 1, RecoveryTimeout: 2 * time.Second}, cbv1.CircuitBreakerSpec{})
+	f.add(t, "a", up.URL, breaker.Settings{FailureThreshold: 1, RecoveryTimeout: 2 * time.Second})
 	f.get(t, "/shop/a/x")
 	f.clock.Step(2*time.Second - time.Millisecond)
 	resp, _ := f.get(t, "/shop/a/x")
@@ -370,7 +404,7 @@ func TestHalfOpenAdmitsExactlyTheProbeLimit(t *testing.T) {
 		g := NewWithT(t)
 		up := newUpstream(t)
 		f := newFixture(t)
-		b := f.add(t, "a", up.URL, breaker.Settings{FailureThreshold: 1, HalfOpenMaxRequests: uint32(limit)}, cbv1.CircuitBreakerSpec{})
+		b := f.add(t, "a", up.URL, breaker.Settings{FailureThreshold: 1, HalfOpenMaxRequests: uint32(limit)})
 		tk, _ := b.Allow()
 		tk.Failure(breaker.Failure{StatusCode: 500})
 		f.clock.Step(breaker.DefaultRecoveryTimeout)
@@ -413,7 +447,7 @@ func TestMetricsAfterAScriptedSequence(t *testing.T) {
 	g := NewWithT(t)
 	up := newUpstream(t)
 	f := newFixture(t)
-	b := f.add(t, "order-api", up.URL, breaker.Settings{FailureThreshold: 2, RecoveryTimeout: 5 * time.Second}, cbv1.CircuitBreakerSpec{})
+	b := f.add(t, "order-api", up.URL, breaker.Settings{FailureThreshold: 2, RecoveryTimeout: 5 * time.Second})
 
 	f.get(t, "/shop/order-api/")  // success
 	up.mode.Store("500")          //

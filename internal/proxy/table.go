@@ -1,38 +1,47 @@
 // Package proxy is the data plane: it forwards /<namespace>/<name>/<path> to
 // that breaker's upstream, asks the breaker first, classifies the outcome and
-// serves the fallback while the circuit rejects calls.
+// serves the fallback while the circuit rejects calls. It knows nothing of
+// the CircuitBreaker resource: the controller hands it complete RouteConfigs.
 package proxy
 
 import (
 	"net/url"
 	"time"
 
-	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 	"github.com/circuitbreaker-io/operator/internal/cowmap"
 )
 
-// DefaultRequestTimeout applies when a spec has none, as the schema's default.
-const DefaultRequestTimeout = 10 * time.Second
+// RouteConfig is everything the proxy needs to forward one breaker's calls.
+// Every field is required: defaults are the controller's business.
+type RouteConfig struct {
+	// Target is the upstream's base URL; the rest of the caller's path is appended.
+	Target *url.URL
+	// Timeout bounds each forwarded call; a timeout is a failure.
+	Timeout time.Duration
+	// FailureCodes are the upstream answers that count as failures.
+	FailureCodes StatusCodes
+	// Fallback, when set, is served while the circuit rejects calls;
+	// otherwise callers get 503 with a JSON error.
+	Fallback *Fallback
+}
+
+// Fallback is the response served while the circuit rejects calls.
+type Fallback struct {
+	StatusCode  int
+	ContentType string
+	Body        []byte
+}
 
 // route is what the proxy needs to serve one breaker. Routes are immutable:
 // a spec change stores a new one.
 type route struct {
-	key          breaker.Key
-	breaker      *breaker.Breaker
-	target       *url.URL
-	timeout      time.Duration
-	failureCodes StatusCodes
-	fallback     *fallback
+	RouteConfig
+	key     breaker.Key
+	breaker *breaker.Breaker
 	// refused, when set, is why the breaker may not forward (403).
 	refused string
 	metrics routeMetrics
-}
-
-type fallback struct {
-	status      int
-	contentType string
-	body        []byte
 }
 
 // Table holds the routes by breaker key. Reads are lock-free, as every
@@ -47,37 +56,21 @@ func NewTable(metrics *Metrics) *Table {
 	return &Table{metrics: metrics}
 }
 
-// Set routes key through b to target, configured by spec.
-func (t *Table) Set(key breaker.Key, b *breaker.Breaker, target *url.URL, spec *cbv1.CircuitBreakerSpec) error {
-	codes := spec.FailureStatusCodes
-	if len(codes) == 0 {
-		codes = []string{"5xx"}
-	}
-	failureCodes, err := ParseStatusCodes(codes)
-	if err != nil {
-		return err
-	}
-	rt := &route{
-		key:          key,
-		breaker:      b,
-		target:       target,
-		timeout:      DefaultRequestTimeout,
-		failureCodes: failureCodes,
-		metrics:      t.metrics.forRoute(key),
-	}
-	if spec.RequestTimeout != nil && spec.RequestTimeout.Duration > 0 {
-		rt.timeout = spec.RequestTimeout.Duration
-	}
-	if fb := spec.Fallback; fb != nil {
-		rt.fallback = &fallback{status: int(fb.StatusCode), contentType: fb.ContentType, body: []byte(fb.Body)}
-		if rt.fallback.status == 0 {
-			rt.fallback.status = 503
-		}
-	}
-	if old, loaded := t.swap(key, rt); !loaded || old.refused != "" {
+// Set routes key through b as cfg says.
+func (t *Table) Set(key breaker.Key, b *breaker.Breaker, cfg RouteConfig) {
+	rt := &route{RouteConfig: cfg, key: key, breaker: b, metrics: t.metrics.forRoute(key)}
+	old, loaded := t.swap(key, rt)
+	switch {
+	case loaded && old.breaker != nil && old.breaker != b:
+		// A new breaker under the same key (the resource was created
+		// again): its series start afresh.
+		t.metrics.Forget(key)
+		rt.metrics = t.metrics.forRoute(key)
+		t.swap(key, rt)
+		t.metrics.SetState(key, b.Snapshot().State)
+	case !loaded || old.refused != "":
 		t.metrics.SetState(key, b.Snapshot().State)
 	}
-	return nil
 }
 
 // Refuse makes the proxy answer 403 with reason for key. A refused breaker

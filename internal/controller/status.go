@@ -1,0 +1,180 @@
+package controller
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
+	"github.com/circuitbreaker-io/operator/internal/breaker"
+)
+
+// statusWriter is the one place the status is written. Only the leader
+// writes; an unchanged status is not written; each write is one merge patch
+// against the status this writer last wrote, because the cache can lag
+// behind our own writes (the model is fluxcd/pkg's runtime/patch).
+type statusWriter struct {
+	client  client.Client
+	leading func() bool
+	// written holds, by key, the writtenStatus last patched.
+	written sync.Map
+}
+
+// writtenStatus is the status last written for the resource with uid.
+type writtenStatus struct {
+	uid    types.UID
+	status *cbv1.CircuitBreakerStatus
+}
+
+// base returns the status as this writer last wrote it for cb, or cb's own
+// when it wrote none for this resource (a new uid under the same name is a
+// new resource).
+func (w *statusWriter) base(key breaker.Key, cb *cbv1.CircuitBreaker) cbv1.CircuitBreakerStatus {
+	if last, ok := w.written.Load(key); ok && last.(writtenStatus).uid == cb.UID {
+		return *last.(writtenStatus).status.DeepCopy()
+	}
+	return *cb.Status.DeepCopy()
+}
+
+// patch writes status over base, and does nothing when they are equal or
+// this replica does not lead.
+func (w *statusWriter) patch(ctx context.Context, key breaker.Key, cb *cbv1.CircuitBreaker, base, status *cbv1.CircuitBreakerStatus) error {
+	if !w.leading() || equality.Semantic.DeepEqual(base, status) {
+		return nil
+	}
+	original := cb.DeepCopy()
+	original.Status = *base
+	updated := cb.DeepCopy()
+	updated.Status = *status
+	if err := w.client.Status().Patch(ctx, updated, client.MergeFrom(original)); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	w.written.Store(key, writtenStatus{uid: cb.UID, status: status.DeepCopy()})
+	return nil
+}
+
+// forget drops what was written for a deleted resource.
+func (w *statusWriter) forget(key breaker.Key) { w.written.Delete(key) }
+
+// statusStates spells breaker states as the resource's status does.
+var statusStates = map[breaker.State]string{
+	breaker.StateClosed:   cbv1.StateClosed,
+	breaker.StateOpen:     cbv1.StateOpen,
+	breaker.StateHalfOpen: cbv1.StateHalfOpen,
+}
+
+func parseStatusState(s string) (breaker.State, bool) {
+	for state, spelled := range statusStates {
+		if spelled == s {
+			return state, true
+		}
+	}
+	return 0, false
+}
+
+// maxReasonLength is the schema's bound on a history entry's reason.
+const maxReasonLength = 1024
+
+// applySnapshot writes the breaker's state into status. Times are kept to
+// whole seconds, as the API server stores them, so an unchanged breaker
+// compares equal and is not written again; openUntil is rounded up so a
+// restored breaker never starts probing early.
+func applySnapshot(status *cbv1.CircuitBreakerStatus, s breaker.Snapshot) {
+	status.State = statusStates[s.State]
+	status.FailureCount = int32(s.Failures)
+	status.LastFailureTime = wholeSeconds(s.LastFailure, false)
+	status.LastTransitionTime = wholeSeconds(s.LastTransitionTime, false)
+	status.OpenUntil = wholeSeconds(s.OpenUntil, true)
+	status.LastHandledReset = s.LastResetID
+	status.History = nil
+	for _, t := range s.History {
+		// Microseconds, as the API server stores them.
+		at := metav1.NewMicroTime(t.At.Truncate(time.Microsecond).UTC())
+		status.History = append(status.History, cbv1.TransitionRecord{
+			Time: at, From: statusStates[t.From], To: statusStates[t.To], Reason: truncate(t.Reason, maxReasonLength),
+		})
+	}
+}
+
+// savedSnapshot is the state recorded in a status, used when the breaker is
+// created again, e.g. after a manager restart.
+func savedSnapshot(st *cbv1.CircuitBreakerStatus) *breaker.Snapshot {
+	state, ok := parseStatusState(st.State)
+	if !ok {
+		return nil
+	}
+	s := &breaker.Snapshot{State: state, Failures: uint32(max(st.FailureCount, 0)), LastResetID: st.LastHandledReset}
+	if st.LastFailureTime != nil {
+		s.LastFailure = st.LastFailureTime.Time
+	}
+	if st.LastTransitionTime != nil {
+		s.LastTransitionTime = st.LastTransitionTime.Time
+	}
+	if st.OpenUntil != nil {
+		s.OpenUntil = st.OpenUntil.Time
+	}
+	for _, h := range st.History {
+		from, okFrom := parseStatusState(h.From)
+		to, okTo := parseStatusState(h.To)
+		if okFrom && okTo {
+			s.History = append(s.History, breaker.Transition{From: from, To: to, At: h.Time.Time, Reason: h.Reason})
+		}
+	}
+	return s
+}
+
+func wholeSeconds(t time.Time, roundUp bool) *metav1.Time {
+	if t.IsZero() {
+		return nil
+	}
+	truncated := t.Truncate(time.Second)
+	if roundUp && truncated.Before(t) {
+		truncated = truncated.Add(time.Second)
+	}
+	mt := metav1.NewTime(truncated.UTC())
+	return &mt
+}
+
+// setServing records that the breaker serves as its spec says.
+func setServing(status *cbv1.CircuitBreakerStatus, generation int64) {
+	meta.SetStatusCondition(&status.Conditions, metav1.Condition{
+		Type: cbv1.ConditionReady, Status: metav1.ConditionTrue,
+		Reason: ReasonActive, Message: "forwarding to " + status.Upstream, ObservedGeneration: generation,
+	})
+	meta.RemoveStatusCondition(&status.Conditions, cbv1.ConditionStalled)
+}
+
+// setStalled records that the spec cannot be served until it changes:
+// Ready=False and, for kstatus (kubectl wait, Flux, Argo CD), Stalled=True
+// with the same reason, so nothing waits for a readiness that cannot come.
+func setStalled(status *cbv1.CircuitBreakerStatus, generation int64, why *refusal) {
+	for _, c := range []struct {
+		kind   string
+		status metav1.ConditionStatus
+	}{{cbv1.ConditionReady, metav1.ConditionFalse}, {cbv1.ConditionStalled, metav1.ConditionTrue}} {
+		meta.SetStatusCondition(&status.Conditions, metav1.Condition{
+			Type: c.kind, Status: c.status, Reason: why.reason, Message: why.message, ObservedGeneration: generation,
+		})
+	}
+}
+
+// truncate cuts s to at most n bytes, on a rune boundary, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	const mark = "…"
+	cut := n - len(mark)
+	for cut > 0 && !utf8RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + mark
+}
+
+func utf8RuneStart(b byte) bool { return b&0xC0 != 0x80 }
