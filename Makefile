@@ -12,6 +12,8 @@ CONTROLLER_GEN ?= $(LOCALBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 KUBECTL ?= kubectl
 KUSTOMIZE_VERSION ?= v5.7.1
 KUSTOMIZE ?= $(LOCALBIN)/kustomize-$(KUSTOMIZE_VERSION)
+GOLANGCI_LINT_VERSION ?= v2.15.0
+GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 # Where the locally built kube-apiserver and etcd live (see hack/control-plane.sh).
 ASSETS = $(shell hack/control-plane.sh)
 TEST_TIMEOUT ?= 20m
@@ -43,6 +45,18 @@ fmt: ## Run go fmt.
 vet: ## Run go vet, including the e2e package.
 	go vet -tags e2e ./...
 
+.PHONY: lint
+lint: golangci-lint ## Run golangci-lint (.golangci.yml), e2e code included.
+	$(GOLANGCI_LINT) run ./...
+
+.PHONY: lint-fix
+lint-fix: golangci-lint ## Run golangci-lint and apply its fixes.
+	$(GOLANGCI_LINT) run --fix ./...
+
+.PHONY: tidy
+tidy: ## Run go mod tidy.
+	go mod tidy
+
 .PHONY: control-plane
 control-plane: ## Build kube-apiserver and etcd from the Go module proxy (cached outside the clone).
 	@hack/control-plane.sh
@@ -61,8 +75,8 @@ bench: ## Run the benchmarks of docs/benchmarks.md in interleaved rounds, with b
 	hack/bench.sh
 
 .PHONY: verify
-verify: manifests generate fmt build-installer ## Regenerate everything and fail if the tree changed.
-	@git diff --exit-code -- . || { echo "generated files are out of date: run 'make manifests generate fmt' and commit"; exit 1; }
+verify: tidy manifests generate fmt build-installer ## Regenerate everything (go.mod included) and fail if the tree changed.
+	@git diff --exit-code -- . || { echo "generated files are out of date: run 'make tidy manifests generate fmt build-installer' and commit"; exit 1; }
 	@test -z "$$(git status --porcelain --untracked-files=all -- api config internal cmd dist)" || { git status --porcelain --untracked-files=all -- api config internal cmd dist; echo "untracked generated files: commit them"; exit 1; }
 
 ##@ Build
@@ -115,6 +129,13 @@ $(KUSTOMIZE):
 	@mkdir -p $(LOCALBIN)
 	GOBIN=$(LOCALBIN) go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
 	mv $(LOCALBIN)/kustomize $(KUSTOMIZE)
+
+.PHONY: golangci-lint
+golangci-lint: $(GOLANGCI_LINT)
+$(GOLANGCI_LINT):
+	@mkdir -p $(LOCALBIN)
+	GOBIN=$(LOCALBIN) go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+	mv $(LOCALBIN)/golangci-lint $(GOLANGCI_LINT)
 
 .PHONY: controller-gen
 controller-gen: $(CONTROLLER_GEN)

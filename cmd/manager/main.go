@@ -100,7 +100,7 @@ func main() {
 	// The data plane and the REST API.
 	for name, srv := range map[string]*http.Server{
 		"proxy": {Addr: proxyAddr, Handler: proxy.New(routes, clk)},
-		"api":   {Addr: apiAddr, Handler: api.New(registry, mgr.GetClient(), clk, api.DefaultResetTimeout)},
+		"api":   {Addr: apiAddr, Handler: api.New(registry, mgr.GetClient(), clk, api.DefaultResetTimeout, ctrl.Log.WithName("api"))},
 	} {
 		srv.ReadHeaderTimeout = 10 * time.Second
 		utilruntime.Must(mgr.Add(&manager.Server{Name: name, Server: srv, ShutdownTimeout: ptr.To(10 * time.Second)}))

@@ -90,7 +90,9 @@ Press Ctrl-C to stop the manager and the control plane.
 		return fmt.Errorf("the manager exited: %v", err)
 	case <-ctx.Done():
 		_ = cmd.Process.Signal(syscall.SIGTERM)
-		<-exited
+		if err := <-exited; err != nil {
+			return fmt.Errorf("the manager did not stop cleanly: %w", err)
+		}
 		return nil
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-logr/logr"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/utils/clock"
@@ -34,14 +35,16 @@ type Server struct {
 	client       client.Client
 	clock        clock.PassiveClock
 	resetTimeout time.Duration
+	log          logr.Logger
 	mux          *http.ServeMux
 }
 
 // +kubebuilder:rbac:groups=circuitbreaker.io,resources=circuitbreakers,verbs=patch
 
 // New returns the API over registry; c reads and annotates the resources.
-func New(registry *breaker.Registry, c client.Client, clk clock.PassiveClock, resetTimeout time.Duration) *Server {
-	s := &Server{registry: registry, client: c, clock: clk, resetTimeout: resetTimeout, mux: http.NewServeMux()}
+// log hears of resets, the only decisions the API makes.
+func New(registry *breaker.Registry, c client.Client, clk clock.PassiveClock, resetTimeout time.Duration, log logr.Logger) *Server {
+	s := &Server{registry: registry, client: c, clock: clk, resetTimeout: resetTimeout, log: log, mux: http.NewServeMux()}
 	s.mux.HandleFunc("/{$}", s.serveDashboard)
 	s.mux.HandleFunc("/api/circuit-breakers", s.list)
 	s.mux.HandleFunc("/api/circuit-breakers/{namespace}/{name}", s.get)
@@ -164,15 +167,19 @@ func (s *Server) reset(w http.ResponseWriter, r *http.Request) {
 		cb.Annotations[cbv1.ResetAnnotation] = value
 		err = s.client.Patch(ctx, &cb, patch)
 	}
+	log := s.log.WithValues("namespace", namespace, "name", name, "value", value, "remote", r.RemoteAddr)
 	switch {
 	case apierrors.IsNotFound(err):
 		writeError(w, http.StatusNotFound, fmt.Sprintf("Circuit breaker '%s' not found", key))
 		return
 	case err != nil:
+		log.Error(err, "reset through the API failed")
 		writeError(w, http.StatusInternalServerError, fmt.Sprintf("Circuit breaker '%s' could not be reset: %v", key, err))
 		return
 	}
+	log.Info("reset requested through the API")
 	if err := s.waitForReset(ctx, client.ObjectKeyFromObject(&cb), value); err != nil {
+		log.Info("reset not handled in time", "timeout", s.resetTimeout, "error", err.Error())
 		writeError(w, http.StatusGatewayTimeout, fmt.Sprintf(
 			"Circuit breaker '%s': reset requested (%s=%s) but not handled by the controller within %s: %v",
 			key, cbv1.ResetAnnotation, value, s.resetTimeout, err))

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	. "github.com/onsi/gomega"
 	clocktesting "k8s.io/utils/clock/testing"
 
@@ -28,7 +29,7 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	clk := clocktesting.NewFakeClock(epoch)
 	f := &fixture{registry: breaker.NewRegistry(clk), clock: clk}
-	f.srv = httptest.NewServer(New(f.registry, nil, clk, time.Second))
+	f.srv = httptest.NewServer(New(f.registry, nil, clk, time.Second, logr.Discard()))
 	t.Cleanup(f.srv.Close)
 	return f
 }
@@ -123,7 +124,7 @@ func TestErrors(t *testing.T) {
 		resp, body := f.do(t, tt.method, tt.path)
 		g.Expect(resp.StatusCode).To(Equal(tt.status), "%s %s", tt.method, tt.path)
 		g.Expect(resp.Header.Get("Allow")).To(Equal(tt.allow), "%s %s", tt.method, tt.path)
-		g.Expect(body["success"]).To(Equal(false), "%s %s", tt.method, tt.path)
+		g.Expect(body["success"]).To(BeFalse(), "%s %s", tt.method, tt.path)
 		g.Expect(body["error"]).To(ContainSubstring(tt.err), "%s %s", tt.method, tt.path)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	. "github.com/onsi/gomega"
 	"k8s.io/utils/clock"
 
@@ -33,7 +34,7 @@ func TestAPIResetRoundTripsThroughTheAnnotation(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
 	h := startManager(t, ns, Options{})
-	srv := httptest.NewServer(api.New(h.registry, k8sClient, clock.RealClock{}, api.DefaultResetTimeout))
+	srv := httptest.NewServer(api.New(h.registry, k8sClient, clock.RealClock{}, api.DefaultResetTimeout, logr.Discard()))
 	defer srv.Close()
 	openBreaker(g, h, ns, "order-api")
 
@@ -62,7 +63,7 @@ func TestAPIResetAnswersWithAnErrorWhenNotHandled(t *testing.T) {
 	// A registry that knows the breaker, but no controller to handle the annotation.
 	registry := breaker.NewRegistry(clock.RealClock{})
 	registry.Upsert(breaker.NewKey(ns, "orphan"), "uid", breaker.Settings{}, nil)
-	srv := httptest.NewServer(api.New(registry, k8sClient, clock.RealClock{}, 500*time.Millisecond))
+	srv := httptest.NewServer(api.New(registry, k8sClient, clock.RealClock{}, 500*time.Millisecond, logr.Discard()))
 	defer srv.Close()
 
 	status, body := post(g, srv.URL+"/api/circuit-breakers/"+ns+"/orphan/reset")
@@ -72,8 +73,9 @@ func TestAPIResetAnswersWithAnErrorWhenNotHandled(t *testing.T) {
 	g.Expect(k8sClient.Create(context.Background(), newCircuitBreaker(ns, "orphan"))).To(Succeed())
 	status, body = post(g, srv.URL+"/api/circuit-breakers/"+ns+"/orphan/reset")
 	g.Expect(status).To(Equal(http.StatusGatewayTimeout))
-	g.Expect(body["success"]).To(Equal(false))
-	g.Expect(body["error"]).To(MatchRegexp(`^Circuit breaker '.*/orphan': reset requested \(circuitbreaker.io/reset=\d+\) but not handled by the controller within 500ms`))
+	g.Expect(body["success"]).To(BeFalse())
+	g.Expect(body["error"]).To(MatchRegexp(
+		`^Circuit breaker '.*/orphan': reset requested \(circuitbreaker.io/reset=\d+\) but not handled by the controller within 500ms`))
 	g.Expect(getBreaker(g, ns, "orphan").Annotations).To(HaveKey(cbv1.ResetAnnotation), "the request is recorded on the resource")
 }
 

@@ -91,7 +91,8 @@ func annotateReset(g Gomega, namespace, name, value string) {
 func tableRow(g Gomega, namespace, name string, wide bool) map[string]any {
 	httpClient, err := rest.HTTPClientFor(restConfig)
 	g.Expect(err).NotTo(HaveOccurred())
-	req, err := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/apis/circuitbreaker.io/v1alpha1/namespaces/%s/circuitbreakers/%s", strings.TrimSuffix(restConfig.Host, "/"), namespace, name), nil)
+	url := fmt.Sprintf("%s/apis/circuitbreaker.io/v1alpha1/namespaces/%s/circuitbreakers/%s", strings.TrimSuffix(restConfig.Host, "/"), namespace, name)
+	req, err := http.NewRequest(http.MethodGet, url, nil)
 	g.Expect(err).NotTo(HaveOccurred())
 	req.Header.Set("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io")
 	resp, err := httpClient.Do(req)
@@ -109,6 +110,20 @@ func tableRow(g Gomega, namespace, name string, wide bool) map[string]any {
 		}
 	}
 	return row
+}
+
+// bumpAndObserve changes the spec (a new generation) and waits until the
+// controller has reconciled it: a barrier after which everything the
+// controller was going to do with the earlier generation is done.
+func bumpAndObserve(g Gomega, namespace, name string) {
+	cb := getBreaker(g, namespace, name)
+	patch := client.MergeFrom(cb.DeepCopy())
+	cb.Spec.SuccessThreshold++
+	g.Expect(k8sClient.Patch(context.Background(), cb, patch)).To(Succeed())
+	g.Eventually(func(g Gomega) {
+		cb := getBreaker(g, namespace, name)
+		g.Expect(cb.Status.ObservedGeneration).To(Equal(cb.Generation))
+	}).Should(Succeed())
 }
 
 func TestCreateIsClosedAndObserved(t *testing.T) {
@@ -163,16 +178,14 @@ func TestTrafficTransitionsReachTheStatus(t *testing.T) {
 		cb := getBreaker(g, ns, "order-api")
 		g.Expect(cb.Status.FailureCount).To(Equal(int32(2)))
 		g.Expect(cb.Status.LastFailureTime).NotTo(BeNil())
-	}, 3*time.Second, 50*time.Millisecond).Should(Succeed(), "counts are flushed within about a second")
+	}).Should(Succeed(), "counts are flushed without a transition")
 
 	failCalls(g, b, 1)
-	opened := time.Now()
 	g.Eventually(func(g Gomega) {
 		cb := getBreaker(g, ns, "order-api")
 		g.Expect(cb.Status.State).To(Equal(cbv1.StateOpen))
 		g.Expect(cb.Status.OpenUntil).NotTo(BeNil())
-	}, time.Second, 20*time.Millisecond).Should(Succeed(), "a transition reaches the status within a second")
-	g.Expect(time.Since(opened)).To(BeNumerically("<", time.Second))
+	}).Should(Succeed(), "a transition reaches the status")
 	g.Expect(tableRow(g, ns, "order-api", false)).To(SatisfyAll(
 		HaveKeyWithValue("State", "Open"),
 		HaveKeyWithValue("Failures", BeNumerically("==", 3)),
@@ -185,14 +198,14 @@ func TestTrafficTransitionsReachTheStatus(t *testing.T) {
 		cb := getBreaker(g, ns, "order-api")
 		g.Expect(cb.Status.State).To(Equal(cbv1.StateHalfOpen))
 		g.Expect(cb.Status.OpenUntil).To(BeNil())
-	}, 5*time.Second, 50*time.Millisecond).Should(Succeed())
+	}).Should(Succeed())
 
 	probe, err := b.Allow()
 	g.Expect(err).NotTo(HaveOccurred())
 	probe.Success()
 	g.Eventually(func(g Gomega) {
 		g.Expect(getBreaker(g, ns, "order-api").Status.State).To(Equal(cbv1.StateClosed))
-	}, time.Second, 20*time.Millisecond).Should(Succeed())
+	}).Should(Succeed())
 
 	g.Eventually(func() []string { return events(g, ns, "order-api") }).Should(ContainElements(
 		"Opened: 3 consecutive failures, last: 503",
@@ -218,8 +231,8 @@ func TestResetAnnotationResetsOncePerValue(t *testing.T) {
 	}).Should(Succeed())
 	g.Eventually(func() []string { return events(g, ns, "order-api") }).Should(
 		ContainElement("Reset: breaker reset to Closed by annotation circuitbreaker.io/reset=1764176400"))
-	g.Consistently(func() int { return countPrefix(events(g, ns, "order-api"), "Reset:") }, 2*time.Second).
-		Should(Equal(1), "one value resets once, however often it is reconciled")
+	bumpAndObserve(g, ns, "order-api")
+	g.Expect(countPrefix(events(g, ns, "order-api"), "Reset:")).To(Equal(1), "one value resets once, however often it is reconciled")
 
 	// Open it again; the same annotation value seen again (a spec change
 	// triggers a reconcile, and so does another annotation) must not reset it.
@@ -236,9 +249,7 @@ func TestResetAnnotationResetsOncePerValue(t *testing.T) {
 		cb := getBreaker(g, ns, "order-api")
 		g.Expect(cb.Status.ObservedGeneration).To(Equal(cb.Generation))
 	}).Should(Succeed())
-	g.Consistently(func(g Gomega) {
-		g.Expect(getBreaker(g, ns, "order-api").Status.State).To(Equal(cbv1.StateOpen))
-	}, 2*time.Second).Should(Succeed())
+	g.Expect(getBreaker(g, ns, "order-api").Status.State).To(Equal(cbv1.StateOpen), "the reconcile of the new generation did not reset")
 	g.Expect(b.Snapshot().State).To(Equal(breaker.StateOpen))
 	g.Expect(countPrefix(events(g, ns, "order-api"), "Reset:")).To(Equal(1))
 

@@ -71,13 +71,13 @@ func TestTrafficThroughTheProxyDrivesTheStatus(t *testing.T) {
 	for range 3 {
 		g.Expect(call(g, route)).To(Equal(500))
 	}
-	g.Eventually(state, time.Second, 20*time.Millisecond).Should(Equal(cbv1.StateOpen))
+	g.Eventually(state).Should(Equal(cbv1.StateOpen))
 	g.Expect(call(g, route)).To(Equal(503), "rejected while open")
 
 	failing.Store(false)
-	g.Eventually(state, 4*time.Second, 50*time.Millisecond).Should(Equal(cbv1.StateHalfOpen))
+	g.Eventually(state).Should(Equal(cbv1.StateHalfOpen))
 	g.Expect(call(g, route)).To(Equal(200), "the probe goes through")
-	g.Eventually(state, time.Second, 20*time.Millisecond).Should(Equal(cbv1.StateClosed))
+	g.Eventually(state).Should(Equal(cbv1.StateClosed))
 	g.Eventually(func() []string { return events(g, ns, "order-api") }).Should(ContainElements(
 		"Opened: 3 consecutive failures, last: 500",
 		"HalfOpened: recovery timeout of 2s elapsed",
@@ -89,9 +89,9 @@ func TestTrafficThroughTheProxyDrivesTheStatus(t *testing.T) {
 	for range 3 {
 		call(g, route)
 	}
-	g.Eventually(state, time.Second, 20*time.Millisecond).Should(Equal(cbv1.StateOpen))
+	g.Eventually(state).Should(Equal(cbv1.StateOpen))
 	annotateReset(g, ns, "order-api", "1")
-	g.Eventually(state, time.Second, 20*time.Millisecond).Should(Equal(cbv1.StateClosed))
+	g.Eventually(state).Should(Equal(cbv1.StateClosed))
 	failing.Store(false)
 	g.Expect(call(g, route)).To(Equal(200))
 

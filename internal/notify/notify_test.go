@@ -165,8 +165,8 @@ func counterValue(g Gomega, reg *prometheus.Registry, name string) float64 {
 	return 0
 }
 
-func newWebhook(t *testing.T, url string, opts notify.Options) *notify.Webhook {
-	w, err := notify.NewWebhook(url, opts)
+func newWebhook(t *testing.T, target string, opts notify.Options) *notify.Webhook {
+	w, err := notify.NewWebhook(target, opts)
 	NewWithT(t).Expect(err).NotTo(HaveOccurred())
 	return w
 }

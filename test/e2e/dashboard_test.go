@@ -101,7 +101,8 @@ spec:
 		// Readable with 500 breakers: every tile is there, grouped by namespace.
 		var many strings.Builder
 		for i := range 500 {
-			fmt.Fprintf(&many, "---\napiVersion: circuitbreaker.io/v1alpha1\nkind: CircuitBreaker\nmetadata: {name: svc-%03d, namespace: team-%d}\nspec: {upstream: {service: {name: svc-%03d, port: 80}}}\n", i, i%10, i)
+			fmt.Fprintf(&many, "---\napiVersion: circuitbreaker.io/v1alpha1\nkind: CircuitBreaker\n"+
+				"metadata: {name: svc-%03d, namespace: team-%d}\nspec: {upstream: {service: {name: svc-%03d, port: 80}}}\n", i, i%10, i)
 		}
 		for i := range 10 {
 			c.kubectl(g, "create", "namespace", fmt.Sprintf("team-%d", i))

@@ -54,8 +54,10 @@ type cluster struct {
 	api, metrics      string
 	webhook           string
 	manager           *exec.Cmd
-	managerLog        *syncBuffer
-	managerExited     chan struct{}
+	// refuseURLs starts the manager without --allow-url-upstreams.
+	refuseURLs    bool
+	managerLog    *syncBuffer
+	managerExited chan struct{}
 }
 
 func TestE2E(t *testing.T) {
@@ -254,12 +256,25 @@ spec:
 			{`{upstream: {service: {name: a, port: 80}, url: "https://x.example.com"}}`, "spec.upstream"},
 			{`{upstream: {service: {name: a, port: 80}}, recoveryTimeout: soon}`, "spec.recoveryTimeout"},
 		} {
-			out, err := c.kubectlStdin("apiVersion: circuitbreaker.io/v1alpha1\nkind: CircuitBreaker\nmetadata: {name: bad, namespace: default}\nspec: "+bad.spec+"\n", "apply", "-f", "-")
+			manifest := "apiVersion: circuitbreaker.io/v1alpha1\nkind: CircuitBreaker\nmetadata: {name: bad, namespace: default}\nspec: " + bad.spec + "\n"
+			out, err := c.kubectlStdin(manifest, "apply", "-f", "-")
 			g.Expect(err).To(HaveOccurred(), out)
 			g.Expect(out).To(ContainSubstring(bad.field))
 			_, err = c.kubectlErr("get", "cb", "bad")
 			g.Expect(err).To(HaveOccurred(), "nothing is stored")
 		}
+	})
+
+	step("a URL upstream the manager refuses is Stalled, and kubectl wait returns for it", func(g Gomega) {
+		c.stopManager(g)
+		c.refuseURLs = true
+		c.startManager(t)
+		out := c.kubectl(g, "wait", "--for=condition=Stalled", "cb/shop-api", "--timeout=30s")
+		g.Expect(out).To(ContainSubstring("condition met"))
+		conditions := `jsonpath={.status.conditions[?(@.type=="Stalled")].reason}/{.status.conditions[?(@.type=="Ready")].status}`
+		g.Expect(c.kubectl(g, "get", "cb", "shop-api", "-o", conditions)).To(Equal("UpstreamNotAllowed/False"))
+		g.Eventually(func() int { return httpGet(g, route) }, 5*time.Second, 100*time.Millisecond).Should(Equal(403))
+		g.Expect(c.managerLog.String()).To(MatchRegexp(`breaker refused.*"reason": "UpstreamNotAllowed"`), "the refusal is logged")
 	})
 
 	step("kubectl delete removes the route", func(g Gomega) {
@@ -308,15 +323,18 @@ func (c *cluster) startManager(t *testing.T) {
 		c.managerLog = &syncBuffer{}
 		c.proxyAddr, c.health, c.api, c.metrics = freeAddr(g), freeAddr(g), freeAddr(g), freeAddr(g)
 	}
-	c.manager = exec.Command(filepath.Join(root, "bin", "manager"),
+	args := []string{
 		"--kubeconfig", c.managerKubeconfig,
-		"--allow-url-upstreams",
 		"--proxy-bind-address", c.proxyAddr,
 		"--api-bind-address", c.api,
 		"--health-probe-bind-address", c.health,
 		"--metrics-bind-address", c.metrics,
 		"--notify-webhook", c.webhook,
-	)
+	}
+	if !c.refuseURLs {
+		args = append(args, "--allow-url-upstreams")
+	}
+	c.manager = exec.Command(filepath.Join(root, "bin", "manager"), args...)
 	c.manager.Stdout, c.manager.Stderr = c.managerLog, c.managerLog
 	g.Expect(c.manager.Start()).To(Succeed())
 	c.managerExited = make(chan struct{})
@@ -420,7 +438,7 @@ type response struct {
 
 var httpClient = &http.Client{Timeout: 5 * time.Second}
 
-func httpDo(g Gomega, url string) response {
+func httpDo(_ Gomega, url string) response {
 	resp, err := httpClient.Get(url)
 	if err != nil {
 		return response{}
