@@ -57,14 +57,37 @@ type CircuitBreakerSpec struct {
 	// +optional
 	SuccessThreshold int32 `json:"successThreshold,omitempty"`
 
-	// RequestTimeout bounds each proxied request; a timeout is a failure.
+	// RequestTimeout bounds each proxied request until the upstream's
+	// response headers (at most 5m); a timeout is a failure. A streaming
+	// body or an upgraded connection then lives on under StreamIdleTimeout.
 	// +kubebuilder:default="10s"
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:MaxLength=32
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
 	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="requestTimeout must be greater than 0"
+	// +kubebuilder:validation:XValidation:rule="duration(self) <= duration('5m')",message="requestTimeout must be at most 5m"
 	// +optional
 	RequestTimeout *metav1.Duration `json:"requestTimeout,omitempty"`
+
+	// StreamIdleTimeout ends a streaming response or an upgraded connection
+	// (WebSocket) after no byte went either way for this long, with no
+	// verdict: the call already succeeded when its headers arrived.
+	// +kubebuilder:default="5m"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('24h')",message="streamIdleTimeout must be from 1s to 24h"
+	// +optional
+	StreamIdleTimeout *metav1.Duration `json:"streamIdleTimeout,omitempty"`
+
+	// MaxConcurrentRequests is how many calls may be in flight through this
+	// breaker at once; beyond it callers get 503 with
+	// X-Circuit-Breaker-State: saturated, and no verdict.
+	// +kubebuilder:default=1024
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100000
+	// +optional
+	MaxConcurrentRequests int32 `json:"maxConcurrentRequests,omitempty"`
 
 	// FailureStatusCodes are the upstream responses that count as failures:
 	// "NNN", "NNN-NNN" or "Nxx".
@@ -128,13 +151,15 @@ type Fallback struct {
 	// +optional
 	StatusCode int32 `json:"statusCode,omitempty"`
 
-	// ContentType of the fallback body.
+	// ContentType of the fallback body: a media type such as
+	// "application/json" or "text/plain; charset=utf-8".
 	// +kubebuilder:validation:MaxLength=256
+	// +kubebuilder:validation:Pattern=`^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*(\s*;\s*[A-Za-z0-9!#$&^_.+-]+=([A-Za-z0-9!#$&^_.+-]+|"[^"\\]*"))*$`
 	// +optional
 	ContentType string `json:"contentType,omitempty"`
 
-	// Body of the fallback response.
-	// +kubebuilder:validation:MaxLength=65536
+	// Body of the fallback response (at most 8 KiB; not sent with 204 or 304).
+	// +kubebuilder:validation:MaxLength=8192
 	// +optional
 	Body string `json:"body,omitempty"`
 }

@@ -98,6 +98,11 @@ func (in *CircuitBreakerSpec) DeepCopyInto(out *CircuitBreakerSpec) {
 		*out = new(v1.Duration)
 		**out = **in
 	}
+	if in.StreamIdleTimeout != nil {
+		in, out := &in.StreamIdleTimeout, &out.StreamIdleTimeout
+		*out = new(v1.Duration)
+		**out = **in
+	}
 	if in.FailureStatusCodes != nil {
 		in, out := &in.FailureStatusCodes, &out.FailureStatusCodes
 		*out = make([]string, len(*in))

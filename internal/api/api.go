@@ -8,7 +8,10 @@ import (
 	_ "embed"
 	"encoding/json"
 	"fmt"
+	"mime"
+	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -26,25 +29,71 @@ import (
 // DefaultResetTimeout is how long a reset waits for the controller to handle it.
 const DefaultResetTimeout = 5 * time.Second
 
+// Limits of the API's HTTP server.
+const (
+	// ReadTimeout bounds reading a whole request; the API's requests have no body to speak of.
+	ReadTimeout = 10 * time.Second
+	// WriteTimeout bounds a whole exchange: a reset waits up to its
+	// timeout for the controller, then answers.
+	WriteTimeout = DefaultResetTimeout + 10*time.Second
+	// IdleTimeout closes keep-alive connections the dashboard left idle.
+	IdleTimeout = 60 * time.Second
+	// MaxHeaderBytes bounds a request's headers.
+	MaxHeaderBytes = 16 << 10
+)
+
+// ClientHeader is what the dashboard sends with a reset; a reset needs it or
+// a JSON content type, neither of which a cross-site form can send.
+const ClientHeader = "X-Circuit-Breaker-Client"
+
+// NewServer returns the API's HTTP server on addr with the limits above.
+func NewServer(addr string, handler http.Handler) *http.Server {
+	return &http.Server{
+		Addr: addr, Handler: handler,
+		ReadHeaderTimeout: ReadTimeout, ReadTimeout: ReadTimeout, WriteTimeout: WriteTimeout,
+		IdleTimeout: IdleTimeout, MaxHeaderBytes: MaxHeaderBytes,
+	}
+}
+
 //go:embed dashboard.html
 var dashboard []byte
 
-// Server is the API's http.Handler.
+// Options configure the API.
+type Options struct {
+	// ResetTimeout is how long a reset waits for the controller; default DefaultResetTimeout.
+	ResetTimeout time.Duration
+	// BindAddress is the address the API listens on: requests must name it,
+	// or a loopback name, as their Host.
+	BindAddress string
+	// Log hears of resets, the only decisions the API makes.
+	Log logr.Logger
+}
+
+// Server is the API's http.Handler. It serves only its user: a browser on
+// this machine or at the end of a kubectl port-forward. Requests that name
+// another host (DNS rebinding) and cross-site resets (CSRF) are refused.
 type Server struct {
-	registry     *breaker.Registry
-	client       client.Client
-	clock        clock.PassiveClock
-	resetTimeout time.Duration
-	log          logr.Logger
-	mux          *http.ServeMux
+	registry *breaker.Registry
+	client   client.Client
+	clock    clock.PassiveClock
+	opts     Options
+	bindHost string
+	mux      *http.ServeMux
 }
 
 // +kubebuilder:rbac:groups=circuitbreaker.io,resources=circuitbreakers,verbs=patch
 
 // New returns the API over registry; c reads and annotates the resources.
-// log hears of resets, the only decisions the API makes.
-func New(registry *breaker.Registry, c client.Client, clk clock.PassiveClock, resetTimeout time.Duration, log logr.Logger) *Server {
-	s := &Server{registry: registry, client: c, clock: clk, resetTimeout: resetTimeout, log: log, mux: http.NewServeMux()}
+func New(registry *breaker.Registry, c client.Client, clk clock.PassiveClock, opts Options) *Server {
+	if opts.ResetTimeout <= 0 {
+		opts.ResetTimeout = DefaultResetTimeout
+	}
+	s := &Server{registry: registry, client: c, clock: clk, opts: opts, mux: http.NewServeMux()}
+	if host, _, err := net.SplitHostPort(opts.BindAddress); err == nil {
+		if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
+			s.bindHost = strings.ToLower(host)
+		}
+	}
 	s.mux.HandleFunc("/{$}", s.serveDashboard)
 	s.mux.HandleFunc("/api/circuit-breakers", s.list)
 	s.mux.HandleFunc("/api/circuit-breakers/{namespace}/{name}", s.get)
@@ -55,7 +104,56 @@ func New(registry *breaker.Registry, c client.Client, clk clock.PassiveClock, re
 	return s
 }
 
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; frame-ancestors 'none'")
+	if !s.hostAllowed(r.Host) {
+		writeError(w, http.StatusForbidden, "this API answers only requests for its own address or a loopback name (use kubectl port-forward)")
+		return
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+// hostAllowed reports whether a request's Host names this API: a loopback
+// name or address, or the host of the bind address. Any other name is a
+// page that rebound its own name to us.
+func (s *Server) hostAllowed(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") || (s.bindHost != "" && host == s.bindHost) {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// sameSite refuses a state-changing request that a page of another site
+// could have sent: it must carry a JSON content type or the dashboard's
+// header (which no form can), and no cross-site Origin or Sec-Fetch-Site.
+func sameSite(w http.ResponseWriter, r *http.Request) bool {
+	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
+		writeError(w, http.StatusForbidden, "cross-site request refused")
+		return false
+	}
+	if origin := r.Header.Get("Origin"); origin != "" {
+		if u, err := url.Parse(origin); err != nil || !strings.EqualFold(u.Host, r.Host) {
+			writeError(w, http.StatusForbidden, "cross-origin request refused")
+			return false
+		}
+	}
+	mediaType, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if mediaType != "application/json" && r.Header.Get(ClientHeader) == "" {
+		writeError(w, http.StatusBadRequest, "a reset needs Content-Type: application/json")
+		return false
+	}
+	return true
+}
 
 // Entry is one breaker as the API shows it.
 type Entry struct {
@@ -146,7 +244,7 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request) {
 // reset sets the reset annotation, as `kubectl annotate` would, and answers
 // once the controller has handled it.
 func (s *Server) reset(w http.ResponseWriter, r *http.Request) {
-	if !allowMethod(w, r, http.MethodPost) {
+	if !allowMethod(w, r, http.MethodPost) || !sameSite(w, r) {
 		return
 	}
 	key, _, ok := s.lookup(w, r)
@@ -154,7 +252,7 @@ func (s *Server) reset(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	namespace, name := key.Split()
-	ctx, cancel := context.WithTimeout(r.Context(), s.resetTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), s.opts.ResetTimeout)
 	defer cancel()
 	value := strconv.FormatInt(s.clock.Now().UnixNano(), 10)
 	var cb cbv1.CircuitBreaker
@@ -167,22 +265,23 @@ func (s *Server) reset(w http.ResponseWriter, r *http.Request) {
 		cb.Annotations[cbv1.ResetAnnotation] = value
 		err = s.client.Patch(ctx, &cb, patch)
 	}
-	log := s.log.WithValues("namespace", namespace, "name", name, "value", value, "remote", r.RemoteAddr)
+	log := s.opts.Log.WithValues("namespace", namespace, "name", name, "value", value, "remote", r.RemoteAddr)
 	switch {
 	case apierrors.IsNotFound(err):
 		writeError(w, http.StatusNotFound, fmt.Sprintf("Circuit breaker '%s' not found", key))
 		return
 	case err != nil:
+		// The details (RBAC, service account names) are for the log, not the caller.
 		log.Error(err, "reset through the API failed")
-		writeError(w, http.StatusInternalServerError, fmt.Sprintf("Circuit breaker '%s' could not be reset: %v", key, err))
+		writeError(w, http.StatusInternalServerError, fmt.Sprintf("Circuit breaker '%s' could not be reset: the manager could not annotate it (see its log)", key))
 		return
 	}
 	log.Info("reset requested through the API")
 	if err := s.waitForReset(ctx, client.ObjectKeyFromObject(&cb), value); err != nil {
-		log.Info("reset not handled in time", "timeout", s.resetTimeout, "error", err.Error())
+		log.Info("reset not handled in time", "timeout", s.opts.ResetTimeout, "error", err.Error())
 		writeError(w, http.StatusGatewayTimeout, fmt.Sprintf(
 			"Circuit breaker '%s': reset requested (%s=%s) but not handled by the controller within %s: %v",
-			key, cbv1.ResetAnnotation, value, s.resetTimeout, err))
+			key, cbv1.ResetAnnotation, value, s.opts.ResetTimeout, err))
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"success": true, "message": fmt.Sprintf("Circuit breaker '%s' reset successfully", key)})
@@ -229,7 +328,6 @@ func (s *Server) serveDashboard(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Content-Security-Policy", "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'")
 	_, _ = w.Write(dashboard)
 }
 

@@ -29,13 +29,16 @@ type fixture struct {
 func newFixture(t *testing.T) *fixture {
 	clk := clocktesting.NewFakeClock(epoch)
 	f := &fixture{registry: breaker.NewRegistry(clk), clock: clk}
-	f.srv = httptest.NewServer(New(f.registry, nil, clk, time.Second, logr.Discard()))
+	f.srv = httptest.NewServer(New(f.registry, nil, clk, Options{ResetTimeout: time.Second, BindAddress: "127.0.0.1:8082", Log: logr.Discard()}))
 	t.Cleanup(f.srv.Close)
 	return f
 }
 
 func (f *fixture) do(t *testing.T, method, path string) (*http.Response, map[string]any) {
 	req, _ := http.NewRequest(method, f.srv.URL+path, nil)
+	if method == http.MethodPost {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := http.DefaultClient.Do(req)
 	NewWithT(t).Expect(err).NotTo(HaveOccurred())
 	defer resp.Body.Close()
@@ -141,5 +144,57 @@ func TestDashboardIsSelfContained(t *testing.T) {
 	g.Expect(string(page)).To(ContainSubstring("/api/circuit-breakers"))
 	for _, external := range []string{"<script src", "<link", "@import", "http://", "https://", "url("} {
 		g.Expect(string(page)).NotTo(ContainSubstring(external), "no external scripts, styles or fonts")
+	}
+}
+
+// The API serves only its user: pages of other sites can neither read it
+// (DNS rebinding: a foreign Host) nor reset through it (CSRF).
+func TestOnlyItsUserIsServed(t *testing.T) {
+	f := newFixture(t)
+	f.registry.Upsert(breaker.NewKey("shop", "order-api"), "uid", breaker.Settings{}, nil)
+	tests := []struct {
+		name    string
+		method  string
+		path    string
+		headers map[string]string
+		status  int
+		err     string
+	}{
+		{name: "a rebound name is refused", method: "GET", path: "/api/circuit-breakers",
+			headers: map[string]string{"Host": "attacker.example.com"}, status: 403, err: "only requests for its own address"},
+		{name: "localhost through a port-forward", method: "GET", path: "/api/circuit-breakers",
+			headers: map[string]string{"Host": "localhost:18082"}, status: 200},
+		{name: "the bind address", method: "GET", path: "/api/circuit-breakers",
+			headers: map[string]string{"Host": "127.0.0.1:8082"}, status: 200},
+		{name: "IPv6 loopback", method: "GET", path: "/", headers: map[string]string{"Host": "[::1]:8082"}, status: 200},
+		{name: "a reset without a JSON content type (a form post)", method: "POST", path: "/api/circuit-breakers/shop/missing/reset",
+			headers: map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, status: 400, err: "Content-Type: application/json"},
+		{name: "a reset from another origin", method: "POST", path: "/api/circuit-breakers/shop/missing/reset",
+			headers: map[string]string{"Content-Type": "application/json", "Origin": "https://attacker.example.com"}, status: 403, err: "cross-origin"},
+		{name: "a reset a browser calls cross-site", method: "POST", path: "/api/circuit-breakers/shop/missing/reset",
+			headers: map[string]string{"Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"}, status: 403, err: "cross-site"},
+		{name: "the dashboard's header passes the checks", method: "POST", path: "/api/circuit-breakers/shop/missing/reset",
+			headers: map[string]string{ClientHeader: "dashboard", "Sec-Fetch-Site": "same-origin"}, status: 404, err: "not found"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			req, _ := http.NewRequest(tt.method, f.srv.URL+tt.path, nil)
+			for k, v := range tt.headers {
+				if k == "Host" {
+					req.Host = v
+					continue
+				}
+				req.Header.Set(k, v)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			g.Expect(err).NotTo(HaveOccurred())
+			defer resp.Body.Close()
+			raw, _ := io.ReadAll(resp.Body)
+			g.Expect(resp.StatusCode).To(Equal(tt.status), string(raw))
+			g.Expect(string(raw)).To(ContainSubstring(tt.err))
+			g.Expect(resp.Header.Get("X-Content-Type-Options")).To(Equal("nosniff"))
+			g.Expect(resp.Header.Get("Content-Security-Policy")).To(ContainSubstring("frame-ancestors 'none'"))
+		})
 	}
 }

@@ -19,7 +19,7 @@ import (
 )
 
 func post(g Gomega, url string) (int, map[string]any) {
-	resp, err := http.Post(url, "", nil)
+	resp, err := http.Post(url, "application/json", nil)
 	g.Expect(err).NotTo(HaveOccurred())
 	defer resp.Body.Close()
 	raw, _ := io.ReadAll(resp.Body)
@@ -34,7 +34,7 @@ func TestAPIResetRoundTripsThroughTheAnnotation(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
 	h := startManager(t, ns, Options{})
-	srv := httptest.NewServer(api.New(h.registry, k8sClient, clock.RealClock{}, api.DefaultResetTimeout, logr.Discard()))
+	srv := httptest.NewServer(api.New(h.registry, k8sClient, clock.RealClock{}, api.Options{Log: logr.Discard()}))
 	defer srv.Close()
 	openBreaker(g, h, ns, "order-api")
 
@@ -63,7 +63,7 @@ func TestAPIResetAnswersWithAnErrorWhenNotHandled(t *testing.T) {
 	// A registry that knows the breaker, but no controller to handle the annotation.
 	registry := breaker.NewRegistry(clock.RealClock{})
 	registry.Upsert(breaker.NewKey(ns, "orphan"), "uid", breaker.Settings{}, nil)
-	srv := httptest.NewServer(api.New(registry, k8sClient, clock.RealClock{}, 500*time.Millisecond, logr.Discard()))
+	srv := httptest.NewServer(api.New(registry, k8sClient, clock.RealClock{}, api.Options{ResetTimeout: 500 * time.Millisecond, Log: logr.Discard()}))
 	defer srv.Close()
 
 	status, body := post(g, srv.URL+"/api/circuit-breakers/"+ns+"/orphan/reset")

@@ -6,6 +6,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -45,6 +47,7 @@ const (
 	ReasonInvalidUpstream    = "InvalidUpstream"
 	ReasonUpstreamNotAllowed = "UpstreamNotAllowed"
 	ReasonInvalidSpec        = "InvalidSpec"
+	ReasonServiceNotFound    = "ServiceNotFound"
 )
 
 // CountsFlushInterval is how often failure counts that changed without a
@@ -63,6 +66,8 @@ const maxEventNote = 1024
 type Options struct {
 	// AllowURLUpstreams permits spec.upstream.url.
 	AllowURLUpstreams bool
+	// ClusterDomain is the cluster's DNS domain; default DefaultClusterDomain.
+	ClusterDomain string
 }
 
 // Reconciler keeps the registry and the proxy's routes in step with the
@@ -80,6 +85,9 @@ type Reconciler struct {
 	// announced holds, by key, the last transition logged and recorded as
 	// an Event, so each one is announced once.
 	announced sync.Map
+	// refusedResets holds, by key, the reset value last refused, so each
+	// refused value is reported once.
+	refusedResets sync.Map
 
 	// elected is closed once this replica leads.
 	elected <-chan struct{}
@@ -105,6 +113,7 @@ func New(c client.Client, rec recorder.EventRecorder, registry *breaker.Registry
 // +kubebuilder:rbac:groups=circuitbreaker.io,resources=circuitbreakers,verbs=get;list;watch
 // +kubebuilder:rbac:groups=circuitbreaker.io,resources=circuitbreakers/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+// +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch
 
 // Reconcile puts one CircuitBreaker into the registry and the routes,
 // announces its new transitions, and writes its status (deferred, once).
@@ -129,7 +138,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 		}
 	}()
 
-	cfg, refused := translate(&cb, r.opts)
+	svc, err := r.upstreamService(ctx, &cb)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	cfg, refused := translate(&cb, svc, r.opts)
 	if refused != nil {
 		r.refuse(ctx, key, &cb, status, refused)
 		return ctrl.Result{}, nil
@@ -140,7 +153,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 	}
 	r.routes.Set(key, b, cfg.route)
 
-	if value := cb.Annotations[cbv1.ResetAnnotation]; value != "" {
+	value, resetRefused := resetRequest(&cb)
+	switch {
+	case resetRefused != "":
+		r.refuseReset(ctx, &cb, key, value, resetRefused)
+	case value != "":
 		b.Reset(value, "breaker reset to Closed by annotation "+cbv1.ResetAnnotation+"="+value)
 	}
 
@@ -148,7 +165,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 	r.announce(ctx, &cb, key, b, snap)
 	applySnapshot(status, snap)
 	status.Upstream = cfg.route.Target.String()
-	setServing(status, cb.Generation)
+	setServing(status, cb.Generation, resetRefused)
 	if snap.State == breaker.StateOpen {
 		// Come back when probing starts, so the status shows HalfOpen even
 		// when no traffic arrives to notice it. Measured from the
@@ -158,10 +175,39 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 	return result, nil
 }
 
-// refuse takes a breaker that cannot serve out of the registry, makes the
-// proxy answer 403 for it, and says why in the conditions.
+// upstreamService returns the Service cb's upstream names, nil when there is
+// none (or the upstream is a URL).
+func (r *Reconciler) upstreamService(ctx context.Context, cb *cbv1.CircuitBreaker) (*corev1.Service, error) {
+	up := cb.Spec.Upstream.Service
+	if up == nil {
+		return nil, nil
+	}
+	var svc corev1.Service
+	if err := r.client.Get(ctx, types.NamespacedName{Namespace: cb.Namespace, Name: up.Name}, &svc); err != nil {
+		return nil, client.IgnoreNotFound(err)
+	}
+	return &svc, nil
+}
+
+// refuseReset reports, once per value, a reset annotation that is not acted on.
+func (r *Reconciler) refuseReset(ctx context.Context, cb *cbv1.CircuitBreaker, key breaker.Key, value, why string) {
+	if last, ok := r.refusedResets.Load(key); ok && last.(string) == value {
+		return
+	}
+	r.refusedResets.Store(key, value)
+	ctrl.LoggerFrom(ctx).Info("reset refused", "length", len(value), "max", maxResetValue)
+	r.event(cb, corev1.EventTypeWarning, ReasonReset, "Reset", why)
+}
+
+// refuse takes a breaker that cannot serve out of the registry and says why
+// in the conditions. The proxy answers 403 for a stalled spec, and 503
+// while the refusal may end by itself (a Service that does not exist yet).
 func (r *Reconciler) refuse(ctx context.Context, key breaker.Key, cb *cbv1.CircuitBreaker, status *cbv1.CircuitBreakerStatus, why *refusal) {
-	r.routes.Refuse(key, why.message)
+	code := http.StatusServiceUnavailable
+	if why.stalled {
+		code = http.StatusForbidden
+	}
+	r.routes.Refuse(key, code, why.message)
 	r.registry.Delete(key)
 	r.announced.Delete(key)
 	status.Upstream = ""
@@ -169,7 +215,7 @@ func (r *Reconciler) refuse(ctx context.Context, key breaker.Key, cb *cbv1.Circu
 		ready.Reason != why.reason || ready.Message != why.message || ready.ObservedGeneration != cb.Generation {
 		ctrl.LoggerFrom(ctx).Info("breaker refused", "reason", why.reason, "message", why.message)
 	}
-	setStalled(status, cb.Generation, why)
+	setRefused(status, cb.Generation, why)
 }
 
 // forget removes every trace of a deleted resource.
@@ -178,6 +224,7 @@ func (r *Reconciler) forget(key breaker.Key) {
 	r.registry.Delete(key)
 	r.status.forget(key)
 	r.announced.Delete(key)
+	r.refusedResets.Delete(key)
 }
 
 // announce logs each transition of b not yet announced and, on the leader,
@@ -241,6 +288,22 @@ func transitionReason(to breaker.State) string {
 	return ReasonClosed
 }
 
+// serviceIndex indexes CircuitBreakers by the Service their upstream names.
+const serviceIndex = "spec.upstream.service.name"
+
+func (r *Reconciler) breakersOfService(ctx context.Context, svc client.Object) []reconcile.Request {
+	var list cbv1.CircuitBreakerList
+	if err := r.client.List(ctx, &list, client.InNamespace(svc.GetNamespace()), client.MatchingFields{serviceIndex: svc.GetName()}); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "listing the breakers of a Service", "namespace", svc.GetNamespace(), "service", svc.GetName())
+		return nil
+	}
+	requests := make([]reconcile.Request, 0, len(list.Items))
+	for _, cb := range list.Items {
+		requests = append(requests, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&cb)})
+	}
+	return requests
+}
+
 func (r *Reconciler) enqueue(key breaker.Key) {
 	if q := r.queue.Load(); q != nil {
 		namespace, name := key.Split()
@@ -264,10 +327,21 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	})); err != nil {
 		return err
 	}
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &cbv1.CircuitBreaker{}, serviceIndex, func(o client.Object) []string {
+		if svc := o.(*cbv1.CircuitBreaker).Spec.Upstream.Service; svc != nil {
+			return []string{svc.Name}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		// An annotation change (a reset) does not bump the generation.
 		For(&cbv1.CircuitBreaker{}, builder.WithPredicates(predicate.Or[client.Object](
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+		// A Service appearing, going or changing its type changes what the
+		// breakers that name it may do.
+		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.breakersOfService)).
 		WatchesRawSource(source.Func(func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
 			r.queue.Store(&q)
 			return nil

@@ -2,9 +2,14 @@ package controller
 
 import (
 	"fmt"
+	"mime"
+	"net"
 	"net/url"
+	"strconv"
+	"strings"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
@@ -15,8 +20,15 @@ import (
 // Defaults of the spec, the same as the schema's, applied here too so that a
 // resource stored before a default existed means what a new one means.
 const (
-	defaultRequestTimeout     = 10 * time.Second
-	defaultFallbackStatusCode = 503
+	defaultRequestTimeout        = 10 * time.Second
+	defaultStreamIdleTimeout     = 5 * time.Minute
+	defaultMaxConcurrentRequests = 1024
+	defaultFallbackStatusCode    = 503
+	// DefaultClusterDomain is the cluster's DNS domain unless --cluster-domain says otherwise.
+	DefaultClusterDomain = "cluster.local"
+	// maxResetValue bounds the reset annotation's value, as a label value
+	// is bounded: it is recorded in the status, Events and logs.
+	maxResetValue = 253
 )
 
 var defaultFailureStatusCodes = []string{"5xx"}
@@ -29,18 +41,22 @@ type runtimeConfig struct {
 	route    proxy.RouteConfig
 }
 
-// refusal says why a spec cannot be served: the Ready and Stalled reason,
-// and a message for the user.
+// refusal says why a spec cannot be served: the Ready reason and a message
+// for the user. A stalled refusal cannot end until the resource changes
+// (Stalled=True, and the proxy answers 403); otherwise it ends by itself,
+// e.g. when the missing Service appears (the proxy answers 503).
 type refusal struct {
 	reason, message string
+	stalled         bool
 }
 
-// translate turns cb's spec into runtime values. Everything is validated
-// before anything is created, so a spec that cannot be served is refused
-// whole, never half applied.
-func translate(cb *cbv1.CircuitBreaker, opts Options) (runtimeConfig, *refusal) {
+// translate turns cb's spec into runtime values; svc is the Service its
+// upstream names (nil if missing or not a Service upstream). Everything is
+// validated before anything is created, so a spec that cannot be served is
+// refused whole, never half applied.
+func translate(cb *cbv1.CircuitBreaker, svc *corev1.Service, opts Options) (runtimeConfig, *refusal) {
 	spec := &cb.Spec
-	target, why := upstreamURL(cb, opts)
+	target, why := upstreamURL(cb, svc, opts)
 	if why != nil {
 		return runtimeConfig{}, why
 	}
@@ -50,7 +66,7 @@ func translate(cb *cbv1.CircuitBreaker, opts Options) (runtimeConfig, *refusal) 
 	}
 	failureCodes, err := proxy.ParseStatusCodes(codes)
 	if err != nil {
-		return runtimeConfig{}, &refusal{ReasonInvalidSpec, "spec.failureStatusCodes: " + err.Error()}
+		return runtimeConfig{}, &refusal{reason: ReasonInvalidSpec, message: "spec.failureStatusCodes: " + err.Error(), stalled: true}
 	}
 	cfg := runtimeConfig{
 		// Zero values (a spec not yet defaulted) take the breaker's
@@ -62,42 +78,91 @@ func translate(cb *cbv1.CircuitBreaker, opts Options) (runtimeConfig, *refusal) 
 			SuccessThreshold:    uint32(max(spec.SuccessThreshold, 0)),
 		},
 		route: proxy.RouteConfig{
-			Target:       target,
-			Timeout:      durationOr(spec.RequestTimeout, defaultRequestTimeout),
-			FailureCodes: failureCodes,
+			Target:            target,
+			GuardDial:         spec.Upstream.Service != nil,
+			Timeout:           durationOr(spec.RequestTimeout, defaultRequestTimeout),
+			StreamIdleTimeout: durationOr(spec.StreamIdleTimeout, defaultStreamIdleTimeout),
+			MaxConcurrent:     int64(spec.MaxConcurrentRequests),
+			FailureCodes:      failureCodes,
 		},
+	}
+	if cfg.route.MaxConcurrent <= 0 {
+		cfg.route.MaxConcurrent = defaultMaxConcurrentRequests
 	}
 	if fb := spec.Fallback; fb != nil {
 		status := int(fb.StatusCode)
 		if status == 0 {
 			status = defaultFallbackStatusCode
 		}
+		if fb.ContentType != "" {
+			if _, _, err := mime.ParseMediaType(fb.ContentType); err != nil {
+				return runtimeConfig{}, &refusal{reason: ReasonInvalidSpec, stalled: true,
+					message: fmt.Sprintf("spec.fallback.contentType %q is not a media type: %v", fb.ContentType, err)}
+			}
+		}
+		if len(fb.Body) > maxFallbackBody {
+			return runtimeConfig{}, &refusal{reason: ReasonInvalidSpec, stalled: true,
+				message: fmt.Sprintf("spec.fallback.body is %d bytes long: at most %d", len(fb.Body), maxFallbackBody)}
+		}
 		cfg.route.Fallback = &proxy.Fallback{StatusCode: status, ContentType: fb.ContentType, Body: []byte(fb.Body)}
 	}
 	return cfg, nil
 }
 
+// maxFallbackBody is the schema's bound, checked again for resources stored
+// before it was lowered.
+const maxFallbackBody = 8 << 10
+
 // upstreamURL returns the URL calls are forwarded to, or why there is none.
-func upstreamURL(cb *cbv1.CircuitBreaker, opts Options) (*url.URL, *refusal) {
+// A Service upstream is dialled by its fully qualified name (trailing dot),
+// so no DNS search path can capture it, and only while the Service exists
+// and is not an ExternalName (which could aim the proxy anywhere).
+func upstreamURL(cb *cbv1.CircuitBreaker, svc *corev1.Service, opts Options) (*url.URL, *refusal) {
 	up := cb.Spec.Upstream
 	switch {
 	case up.Service != nil && up.URL == "":
+		if svc == nil {
+			return nil, &refusal{reason: ReasonServiceNotFound,
+				message: fmt.Sprintf("Service %s/%s not found: calls are answered 503 until it exists", cb.Namespace, up.Service.Name)}
+		}
+		if svc.Spec.Type == corev1.ServiceTypeExternalName {
+			return nil, &refusal{reason: ReasonUpstreamNotAllowed, stalled: true,
+				message: fmt.Sprintf("Service %s/%s is an ExternalName Service: the proxy forwards only to Services in the cluster", cb.Namespace, up.Service.Name)}
+		}
 		scheme := up.Service.Scheme
 		if scheme == "" {
 			scheme = "http"
 		}
-		return &url.URL{Scheme: scheme, Host: fmt.Sprintf("%s.%s.svc:%d", up.Service.Name, cb.Namespace, up.Service.Port)}, nil
+		domain := strings.Trim(opts.ClusterDomain, ".")
+		if domain == "" {
+			domain = DefaultClusterDomain
+		}
+		host := fmt.Sprintf("%s.%s.svc.%s.", up.Service.Name, cb.Namespace, domain)
+		return &url.URL{Scheme: scheme, Host: net.JoinHostPort(host, strconv.Itoa(int(up.Service.Port)))}, nil
 	case up.URL != "" && up.Service == nil:
 		if !opts.AllowURLUpstreams {
-			return nil, &refusal{ReasonUpstreamNotAllowed, "spec.upstream.url is refused: the manager runs without --allow-url-upstreams"}
+			return nil, &refusal{reason: ReasonUpstreamNotAllowed, stalled: true,
+				message: "spec.upstream.url is refused: the manager runs without --allow-url-upstreams"}
 		}
 		u, err := url.Parse(up.URL)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, &refusal{ReasonInvalidUpstream, fmt.Sprintf("spec.upstream.url %q is not an absolute http(s) URL", up.URL)}
+			return nil, &refusal{reason: ReasonInvalidUpstream, stalled: true,
+				message: fmt.Sprintf("spec.upstream.url %q is not an absolute http(s) URL", up.URL)}
 		}
 		return u, nil
 	}
-	return nil, &refusal{ReasonInvalidUpstream, "spec.upstream needs exactly one of service or url"}
+	return nil, &refusal{reason: ReasonInvalidUpstream, stalled: true, message: "spec.upstream needs exactly one of service or url"}
+}
+
+// resetRequest is the reset the annotation asks for: its value, and why it
+// is refused (empty when it is not).
+func resetRequest(cb *cbv1.CircuitBreaker) (value, refused string) {
+	value = cb.Annotations[cbv1.ResetAnnotation]
+	if len(value) > maxResetValue {
+		return value, fmt.Sprintf("reset refused: the value of %s is %d characters long, at most %d are accepted",
+			cbv1.ResetAnnotation, len(value), maxResetValue)
+	}
+	return value, ""
 }
 
 func durationOr(d *metav1.Duration, fallback time.Duration) time.Duration {

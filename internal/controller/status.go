@@ -141,27 +141,35 @@ func wholeSeconds(t time.Time, roundUp bool) *metav1.Time {
 	return &mt
 }
 
-// setServing records that the breaker serves as its spec says.
-func setServing(status *cbv1.CircuitBreakerStatus, generation int64) {
+// setServing records that the breaker serves as its spec says; note, when
+// set, adds what the user should know (a refused reset).
+func setServing(status *cbv1.CircuitBreakerStatus, generation int64, note string) {
+	message := "forwarding to " + status.Upstream
+	if note != "" {
+		message += "; " + note
+	}
 	meta.SetStatusCondition(&status.Conditions, metav1.Condition{
 		Type: cbv1.ConditionReady, Status: metav1.ConditionTrue,
-		Reason: ReasonActive, Message: "forwarding to " + status.Upstream, ObservedGeneration: generation,
+		Reason: ReasonActive, Message: message, ObservedGeneration: generation,
 	})
 	meta.RemoveStatusCondition(&status.Conditions, cbv1.ConditionStalled)
 }
 
-// setStalled records that the spec cannot be served until it changes:
-// Ready=False and, for kstatus (kubectl wait, Flux, Argo CD), Stalled=True
-// with the same reason, so nothing waits for a readiness that cannot come.
-func setStalled(status *cbv1.CircuitBreakerStatus, generation int64, why *refusal) {
-	for _, c := range []struct {
-		kind   string
-		status metav1.ConditionStatus
-	}{{cbv1.ConditionReady, metav1.ConditionFalse}, {cbv1.ConditionStalled, metav1.ConditionTrue}} {
-		meta.SetStatusCondition(&status.Conditions, metav1.Condition{
-			Type: c.kind, Status: c.status, Reason: why.reason, Message: why.message, ObservedGeneration: generation,
-		})
+// setRefused records that the spec cannot be served: Ready=False and, when
+// it cannot be served until it changes, Stalled=True with the same reason
+// (kstatus), so kubectl wait, Flux and Argo CD stop waiting for a readiness
+// that cannot come.
+func setRefused(status *cbv1.CircuitBreakerStatus, generation int64, why *refusal) {
+	meta.SetStatusCondition(&status.Conditions, metav1.Condition{
+		Type: cbv1.ConditionReady, Status: metav1.ConditionFalse, Reason: why.reason, Message: why.message, ObservedGeneration: generation,
+	})
+	if !why.stalled {
+		meta.RemoveStatusCondition(&status.Conditions, cbv1.ConditionStalled)
+		return
 	}
+	meta.SetStatusCondition(&status.Conditions, metav1.Condition{
+		Type: cbv1.ConditionStalled, Status: metav1.ConditionTrue, Reason: why.reason, Message: why.message, ObservedGeneration: generation,
+	})
 }
 
 // truncate cuts s to at most n bytes, on a rune boundary, marking the cut.
