@@ -4,10 +4,18 @@
 package main
 
 import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"flag"
 	"net/http"
 	"os"
+	"strconv"
 	"time"
+
+	"github.com/go-logr/logr"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -15,10 +23,12 @@ import (
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
@@ -32,8 +42,9 @@ import (
 func main() {
 	var (
 		proxyAddr, apiAddr, metricsAddr, probeAddr string
-		notifyWebhook                              string
-		leaderElect                                bool
+		notifyWebhook, clusterDomain               string
+		leaderElectionNamespace                    string
+		leaderElect, metricsSecure                 bool
 		allowURLUpstreams                          bool
 	)
 	flag.StringVar(&proxyAddr, "proxy-bind-address", ":8080", "address of the data plane: /<namespace>/<name>/<path>")
@@ -41,8 +52,15 @@ func main() {
 	flag.StringVar(&notifyWebhook, "notify-webhook", "", "URL to POST a JSON notification to on every transition")
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443", "address of the Prometheus metrics endpoint; 0 turns it off")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
+	flag.BoolVar(&metricsSecure, "metrics-secure", true,
+		"serve metrics over HTTPS with Kubernetes authentication and authorization; false for plain HTTP in development")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "use leader election for the controller")
-	flag.BoolVar(&allowURLUpstreams, "allow-url-upstreams", false, "allow spec.upstream.url")
+	flag.StringVar(&leaderElectionNamespace, "leader-election-namespace", "",
+		"namespace of the leader election Lease (default: the pod's namespace in a cluster; required outside one with --leader-elect)")
+	flag.BoolVar(&allowURLUpstreams, "allow-url-upstreams", false,
+		"allow spec.upstream.url: a development or single-tenant switch, since a URL can point anywhere")
+	flag.StringVar(&clusterDomain, "cluster-domain", controller.DefaultClusterDomain,
+		"the cluster's DNS domain: Service upstreams are dialled as <name>.<namespace>.svc.<cluster-domain>.")
 	zapOpts := zap.Options{Development: true}
 	zapOpts.BindFlags(flag.CommandLine)
 	// --kubeconfig is registered by controller-runtime's config package.
@@ -65,12 +83,20 @@ func main() {
 	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
 	utilruntime.Must(cbv1.AddToScheme(scheme))
 
+	metricsOpts := metricsserver.Options{BindAddress: metricsAddr}
+	if metricsSecure {
+		// As kubebuilder's scaffold: HTTPS (a self-signed certificate unless
+		// one is mounted), and only callers whose token may GET /metrics.
+		metricsOpts.SecureServing = true
+		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
-		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: metricsAddr},
-		HealthProbeBindAddress: probeAddr,
-		LeaderElection:         leaderElect,
-		LeaderElectionID:       "circuit-breaker-operator.circuitbreaker.io",
+		Scheme:                  scheme,
+		Metrics:                 metricsOpts,
+		HealthProbeBindAddress:  probeAddr,
+		LeaderElection:          leaderElect,
+		LeaderElectionID:        "circuit-breaker-operator.circuitbreaker.io",
+		LeaderElectionNamespace: leaderElectionNamespace,
 	})
 	if err != nil {
 		setupLog.Error(err, "unable to create manager")
@@ -91,18 +117,19 @@ func main() {
 	// the resources.
 	routes := proxy.NewTable(metrics)
 	reconciler := controller.New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), registry, routes,
-		controller.Options{AllowURLUpstreams: allowURLUpstreams})
+		controller.Options{AllowURLUpstreams: allowURLUpstreams, ClusterDomain: clusterDomain})
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		setupLog.Error(err, "unable to set up controller")
 		os.Exit(1)
 	}
 
 	// The data plane and the REST API.
+	token := loopToken(mgr.GetAPIReader(), setupLog)
 	for name, srv := range map[string]*http.Server{
-		"proxy": {Addr: proxyAddr, Handler: proxy.New(routes, clk)},
-		"api":   {Addr: apiAddr, Handler: api.New(registry, mgr.GetClient(), clk, api.DefaultResetTimeout, ctrl.Log.WithName("api"))},
+		"proxy": proxy.NewServer(proxyAddr, proxy.New(routes, clk, proxy.Options{LoopToken: token})),
+		"api": api.NewServer(apiAddr, api.New(registry, mgr.GetClient(), clk,
+			api.Options{BindAddress: apiAddr, Log: ctrl.Log.WithName("api")})),
 	} {
-		srv.ReadHeaderTimeout = 10 * time.Second
 		utilruntime.Must(mgr.Add(&manager.Server{Name: name, Server: srv, ShutdownTimeout: ptr.To(10 * time.Second)}))
 	}
 	utilruntime.Must(mgr.AddHealthzCheck("healthz", healthz.Ping))
@@ -113,4 +140,27 @@ func main() {
 		setupLog.Error(err, "manager stopped")
 		os.Exit(1)
 	}
+}
+
+// +kubebuilder:rbac:groups=apiextensions.k8s.io,resources=customresourcedefinitions,resourceNames=circuitbreakers.circuitbreaker.io,verbs=get
+
+// loopToken names this installation in the Via entries the proxy adds. It is
+// derived from the CircuitBreaker CRD's UID, which every replica in the
+// cluster reads alike, so a call that loops back through any replica is
+// caught at the first hop. Without it (the API server unreachable at start)
+// each replica uses a random token, and a loop is caught once it comes back
+// to a replica it passed.
+func loopToken(reader client.Reader, log logr.Logger) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	crd := &metav1.PartialObjectMetadata{}
+	crd.SetGroupVersionKind(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinition"))
+	err := reader.Get(ctx, client.ObjectKey{Name: "circuitbreakers." + cbv1.GroupVersion.Group}, crd)
+	seed := string(crd.UID)
+	if err != nil || seed == "" {
+		log.Error(err, "cannot read the CRD's UID: this replica marks what it forwards with a token of its own")
+		seed = strconv.FormatInt(time.Now().UnixNano(), 10) + strconv.Itoa(os.Getpid())
+	}
+	sum := sha256.Sum256([]byte(seed))
+	return hex.EncodeToString(sum[:6])
 }

@@ -65,7 +65,7 @@ func failCalls(g Gomega, b *breaker.Breaker, n int) {
 
 // openBreaker creates a breaker that stays Open for an hour, trips it with
 // two failures and waits for the status to say Open.
-func openBreaker(g Gomega, h *harness, namespace, name string) *breaker.Breaker {
+func openBreaker(g Gomega, h *harness, namespace, name string) *breaker.Breaker { //nolint:unparam // tests name what they open
 	g.Expect(k8sClient.Create(context.Background(), newCircuitBreaker(namespace, name, withThreshold(2), withRecovery(time.Hour)))).To(Succeed())
 	b := liveBreaker(g, h, namespace, name)
 	failCalls(g, b, 2)
@@ -137,7 +137,7 @@ func TestCreateIsClosedAndObserved(t *testing.T) {
 		g.Expect(cb.Status.State).To(Equal(cbv1.StateClosed))
 		g.Expect(cb.Status.ObservedGeneration).To(Equal(cb.Generation))
 		g.Expect(cb.Status.FailureCount).To(BeZero())
-		g.Expect(cb.Status.Upstream).To(Equal("http://order-api." + ns + ".svc:8080"))
+		g.Expect(cb.Status.Upstream).To(Equal("http://order-api."+ns+".svc.cluster.local.:8080"), "a fully qualified name: no search path")
 		ready := meta.FindStatusCondition(cb.Status.Conditions, cbv1.ConditionReady)
 		g.Expect(ready).NotTo(BeNil())
 		g.Expect(ready.Status).To(Equal(metav1.ConditionTrue))
@@ -163,7 +163,7 @@ func TestCreateIsClosedAndObserved(t *testing.T) {
 		HaveKey("Age"),
 		Not(HaveKey("Upstream")),
 	))
-	g.Expect(tableRow(g, ns, "order-api", true)).To(HaveKeyWithValue("Upstream", "http://order-api."+ns+".svc:8080"))
+	g.Expect(tableRow(g, ns, "order-api", true)).To(HaveKeyWithValue("Upstream", "http://order-api."+ns+".svc.cluster.local.:8080"))
 }
 
 func TestTrafficTransitionsReachTheStatus(t *testing.T) {
@@ -408,6 +408,17 @@ func TestInvalidSpecsAreRefused(t *testing.T) {
 			want: []string{"spec.upstream.service.name", "should match"}},
 		{name: "fallback status code", mutate: func(cb *cbv1.CircuitBreaker) { cb.Spec.Fallback = &cbv1.Fallback{StatusCode: 99} },
 			want: []string{"spec.fallback.statusCode", "should be greater than or equal to 200"}},
+		{name: "requestTimeout over 5 minutes", spec: map[string]any{"requestTimeout": "6m"},
+			want: []string{"spec.requestTimeout", "requestTimeout must be at most 5m"}},
+		{name: "streamIdleTimeout under a second", spec: map[string]any{"streamIdleTimeout": "10ms"},
+			want: []string{"spec.streamIdleTimeout", "streamIdleTimeout must be from 1s to 24h"}},
+		{name: "maxConcurrentRequests 0", spec: map[string]any{"maxConcurrentRequests": 0},
+			want: []string{"spec.maxConcurrentRequests", "should be greater than or equal to 1"}},
+		{name: "fallback body over 8 KiB", mutate: func(cb *cbv1.CircuitBreaker) {
+			cb.Spec.Fallback = &cbv1.Fallback{Body: strings.Repeat("x", 8193)}
+		}, want: []string{"spec.fallback.body", "may not be more than 8192 bytes"}},
+		{name: "fallback content type", mutate: func(cb *cbv1.CircuitBreaker) { cb.Spec.Fallback = &cbv1.Fallback{ContentType: "<script>"} },
+			want: []string{"spec.fallback.contentType", "should match"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

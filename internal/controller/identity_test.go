@@ -190,6 +190,7 @@ func TestRefusedSpecIsStalledUntilFixed(t *testing.T) {
 	_, live := h.registry.Get(breaker.NewKey(ns, "ext"))
 	g.Expect(live).To(BeFalse(), "a refused breaker has no live state")
 
+	createService(t, ns, "ext")
 	cb := getBreaker(g, ns, "ext")
 	patch := client.MergeFrom(cb.DeepCopy())
 	cb.Spec.Upstream = cbv1.Upstream{Service: &cbv1.ServiceUpstream{Name: "ext", Port: 443, Scheme: "https"}}

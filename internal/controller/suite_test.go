@@ -81,7 +81,18 @@ func newNamespace(t *testing.T) string {
 	}
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}
 	NewWithT(t).Expect(k8sClient.Create(context.Background(), ns)).To(Succeed())
+	createService(t, name, "order-api")
 	return name
+}
+
+// createService creates a ClusterIP Service, as the upstream of breakers
+// whose spec names it.
+func createService(t *testing.T, namespace, name string) {
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 8080}}},
+	}
+	NewWithT(t).Expect(k8sClient.Create(context.Background(), svc)).To(Succeed())
 }
 
 // harness is a running manager with a fresh Reconciler, wired as

@@ -34,7 +34,7 @@ func failingUpstream(t *testing.T) (*httptest.Server, *atomic.Bool) {
 
 // proxyFor serves the harness's routes like the manager's proxy does.
 func proxyFor(t *testing.T, h *harness) *httptest.Server {
-	srv := httptest.NewServer(proxy.New(h.routes, clock.RealClock{}))
+	srv := httptest.NewServer(proxy.New(h.routes, clock.RealClock{}, proxy.Options{LoopToken: "test"}))
 	t.Cleanup(srv.Close)
 	return srv
 }

@@ -134,8 +134,8 @@ func TestHangingReceiverDoesNotDelayTheDataPlane(t *testing.T) {
 	key := breaker.NewKey("shop", "a")
 	target, _ := url.Parse(upstream.URL)
 	codes, _ := proxy.ParseStatusCodes([]string{"5xx"})
-	route := proxy.RouteConfig{Target: target, Timeout: 5 * time.Second, FailureCodes: codes}
-	px := httptest.NewServer(proxy.New(table, clock.RealClock{}))
+	route := proxy.RouteConfig{Target: target, Timeout: 5 * time.Second, StreamIdleTimeout: time.Minute, MaxConcurrent: 16, FailureCodes: codes}
+	px := httptest.NewServer(proxy.New(table, clock.RealClock{}, proxy.Options{LoopToken: "test"}))
 	defer px.Close()
 	for i := range 20 {
 		// Every request opens a fresh breaker: one transition per request.

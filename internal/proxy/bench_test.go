@@ -51,7 +51,7 @@ func BenchmarkProxyHop(b *testing.B) {
 	}{
 		{"bare-A", bareReverseProxy(target)},
 		{"bare-B", bareReverseProxy(target)},
-		{"breaker", New(table, clock.RealClock{})},
+		{"breaker", New(table, clock.RealClock{}, Options{LoopToken: "bench"})},
 	}
 	for _, front := range fronts {
 		b.Run(front.name, func(b *testing.B) {
@@ -134,7 +134,7 @@ func BenchmarkTableGet(b *testing.B) {
 // benchRoute is a route with the resource's defaults.
 func benchRoute(target *url.URL) RouteConfig {
 	codes, _ := ParseStatusCodes([]string{"5xx"})
-	return RouteConfig{Target: target, Timeout: 10 * time.Second, FailureCodes: codes}
+	return RouteConfig{Target: target, Timeout: 10 * time.Second, StreamIdleTimeout: 5 * time.Minute, MaxConcurrent: 1 << 20, FailureCodes: codes}
 }
 
 func processCPU() time.Duration {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -11,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -19,47 +22,71 @@ import (
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 )
 
+// Headers the proxy sets on what it answers.
+const (
+	// StateHeader says why a call was not forwarded: open, half-open, saturated.
+	StateHeader = "X-Circuit-Breaker-State"
+	// loopHeader marks a 508 this installation answered, so that the hop
+	// that forwarded the looping call does not count it as a failure.
+	loopHeader = "X-Circuit-Breaker-Loop"
+)
+
+// Options configure a Proxy.
+type Options struct {
+	// LoopToken names this installation in the Via entry it adds to what it
+	// forwards. Every replica must use the same one: a call that comes back
+	// carrying it, through whichever replica, is a loop.
+	LoopToken string
+}
+
 // Proxy is the data plane's http.Handler.
 type Proxy struct {
 	table   *Table
 	clock   clock.PassiveClock
 	reverse *httputil.ReverseProxy
+	// via is this installation's Via entry, "1.1 circuit-breaker-<token>".
+	via string
 }
 
 // New returns a Proxy that serves the routes of table.
-func New(table *Table, clk clock.PassiveClock) *Proxy {
-	p := &Proxy{table: table, clock: clk}
+func New(table *Table, clk clock.PassiveClock, opts Options) *Proxy {
+	p := &Proxy{table: table, clock: clk, via: "1.1 circuit-breaker-" + opts.LoopToken}
 	p.reverse = &httputil.ReverseProxy{
-		Rewrite:        rewrite,
-		Transport:      NewTransport(),
+		Rewrite:        p.rewrite,
+		Transport:      &splitTransport{open: NewTransport(), guarded: newTransport(dialGuard(ownAddresses()))},
 		BufferPool:     &bufferPool{},
 		ModifyResponse: classifyResponse,
-		ErrorHandler:   handleTransportError,
+		ErrorHandler:   handleError,
+		// Callers that leave and streams that go idle are ordinary: nothing
+		// is logged per request.
+		ErrorLog: log.New(io.Discard, "", 0),
 	}
 	return p
 }
 
-// NewTransport returns the shared upstream transport, tuned to keep
-// connections to busy upstreams open and reuse them.
-func NewTransport() *http.Transport {
-	return &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
-		ForceAttemptHTTP2:     true,
-		MaxIdleConns:          1024,
-		MaxIdleConnsPerHost:   256,
-		IdleConnTimeout:       90 * time.Second,
-		TLSHandshakeTimeout:   10 * time.Second,
-		ExpectContinueTimeout: time.Second,
-	}
-}
+// Sentinel causes of a call's cancellation.
+var (
+	errRequestTimeout = errors.New("no response headers within the request timeout")
+	errStreamIdle     = errors.New("stream idle for longer than the stream idle timeout")
+)
 
 // call is one proxied request's state. It is also the request's context,
 // which carries it through ReverseProxy's hooks without another allocation.
 type call struct {
-	context.Context // the caller's context, bounded by the request timeout
+	context.Context // the caller's context, cancelled by the timeouts
 	callerCtx       context.Context
-	route           *route
-	ticket          breaker.Ticket
+	cancel          context.CancelCauseFunc
+	// timer cancels the call: first after the route's request timeout, then,
+	// once the headers are in, after each idle stretch of a stream.
+	timer  *time.Timer
+	route  *route
+	ticket breaker.Ticket
+	// w answers the caller; body is the caller's request body, if any.
+	w    http.ResponseWriter
+	body *callerBody
+	// streaming is set once the response headers are in: from then on the
+	// timer is the stream idle timeout.
+	streaming atomic.Bool
 	// rest is the escaped path after /<namespace>/<name>.
 	rest     string
 	start    time.Time
@@ -91,24 +118,69 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if rt.refused != "" {
-		writeError(w, http.StatusForbidden, "circuit breaker '"+string(key)+"' may not forward: "+rt.refused)
+		writeError(w, rt.refusedStatus, "circuit breaker '"+string(key)+"' may not forward: "+rt.refused)
 		return
 	}
+	if p.looped(r) {
+		w.Header().Set(loopHeader, "1")
+		writeError(w, http.StatusLoopDetected, "circuit breaker '"+string(key)+"': this call already passed through this proxy (a loop)")
+		return
+	}
+	if rt.inFlight.Add(1) > rt.MaxConcurrent {
+		rt.inFlight.Add(-1)
+		w.Header().Set(StateHeader, "saturated")
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "circuit breaker '"+string(key)+"' has "+strconv.FormatInt(rt.MaxConcurrent, 10)+" calls in flight already")
+		return
+	}
+	defer rt.inFlight.Add(-1)
 	ticket, err := rt.breaker.Allow()
 	if err != nil {
 		p.reject(w, rt, err)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), rt.Timeout)
-	defer cancel()
-	c := &call{Context: ctx, callerCtx: r.Context(), route: rt, ticket: ticket, rest: rest, start: time.Now()}
+	ctx, cancel := context.WithCancelCause(r.Context())
+	c := &call{Context: ctx, callerCtx: r.Context(), cancel: cancel, route: rt, ticket: ticket, w: w, rest: rest, start: time.Now()}
+	if r.Body != nil && r.Body != http.NoBody {
+		c.body = &callerBody{ReadCloser: r.Body}
+		r.Body = c.body
+	}
+	c.timer = time.AfterFunc(rt.Timeout, c.expire)
 	defer func() {
+		c.timer.Stop()
+		cancel(nil)
 		if !c.reported {
 			// No verdict was reached (e.g. a panic): give a probe slot back.
 			c.ticket.Cancel()
 		}
 	}()
 	p.reverse.ServeHTTP(w, r.WithContext(c))
+}
+
+// expire ends the call when its timer fires: the request timeout before
+// the response headers, the stream idle timeout after them.
+func (c *call) expire() {
+	if c.streaming.Load() {
+		c.cancel(errStreamIdle)
+		return
+	}
+	if c.body.awaited() {
+		// The transport is still waiting for the caller's body (one that
+		// was promised and never sent), and will not give up the call until
+		// that read returns: end the read, the caller's doing.
+		_ = http.NewResponseController(c.w).SetReadDeadline(time.Now())
+	}
+	c.cancel(errRequestTimeout)
+}
+
+// looped reports whether r already carries this installation's Via entry.
+func (p *Proxy) looped(r *http.Request) bool {
+	for _, v := range r.Header["Via"] {
+		if strings.Contains(v, p.via) {
+			return true
+		}
+	}
+	return false
 }
 
 // splitPath splits "/<namespace>/<name>/<rest>" without allocating.
@@ -131,7 +203,7 @@ func splitPath(path string) (key breaker.Key, rest string, ok bool) {
 	return breaker.Key(path[1 : end+nameEnd]), path[end+nameEnd:], true
 }
 
-func rewrite(pr *httputil.ProxyRequest) {
+func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	c := callOf(pr.In)
 	target := c.route.Target
 	out := pr.Out.URL
@@ -148,15 +220,32 @@ func rewrite(pr *httputil.ProxyRequest) {
 		out.Path, out.RawPath = path, escaped
 	}
 	pr.Out.Host = ""
+	pr.Out.Header.Add("Via", p.via)
 	pr.SetXForwarded()
 }
 
 // classifyResponse reports the upstream's answer to the breaker. A failing
-// answer still goes back to the caller.
+// answer still goes back to the caller. From here on the call is a stream:
+// it lives as long as bytes move, under the route's stream idle timeout.
 func classifyResponse(resp *http.Response) error {
 	c := callOf(resp.Request)
 	c.reported = true
+	c.streaming.Store(true)
+	c.timer.Reset(c.route.StreamIdleTimeout)
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
+			resp.Body = &idleConn{ReadWriteCloser: rwc, c: c}
+		}
+	} else {
+		resp.Body = &idleBody{ReadCloser: resp.Body, c: c}
+	}
 	c.route.metrics.duration.Observe(time.Since(c.start).Seconds())
+	if resp.StatusCode == http.StatusLoopDetected && resp.Header.Get(loopHeader) != "" {
+		// Our own loop answer, from the hop this call looped into: the
+		// upstream was never asked, so there is no verdict.
+		c.ticket.Cancel()
+		return nil
+	}
 	if c.route.FailureCodes.Contains(resp.StatusCode) {
 		c.ticket.Failure(breaker.Failure{StatusCode: resp.StatusCode})
 		c.route.metrics.failure.Inc()
@@ -167,20 +256,45 @@ func classifyResponse(resp *http.Response) error {
 	return nil
 }
 
-// handleTransportError classifies a call that got no response: a timeout or
-// an unreachable upstream fails; a caller that went away is no verdict.
-func handleTransportError(w http.ResponseWriter, r *http.Request, err error) {
+// handleError classifies a call that got no response. Only what the
+// upstream side did is a failure: a timeout waiting for it, or an error
+// dialing or talking to it. What the caller caused is no verdict and gives
+// its probe slot back: a caller that left, a request body that broke or
+// stopped arriving, or a request ReverseProxy would not forward at all.
+func handleError(w http.ResponseWriter, r *http.Request, err error) {
 	c := callOf(r)
+	if c.reported {
+		// ReverseProxy gave up after the response was classified (an
+		// upgrade that failed after its 101): one call, one verdict.
+		writeError(w, http.StatusBadGateway, "upstream of circuit breaker '"+string(c.route.key)+"' broke the upgrade")
+		return
+	}
 	c.reported = true
-	if c.callerCtx.Err() != nil {
+	var fromUpstream *upstreamError
+	var refused *errDialRefused
+	switch {
+	case c.body.broke():
+		c.ticket.Cancel()
+		w.Header().Set("Connection", "close")
+		writeError(w, http.StatusBadRequest, "the request body did not arrive whole")
+		return
+	case c.callerCtx.Err() != nil:
 		c.ticket.Cancel()
 		w.WriteHeader(499) // nobody reads it: the caller is gone
+		return
+	case errors.As(err, &refused):
+		c.ticket.Cancel()
+		writeError(w, http.StatusBadGateway, "upstream of circuit breaker '"+string(c.route.key)+"' is not allowed: "+refused.why)
+		return
+	case !errors.As(err, &fromUpstream) && !errors.Is(context.Cause(c), errRequestTimeout):
+		c.ticket.Cancel()
+		writeError(w, http.StatusBadRequest, "malformed request: "+err.Error())
 		return
 	}
 	kind, status := "connection error", http.StatusBadGateway
 	var dnsErr *net.DNSError
 	switch {
-	case errors.Is(err, context.DeadlineExceeded) || errors.Is(c.Err(), context.DeadlineExceeded):
+	case errors.Is(context.Cause(c), errRequestTimeout) || errors.Is(err, context.DeadlineExceeded):
 		kind, status = "timeout", http.StatusGatewayTimeout
 	case errors.Is(err, syscall.ECONNREFUSED):
 		kind = "connection refused"
@@ -195,6 +309,74 @@ func handleTransportError(w http.ResponseWriter, r *http.Request, err error) {
 	writeError(w, status, "upstream of circuit breaker '"+string(c.route.key)+"' failed: "+kind)
 }
 
+// callerBody is the caller's request body as the transport reads it. It
+// tells a body that broke (bad chunking, a caller that stopped sending)
+// from an upstream that failed: a read error, or a read still waiting for
+// the caller when the call ended, is the caller's doing.
+type callerBody struct {
+	io.ReadCloser
+	reading atomic.Bool
+	failed  atomic.Bool
+}
+
+func (b *callerBody) Read(p []byte) (int, error) {
+	b.reading.Store(true)
+	n, err := b.ReadCloser.Read(p)
+	b.reading.Store(false)
+	if err != nil && err != io.EOF {
+		b.failed.Store(true)
+	}
+	return n, err
+}
+
+// broke reports whether the body failed or was still awaited from the caller.
+func (b *callerBody) broke() bool {
+	return b != nil && (b.failed.Load() || b.reading.Load())
+}
+
+// awaited reports whether a read is waiting for the caller right now.
+func (b *callerBody) awaited() bool {
+	return b != nil && b.reading.Load()
+}
+
+// idleBody is a streaming response body that keeps its call alive while
+// bytes arrive.
+type idleBody struct {
+	io.ReadCloser
+	c *call
+}
+
+func (b *idleBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.c.timer.Reset(b.c.route.StreamIdleTimeout)
+	}
+	return n, err
+}
+
+// idleConn is an upgraded connection (e.g. a WebSocket) that stays open
+// while bytes move either way.
+type idleConn struct {
+	io.ReadWriteCloser
+	c *call
+}
+
+func (b *idleConn) Read(p []byte) (int, error) {
+	n, err := b.ReadWriteCloser.Read(p)
+	if n > 0 {
+		b.c.timer.Reset(b.c.route.StreamIdleTimeout)
+	}
+	return n, err
+}
+
+func (b *idleConn) Write(p []byte) (int, error) {
+	n, err := b.ReadWriteCloser.Write(p)
+	if n > 0 {
+		b.c.timer.Reset(b.c.route.StreamIdleTimeout)
+	}
+	return n, err
+}
+
 // reject answers a call the breaker refused, without contacting the upstream.
 func (p *Proxy) reject(w http.ResponseWriter, rt *route, err error) {
 	rt.metrics.rejected.Inc()
@@ -205,8 +387,12 @@ func (p *Proxy) reject(w http.ResponseWriter, rt *route, err error) {
 	}
 	h := w.Header()
 	h.Set("Retry-After", strconv.Itoa(retryAfter))
-	h.Set("X-Circuit-Breaker-State", state)
+	h.Set(StateHeader, state)
 	if fb := rt.Fallback; fb != nil {
+		if fb.StatusCode == http.StatusNoContent || fb.StatusCode == http.StatusNotModified {
+			w.WriteHeader(fb.StatusCode) // these answers carry no body
+			return
+		}
 		if fb.ContentType != "" {
 			h.Set("Content-Type", fb.ContentType)
 		}

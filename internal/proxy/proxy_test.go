@@ -91,7 +91,7 @@ func newFixture(t *testing.T) *fixture {
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
 	f := &fixture{table: NewTable(m), metrics: m, reg: reg, clock: clocktesting.NewFakeClock(time.Now())}
-	f.proxy = httptest.NewServer(New(f.table, f.clock))
+	f.proxy = httptest.NewServer(New(f.table, f.clock, Options{LoopToken: "test"}))
 	t.Cleanup(f.proxy.Close)
 	return f
 }
@@ -111,17 +111,24 @@ func withCodes(patterns ...string) routeOption {
 
 func withTimeout(d time.Duration) routeOption { return func(c *RouteConfig) { c.Timeout = d } }
 
+func withStreamIdle(d time.Duration) routeOption {
+	return func(c *RouteConfig) { c.StreamIdleTimeout = d }
+}
+
+func withMaxConcurrent(n int64) routeOption { return func(c *RouteConfig) { c.MaxConcurrent = n } }
+
 func withFallback(status int, contentType, body string) routeOption {
 	return func(c *RouteConfig) {
 		c.Fallback = &Fallback{StatusCode: status, ContentType: contentType, Body: []byte(body)}
 	}
 }
 
-// testRoute is a route to target with the resource's defaults (10s, 5xx), changed by opts.
+// testRoute is a route to target with the resource's defaults (10s, 5m,
+// 1024 calls, 5xx), changed by opts.
 func testRoute(t *testing.T, target string, opts ...routeOption) RouteConfig {
 	u, err := url.Parse(target)
 	NewWithT(t).Expect(err).NotTo(HaveOccurred())
-	cfg := RouteConfig{Target: u, Timeout: 10 * time.Second}
+	cfg := RouteConfig{Target: u, Timeout: 10 * time.Second, StreamIdleTimeout: 5 * time.Minute, MaxConcurrent: 1024}
 	withCodes("5xx")(&cfg)
 	for _, o := range opts {
 		o(&cfg)
@@ -197,7 +204,7 @@ func TestForwardsRequestsIntact(t *testing.T) {
 
 func TestUnknownAndMalformedPaths(t *testing.T) {
 	f := newFixture(t)
-	f.table.Refuse(breaker.NewKey("shop", "ext"), "spec.upstream.url is refused: the manager runs without --allow-url-upstreams")
+	f.table.Refuse(breaker.NewKey("shop", "ext"), http.StatusForbidden, "spec.upstream.url is refused: the manager runs without --allow-url-upstreams")
 	tests := []struct {
 		path   string
 		status int

@@ -6,6 +6,7 @@ package proxy
 
 import (
 	"net/url"
+	"sync/atomic"
 	"time"
 
 	"github.com/circuitbreaker-io/operator/internal/breaker"
@@ -17,8 +18,18 @@ import (
 type RouteConfig struct {
 	// Target is the upstream's base URL; the rest of the caller's path is appended.
 	Target *url.URL
-	// Timeout bounds each forwarded call; a timeout is a failure.
+	// GuardDial refuses to dial loopback, link-local, unspecified, multicast
+	// and the manager's own addresses (Service upstreams).
+	GuardDial bool
+	// Timeout bounds the wait for the upstream's response headers; a
+	// timeout is a failure.
 	Timeout time.Duration
+	// StreamIdleTimeout ends a streaming response or upgraded connection
+	// after no byte went either way for this long (no verdict).
+	StreamIdleTimeout time.Duration
+	// MaxConcurrent is how many calls may be in flight at once; beyond it
+	// callers get 503 saturated (no verdict).
+	MaxConcurrent int64
 	// FailureCodes are the upstream answers that count as failures.
 	FailureCodes StatusCodes
 	// Fallback, when set, is served while the circuit rejects calls;
@@ -39,9 +50,13 @@ type route struct {
 	RouteConfig
 	key     breaker.Key
 	breaker *breaker.Breaker
-	// refused, when set, is why the breaker may not forward (403).
-	refused string
-	metrics routeMetrics
+	// refused, when set, is why the breaker may not forward, answered with
+	// refusedStatus.
+	refused       string
+	refusedStatus int
+	metrics       routeMetrics
+	// inFlight counts the calls being forwarded through this route.
+	inFlight atomic.Int64
 }
 
 // Table holds the routes by breaker key. Reads are lock-free, as every
@@ -73,10 +88,10 @@ func (t *Table) Set(key breaker.Key, b *breaker.Breaker, cfg RouteConfig) {
 	}
 }
 
-// Refuse makes the proxy answer 403 with reason for key. A refused breaker
-// has no live state, so it has no metrics either.
-func (t *Table) Refuse(key breaker.Key, reason string) {
-	if old, loaded := t.swap(key, &route{key: key, refused: reason}); loaded && old.refused == "" {
+// Refuse makes the proxy answer status with reason for key, without a
+// verdict. A refused breaker has no live state, so it has no metrics either.
+func (t *Table) Refuse(key breaker.Key, status int, reason string) {
+	if old, loaded := t.swap(key, &route{key: key, refused: reason, refusedStatus: status}); loaded && old.refused == "" {
 		t.metrics.Forget(key)
 	}
 }
