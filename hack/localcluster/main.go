@@ -17,6 +17,9 @@ import (
 	"strings"
 	"syscall"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
@@ -124,6 +127,9 @@ func applySamples(c client.Client, dir string) ([]string, error) {
 			if obj.GetNamespace() == "" {
 				obj.SetNamespace("default")
 			}
+			if err := createUpstreamService(c, obj); err != nil {
+				return nil, fmt.Errorf("%s: %w", file, err)
+			}
 			if err := c.Create(context.Background(), obj); err != nil {
 				return nil, fmt.Errorf("applying %s: %w", file, err)
 			}
@@ -131,4 +137,23 @@ func applySamples(c client.Client, dir string) ([]string, error) {
 		}
 	}
 	return applied, nil
+}
+
+// createUpstreamService creates the Service a sample breaker's upstream
+// names, if it names one: a breaker forwards only to a Service that exists.
+// Nothing runs behind it on this machine; it makes the sample Ready.
+func createUpstreamService(c client.Client, obj *unstructured.Unstructured) error {
+	name, _, _ := unstructured.NestedString(obj.Object, "spec", "upstream", "service", "name")
+	port, _, _ := unstructured.NestedInt64(obj.Object, "spec", "upstream", "service", "port")
+	if name == "" || port == 0 {
+		return nil
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: obj.GetNamespace(), Name: name},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: int32(port)}}},
+	}
+	if err := c.Create(context.Background(), svc); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating Service %s: %w", name, err)
+	}
+	return nil
 }

@@ -102,10 +102,11 @@ spec:
 		var many strings.Builder
 		for i := range 500 {
 			fmt.Fprintf(&many, "---\napiVersion: circuitbreaker.io/v1alpha1\nkind: CircuitBreaker\n"+
-				"metadata: {name: svc-%03d, namespace: team-%d}\nspec: {upstream: {service: {name: svc-%03d, port: 80}}}\n", i, i%10, i)
+				"metadata: {name: svc-%03d, namespace: team-%d}\nspec: {upstream: {service: {name: backend, port: 80}}}\n", i, i%10)
 		}
 		for i := range 10 {
 			c.kubectl(g, "create", "namespace", fmt.Sprintf("team-%d", i))
+			c.kubectl(g, "create", "service", "clusterip", "backend", "--tcp=80:80", "-n", fmt.Sprintf("team-%d", i))
 		}
 		c.kubectlApply(t, many.String())
 		g.Eventually(func() int {
