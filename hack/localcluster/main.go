@@ -144,8 +144,9 @@ func applySamples(c client.Client, dir string) ([]string, error) {
 // Nothing runs behind it on this machine; it makes the sample Ready.
 func createUpstreamService(c client.Client, obj *unstructured.Unstructured) error {
 	name, _, _ := unstructured.NestedString(obj.Object, "spec", "upstream", "service", "name")
-	port, _, _ := unstructured.NestedInt64(obj.Object, "spec", "upstream", "service", "port")
-	if name == "" || port == 0 {
+	// Parsed through JSON: a number is a float64.
+	port, _, _ := unstructured.NestedFloat64(obj.Object, "spec", "upstream", "service", "port")
+	if name == "" || port < 1 {
 		return nil
 	}
 	svc := &corev1.Service{

@@ -123,12 +123,14 @@ func TestErrors(t *testing.T) {
 		{"GET", "/api/circuit-breakers/shop/order-api/reset/more", 404, "", "no such route"},
 	}
 	for _, tt := range tests {
-		g := NewWithT(t)
-		resp, body := f.do(t, tt.method, tt.path)
-		g.Expect(resp.StatusCode).To(Equal(tt.status), "%s %s", tt.method, tt.path)
-		g.Expect(resp.Header.Get("Allow")).To(Equal(tt.allow), "%s %s", tt.method, tt.path)
-		g.Expect(body["success"]).To(BeFalse(), "%s %s", tt.method, tt.path)
-		g.Expect(body["error"]).To(ContainSubstring(tt.err), "%s %s", tt.method, tt.path)
+		t.Run(tt.method+" "+tt.path, func(t *testing.T) {
+			g := NewWithT(t)
+			resp, body := f.do(t, tt.method, tt.path)
+			g.Expect(resp.StatusCode).To(Equal(tt.status))
+			g.Expect(resp.Header.Get("Allow")).To(Equal(tt.allow))
+			g.Expect(body["success"]).To(BeFalse())
+			g.Expect(body["error"]).To(ContainSubstring(tt.err))
+		})
 	}
 }
 

@@ -589,7 +589,6 @@ func TestAllowedAndRejectedCounts(t *testing.T) {
 }
 
 func TestWholeSecondsUntil(t *testing.T) {
-	g := NewWithT(t)
 	for _, tt := range []struct {
 		left time.Duration
 		want int64
@@ -600,7 +599,9 @@ func TestWholeSecondsUntil(t *testing.T) {
 		{0, 0},
 		{-time.Second, 0},
 	} {
-		g.Expect(WholeSecondsUntil(epoch.Add(tt.left), epoch)).To(Equal(tt.want), "%s left", tt.left)
+		t.Run(tt.left.String(), func(t *testing.T) {
+			NewWithT(t).Expect(WholeSecondsUntil(epoch.Add(tt.left), epoch)).To(Equal(tt.want))
+		})
 	}
-	g.Expect(WholeSecondsUntil(time.Time{}, epoch)).To(BeZero(), "no time set")
+	NewWithT(t).Expect(WholeSecondsUntil(time.Time{}, epoch)).To(BeZero(), "no time set")
 }

@@ -173,9 +173,11 @@ func newWebhook(t *testing.T, target string, opts notify.Options) *notify.Webhoo
 
 func TestBadWebhookURLsAreRefused(t *testing.T) {
 	for _, bad := range []string{"", "receiver.example.com/hook", "ftp://receiver.example.com", "http://", "::not a url"} {
-		g := NewWithT(t)
-		w, err := notify.NewWebhook(bad, notify.Options{})
-		g.Expect(w).To(BeNil())
-		g.Expect(err).To(MatchError(fmt.Sprintf("webhook URL %q is not an absolute http or https URL", bad)))
+		t.Run(bad, func(t *testing.T) {
+			g := NewWithT(t)
+			w, err := notify.NewWebhook(bad, notify.Options{})
+			g.Expect(w).To(BeNil())
+			g.Expect(err).To(MatchError(fmt.Sprintf("webhook URL %q is not an absolute http or https URL", bad)))
+		})
 	}
 }

@@ -217,16 +217,17 @@ func TestUnknownAndMalformedPaths(t *testing.T) {
 		{"/shop/ext/pay", http.StatusForbidden, "circuit breaker 'shop/ext' may not forward: spec.upstream.url is refused"},
 	}
 	for _, tt := range tests {
-		g := NewWithT(t)
-		resp, body := f.get(t, tt.path)
-		g.Expect(resp.StatusCode).To(Equal(tt.status), tt.path)
-		g.Expect(resp.Header.Get("Content-Type")).To(Equal("application/json"))
-		g.Expect(jsonError(g, body)).To(ContainSubstring(tt.err))
+		t.Run(tt.path, func(t *testing.T) {
+			g := NewWithT(t)
+			resp, body := f.get(t, tt.path)
+			g.Expect(resp.StatusCode).To(Equal(tt.status))
+			g.Expect(resp.Header.Get("Content-Type")).To(Equal("application/json"))
+			g.Expect(jsonError(g, body)).To(ContainSubstring(tt.err))
+		})
 	}
 }
 
 func TestSplitPath(t *testing.T) {
-	g := NewWithT(t)
 	tests := []struct {
 		path, key, rest string
 		ok              bool
@@ -239,10 +240,13 @@ func TestSplitPath(t *testing.T) {
 		{"shop/a/b", "", "", false},
 	}
 	for _, tt := range tests {
-		key, rest, ok := splitPath(tt.path)
-		g.Expect(ok).To(Equal(tt.ok), tt.path)
-		g.Expect(string(key)).To(Equal(tt.key), tt.path)
-		g.Expect(rest).To(Equal(tt.rest), tt.path)
+		t.Run(tt.path, func(t *testing.T) {
+			g := NewWithT(t)
+			key, rest, ok := splitPath(tt.path)
+			g.Expect(ok).To(Equal(tt.ok))
+			g.Expect(string(key)).To(Equal(tt.key))
+			g.Expect(rest).To(Equal(tt.rest))
+		})
 	}
 }
 

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"strings"
 	"testing"
 
 	. "github.com/onsi/gomega"
@@ -25,18 +26,20 @@ func TestParseStatusCodes(t *testing.T) {
 		{patterns: []string{"0500"}, err: `failure status code "0500"`},
 	}
 	for _, tt := range tests {
-		g := NewWithT(t)
-		set, err := ParseStatusCodes(tt.patterns)
-		if tt.err != "" {
-			g.Expect(err).To(MatchError(ContainSubstring(tt.err)), "%v", tt.patterns)
-			continue
-		}
-		g.Expect(err).NotTo(HaveOccurred())
-		for _, c := range tt.in {
-			g.Expect(set.Contains(c)).To(BeTrue(), "%v contains %d", tt.patterns, c)
-		}
-		for _, c := range tt.out {
-			g.Expect(set.Contains(c)).To(BeFalse(), "%v does not contain %d", tt.patterns, c)
-		}
+		t.Run(strings.Join(tt.patterns, ","), func(t *testing.T) {
+			g := NewWithT(t)
+			set, err := ParseStatusCodes(tt.patterns)
+			if tt.err != "" {
+				g.Expect(err).To(MatchError(ContainSubstring(tt.err)))
+				return
+			}
+			g.Expect(err).NotTo(HaveOccurred())
+			for _, c := range tt.in {
+				g.Expect(set.Contains(c)).To(BeTrue(), "contains %d", c)
+			}
+			for _, c := range tt.out {
+				g.Expect(set.Contains(c)).To(BeFalse(), "does not contain %d", c)
+			}
+		})
 	}
 }
