@@ -35,9 +35,14 @@ import (
 	"github.com/circuitbreaker-io/operator/internal/api"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 	"github.com/circuitbreaker-io/operator/internal/controller"
+	"github.com/circuitbreaker-io/operator/internal/leader"
 	"github.com/circuitbreaker-io/operator/internal/notify"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
+
+// shutdownTimeout is how long in-flight calls get to finish on SIGTERM;
+// the install's terminationGracePeriodSeconds leaves room for it.
+const shutdownTimeout = 20 * time.Second
 
 func main() {
 	var (
@@ -90,18 +95,34 @@ func main() {
 		metricsOpts.SecureServing = true
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
-	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
-		Scheme:                  scheme,
-		Metrics:                 metricsOpts,
-		HealthProbeBindAddress:  probeAddr,
-		LeaderElection:          leaderElect,
-		LeaderElectionID:        "circuit-breaker-operator.circuitbreaker.io",
-		LeaderElectionNamespace: leaderElectionNamespace,
+	restConfig := ctrl.GetConfigOrDie()
+	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
+		Scheme:                 scheme,
+		Metrics:                metricsOpts,
+		HealthProbeBindAddress: probeAddr,
+		// Leader election is internal/leader's: controller-runtime's would
+		// stop the whole process, data plane included, on a lost lease.
+		LeaderElection: false,
+		// In-flight calls get this long to finish on SIGTERM.
+		GracefulShutdownTimeout: ptr.To(shutdownTimeout + 5*time.Second),
 	})
 	if err != nil {
 		setupLog.Error(err, "unable to create manager")
 		os.Exit(1)
 	}
+
+	// Who writes status and Events: every replica serves, one leads.
+	elector := leader.Always()
+	if leaderElect {
+		elector, err = leader.New(restConfig, leader.Config{
+			Namespace: leaderElectionNamespace, Name: "circuit-breaker-operator.circuitbreaker.io", Log: ctrl.Log.WithName("leader"),
+		})
+		if err != nil {
+			setupLog.Error(err, "unable to set up leader election")
+			os.Exit(1)
+		}
+	}
+	utilruntime.Must(mgr.Add(elector))
 
 	// The live breakers, and everyone who hears of their transitions.
 	clk := clock.RealClock{}
@@ -116,7 +137,7 @@ func main() {
 	// The controller keeps the registry and the proxy's routes in step with
 	// the resources.
 	routes := proxy.NewTable(metrics)
-	reconciler := controller.New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), registry, routes,
+	reconciler := controller.New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), registry, routes, elector,
 		controller.Options{AllowURLUpstreams: allowURLUpstreams, ClusterDomain: clusterDomain})
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		setupLog.Error(err, "unable to set up controller")
@@ -130,10 +151,11 @@ func main() {
 		"api": api.NewServer(apiAddr, api.New(registry, mgr.GetClient(), clk,
 			api.Options{BindAddress: apiAddr, Log: ctrl.Log.WithName("api")})),
 	} {
-		utilruntime.Must(mgr.Add(&manager.Server{Name: name, Server: srv, ShutdownTimeout: ptr.To(10 * time.Second)}))
+		utilruntime.Must(mgr.Add(&manager.Server{Name: name, Server: srv, ShutdownTimeout: ptr.To(shutdownTimeout)}))
 	}
 	utilruntime.Must(mgr.AddHealthzCheck("healthz", healthz.Ping))
-	utilruntime.Must(mgr.AddReadyzCheck("readyz", healthz.Ping))
+	// Ready once every breaker that exists has its route.
+	utilruntime.Must(mgr.AddReadyzCheck("routes", controller.NewRoutesReady(mgr.GetCache(), routes).Check))
 
 	setupLog.Info("starting manager")
 	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -22,7 +23,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
-	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
@@ -59,6 +59,9 @@ const CountsFlushInterval = time.Second
 // ignores a zero or negative RequeueAfter.
 const minRequeue = 10 * time.Millisecond
 
+// maxRetryDelay bounds the backoff of a failing reconcile.
+const maxRetryDelay = 5 * time.Second
+
 // maxEventNote is the API server's bound on an Event's note.
 const maxEventNote = 1024
 
@@ -89,8 +92,8 @@ type Reconciler struct {
 	// refused value is reported once.
 	refusedResets sync.Map
 
-	// elected is closed once this replica leads.
-	elected <-chan struct{}
+	// leader says whether this replica leads, and runs the leader's work.
+	leader Leader
 
 	// queue is the controller's work queue, captured when it starts, so
 	// breaker changes enqueue their resource without a channel in between.
@@ -103,10 +106,20 @@ type announcement struct {
 	seq     uint64
 }
 
-// New returns a Reconciler that keeps registry and routes in step with the resources.
-func New(c client.Client, rec recorder.EventRecorder, registry *breaker.Registry, routes *proxy.Table, opts Options) *Reconciler {
-	r := &Reconciler{client: c, recorder: rec, registry: registry, routes: routes, opts: opts}
-	r.status = statusWriter{client: c, leading: r.leading}
+// Leader is the replica's part in leader election (internal/leader).
+type Leader interface {
+	// Leading reports whether this replica leads now.
+	Leading() bool
+	// OnElected runs fn at the start of every term, with a context that
+	// ends with the term.
+	OnElected(fn func(ctx context.Context))
+}
+
+// New returns a Reconciler that keeps registry and routes in step with the
+// resources, writing status and Events while leader leads.
+func New(c client.Client, rec recorder.EventRecorder, registry *breaker.Registry, routes *proxy.Table, leader Leader, opts Options) *Reconciler {
+	r := &Reconciler{client: c, recorder: rec, registry: registry, routes: routes, leader: leader, opts: opts}
+	r.status = statusWriter{client: c, leading: leader.Leading}
 	return r
 }
 
@@ -269,14 +282,7 @@ func (r *Reconciler) event(cb *cbv1.CircuitBreaker, eventType, reason, action, n
 }
 
 // leading reports whether this replica is the leader (always, without leader election).
-func (r *Reconciler) leading() bool {
-	select {
-	case <-r.elected:
-		return true
-	default:
-		return false
-	}
-}
+func (r *Reconciler) leading() bool { return r.leader.Leading() }
 
 func transitionReason(to breaker.State) string {
 	switch to {
@@ -315,18 +321,14 @@ func (r *Reconciler) enqueue(key breaker.Key) {
 // to the registry's changes, and adds the leader's work: on election, write
 // every breaker's state as this replica sees it, then flush count changes.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
-	r.elected = mgr.Elected()
 	r.registry.OnTransition(func(key breaker.Key, _ breaker.Transition) { r.enqueue(key) })
 	r.registry.OnCountsChanged(r.enqueue)
-	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+	r.leader.OnElected(func(term context.Context) {
 		for _, key := range r.registry.Keys() {
 			r.enqueue(key)
 		}
-		r.registry.Run(ctx, CountsFlushInterval)
-		return nil
-	})); err != nil {
-		return err
-	}
+		r.registry.Run(term, CountsFlushInterval)
+	})
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &cbv1.CircuitBreaker{}, serviceIndex, func(o client.Object) []string {
 		if svc := o.(*cbv1.CircuitBreaker).Spec.Upstream.Service; svc != nil {
 			return []string{svc.Name}
@@ -353,6 +355,13 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 			MaxConcurrentReconciles: 4,
 			// Every replica's proxy needs live breakers, not just the leader's.
 			NeedLeaderElection: ptr.To(false),
+			// Failed status writes (an API server that went away) are retried
+			// at least every maxRetryDelay, so the status converges soon after
+			// it returns; the default would back off to 16 minutes.
+			RateLimiter: workqueue.NewTypedMaxOfRateLimiter(
+				workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](5*time.Millisecond, maxRetryDelay),
+				&workqueue.TypedBucketRateLimiter[reconcile.Request]{Limiter: rate.NewLimiter(rate.Limit(10), 100)},
+			),
 		}).
 		Complete(r)
 }

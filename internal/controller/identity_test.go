@@ -21,6 +21,7 @@ import (
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/leader"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
 
@@ -28,10 +29,8 @@ import (
 // Reconcile itself, so it decides exactly what each reconcile sees.
 func directReconciler() (*Reconciler, *breaker.Registry) {
 	registry := breaker.NewRegistry(clock.RealClock{})
-	r := New(k8sClient, clientevents.NewFakeRecorder(100), registry, proxy.NewTable(proxy.NewMetrics(prometheus.NewRegistry())), Options{})
-	elected := make(chan struct{})
-	close(elected)
-	r.elected = elected
+	r := New(k8sClient, clientevents.NewFakeRecorder(100), registry, proxy.NewTable(proxy.NewMetrics(prometheus.NewRegistry())),
+		leader.Always(), Options{})
 	return r, registry
 }
 

@@ -17,7 +17,7 @@ func TestEveryReplicaServesAndOnlyTheLeaderWrites(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
 	leader := startManager(t, ns, Options{}, withLeaderElection(ns))
-	g.Eventually(leader.elected).Should(BeClosed())
+	g.Eventually(leader.elector.Leading).Should(BeTrue())
 	follower := startManager(t, ns, Options{}, withLeaderElection(ns))
 	g.Expect(k8sClient.Create(context.Background(), newCircuitBreaker(ns, "order-api", withThreshold(2), withRecovery(time.Hour)))).To(Succeed())
 
@@ -38,7 +38,7 @@ func TestEveryReplicaServesAndOnlyTheLeaderWrites(t *testing.T) {
 	g.Expect(countPrefix(events(g, ns, "order-api"), "Opened:")).To(BeZero(), "nor Events")
 
 	leader.stop()
-	g.Eventually(follower.elected, 20*time.Second).Should(BeClosed())
+	g.Eventually(follower.elector.Leading, 20*time.Second).Should(BeTrue())
 	g.Eventually(func(g Gomega) {
 		st := getBreaker(g, ns, "order-api").Status
 		g.Expect(st.State).To(Equal(cbv1.StateOpen))

@@ -31,6 +31,7 @@ import (
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 	"github.com/circuitbreaker-io/operator/internal/controlplane"
+	"github.com/circuitbreaker-io/operator/internal/leader"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
 
@@ -101,7 +102,11 @@ type harness struct {
 	*Reconciler
 	registry *breaker.Registry
 	routes   *proxy.Table
-	metrics  *prometheus.Registry
+	elector  *leader.Elector
+	// exited is closed when the manager's Start returns.
+	exited  chan struct{}
+	ready   *RoutesReady
+	metrics *prometheus.Registry
 	// statusPatches counts the status writes the Reconciler made.
 	statusPatches atomic.Int64
 	// stop stops the manager (and is done at the test's end anyway).
@@ -110,8 +115,9 @@ type harness struct {
 
 // harnessConfig is what harnessOptions change.
 type harnessConfig struct {
-	manager ctrl.Options
-	clock   clock.WithTicker
+	manager        ctrl.Options
+	clock          clock.WithTicker
+	leaseNamespace string // "": no leader election
 }
 
 type harnessOption func(*harnessConfig)
@@ -124,16 +130,7 @@ func withClock(clk clock.WithTicker) harnessOption {
 // withLeaderElection makes the manager one of the replicas that elect a
 // leader by a Lease in namespace, with short timings.
 func withLeaderElection(namespace string) harnessOption {
-	return func(c *harnessConfig) {
-		o := &c.manager
-		o.LeaderElection = true
-		o.LeaderElectionID = "circuit-breaker-operator-test"
-		o.LeaderElectionNamespace = namespace
-		o.LeaderElectionReleaseOnCancel = true
-		o.LeaseDuration = ptr.To(2 * time.Second)
-		o.RenewDeadline = ptr.To(time.Second)
-		o.RetryPeriod = ptr.To(200 * time.Millisecond)
-	}
+	return func(c *harnessConfig) { c.leaseNamespace = namespace }
 }
 
 // startManager runs a manager with a fresh Reconciler that sees only namespace,
@@ -168,11 +165,22 @@ func startManager(t *testing.T, namespace string, opts Options, hopts ...harness
 	metrics := proxy.NewMetrics(h.metrics)
 	h.registry.OnTransition(metrics.RecordTransition)
 	h.routes = proxy.NewTable(metrics)
-	h.Reconciler = New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), h.registry, h.routes, opts)
+	h.elector = leader.Always()
+	if cfg.leaseNamespace != "" {
+		h.elector, err = leader.New(restConfig, leader.Config{
+			Namespace: cfg.leaseNamespace, Name: "circuit-breaker-operator-test",
+			LeaseDuration: 2 * time.Second, RenewDeadline: time.Second, RetryPeriod: 200 * time.Millisecond,
+		})
+		g.Expect(err).NotTo(HaveOccurred())
+	}
+	g.Expect(mgr.Add(h.elector)).To(Succeed())
+	h.Reconciler = New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), h.registry, h.routes, h.elector, opts)
+	h.ready = NewRoutesReady(mgr.GetCache(), h.routes)
 	g.Expect(h.SetupWithManager(mgr)).To(Succeed())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
+	h.exited = make(chan struct{})
+	go func() { done <- mgr.Start(ctx); close(h.exited) }()
 	var once sync.Once
 	h.stop = func() {
 		once.Do(func() {

@@ -112,6 +112,12 @@ func (t *Table) swap(key breaker.Key, rt *route) (old *route, loaded bool) {
 	return old, loaded
 }
 
+// Has reports whether key has a route, forwarding or refused.
+func (t *Table) Has(key breaker.Key) bool {
+	_, ok := t.routes.Load(key)
+	return ok
+}
+
 func (t *Table) get(key breaker.Key) (*route, bool) {
 	return t.routes.Load(key)
 }

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -57,7 +58,9 @@ type cluster struct {
 	webhook           string
 	manager           *exec.Cmd
 	// refuseURLs starts the manager without --allow-url-upstreams.
-	refuseURLs    bool
+	refuseURLs bool
+	// leaderElect starts the manager with --leader-elect.
+	leaderElect   bool
 	managerLog    *syncBuffer
 	managerExited chan struct{}
 }
@@ -302,6 +305,60 @@ spec:
 		}
 	})
 
+	step("the data plane outlives the API server: 30 s stopped, every call served, a breaker opened, the status caught up", func(g Gomega) {
+		c.stopManager(g)
+		c.leaderElect = true
+		c.startManager(t)
+		g.Eventually(func() string {
+			return c.kubectlQuiet("get", "lease", "-n", operatorNamespace, "circuit-breaker-operator.circuitbreaker.io", "-o", "jsonpath={.spec.holderIdentity}")
+		}, 30*time.Second, 200*time.Millisecond).ShouldNot(BeEmpty(), "the manager leads")
+		c.kubectlApply(t, fmt.Sprintf(`apiVersion: circuitbreaker.io/v1alpha1
+kind: CircuitBreaker
+metadata: {name: outage, namespace: default}
+spec: {upstream: {url: %q}, failureThreshold: 3, recoveryTimeout: 1h}
+`, up.URL))
+		outage := "http://" + c.proxyAddr + "/default/outage/x"
+		up.failing.Store(false)
+		g.Eventually(func() int { return httpGet(g, outage) }, 10*time.Second).Should(Equal(200))
+		g.Eventually(func() string { return c.kubectlQuiet("get", "cb", "outage", "-o", "jsonpath={.status.state}") }).Should(Equal("Closed"))
+
+		apiserver := childProcess(g, "kube-apiserver")
+		g.Expect(syscall.Kill(apiserver, syscall.SIGSTOP)).To(Succeed())
+		resumed := false
+		resume := func() {
+			if !resumed {
+				resumed = true
+				_ = syscall.Kill(apiserver, syscall.SIGCONT)
+			}
+		}
+		defer resume()
+		statuses := map[int]int{}
+		unanswered := 0
+		stopAt := time.Now().Add(30 * time.Second)
+		for i := 0; time.Now().Before(stopAt); i++ {
+			up.failing.Store(i >= 20) // healthy at first, then failing: the breaker opens
+			if status := httpGet(g, outage); status == 0 {
+				unanswered++
+			} else {
+				statuses[status]++
+			}
+			<-time.After(100 * time.Millisecond)
+		}
+		t.Logf("during the outage: %v answers by status, %d unanswered", statuses, unanswered)
+		g.Expect(unanswered).To(BeZero(), "every call was served")
+		g.Expect(statuses[200]).To(Equal(20))
+		g.Expect(statuses[500]).To(Equal(3), "three failures opened it")
+		g.Expect(statuses[503]).To(BeNumerically(">", 100), "then it rejected, with the API server away")
+		g.Expect(c.managerExited).NotTo(BeClosed(), "the manager is still running")
+
+		resume()
+		g.Eventually(func() string { return c.kubectlQuiet("get", "cb", "outage", "-o", "jsonpath={.status.state}") }, 30*time.Second, 200*time.Millisecond).
+			Should(Equal("Open"), "the status converges once the API server is back")
+		g.Expect(c.managerExited).NotTo(BeClosed())
+		up.failing.Store(false)
+		c.leaderElect = false
+	})
+
 	step("a URL upstream the manager refuses is Stalled, and kubectl wait returns for it", func(g Gomega) {
 		c.stopManager(g)
 		c.refuseURLs = true
@@ -370,6 +427,9 @@ func (c *cluster) startManager(t *testing.T) {
 	}
 	if !c.refuseURLs {
 		args = append(args, "--allow-url-upstreams")
+	}
+	if c.leaderElect {
+		args = append(args, "--leader-elect", "--leader-election-namespace", operatorNamespace)
 	}
 	c.manager = exec.Command(filepath.Join(root, "bin", "manager"), args...)
 	c.manager.Stdout, c.manager.Stderr = c.managerLog, c.managerLog
@@ -530,4 +590,32 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// childProcess returns the pid of this test's child process called name
+// (the control plane's kube-apiserver, say).
+func childProcess(g Gomega, name string) int {
+	entries, err := os.ReadDir("/proc")
+	g.Expect(err).NotTo(HaveOccurred())
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		open, closing := bytes.IndexByte(stat, '('), bytes.LastIndexByte(stat, ')')
+		if open < 0 || closing < open {
+			continue
+		}
+		fields := strings.Fields(string(stat[closing+1:]))
+		if string(stat[open+1:closing]) == name && len(fields) > 1 && fields[1] == strconv.Itoa(os.Getpid()) {
+			return pid
+		}
+	}
+	g.Expect(name).To(BeEmpty(), "no child process called %s", name)
+	return 0
 }

@@ -1,0 +1,80 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
+	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/proxy"
+)
+
+// RoutesReady is the manager's readiness check: it fails until the cache
+// has synced and every CircuitBreaker that existed then has its route
+// (forwarding or refused), so a restarted replica never answers 404 for a
+// breaker that exists. Once it passes it stays passed: an API server that
+// goes away later does not take the data plane out of its Service.
+type RoutesReady struct {
+	cache  cache.Cache
+	reader client.Reader
+	routes *proxy.Table
+
+	ready   atomic.Bool
+	mu      sync.Mutex
+	pending map[breaker.Key]struct{} // nil until listed
+}
+
+// NewRoutesReady returns the readiness check over the manager's cache and the proxy's routes.
+func NewRoutesReady(c cache.Cache, routes *proxy.Table) *RoutesReady {
+	return &RoutesReady{cache: c, reader: c, routes: routes}
+}
+
+// Check is a healthz.Checker.
+func (r *RoutesReady) Check(req *http.Request) error {
+	if r.ready.Load() {
+		return nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ctx, cancel := context.WithTimeout(req.Context(), time.Second)
+	defer cancel()
+	if r.pending == nil {
+		if !r.cache.WaitForCacheSync(ctx) {
+			return errors.New("the cache has not synced yet")
+		}
+		var list cbv1.CircuitBreakerList
+		if err := r.reader.List(ctx, &list); err != nil {
+			return fmt.Errorf("listing CircuitBreakers: %w", err)
+		}
+		r.pending = make(map[breaker.Key]struct{}, len(list.Items))
+		for _, cb := range list.Items {
+			r.pending[breaker.NewKey(cb.Namespace, cb.Name)] = struct{}{}
+		}
+	}
+	for key := range r.pending {
+		if r.routes.Has(key) || r.gone(ctx, key) {
+			delete(r.pending, key)
+		}
+	}
+	if len(r.pending) > 0 {
+		return fmt.Errorf("%d CircuitBreakers have no route yet", len(r.pending))
+	}
+	r.ready.Store(true)
+	return nil
+}
+
+// gone reports whether the breaker was deleted since it was listed.
+func (r *RoutesReady) gone(ctx context.Context, key breaker.Key) bool {
+	namespace, name := key.Split()
+	var cb cbv1.CircuitBreaker
+	return apierrors.IsNotFound(r.reader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, &cb))
+}
