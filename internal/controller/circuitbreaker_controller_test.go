@@ -115,7 +115,7 @@ func tableRow(g Gomega, namespace, name string, wide bool) map[string]any {
 // bumpAndObserve changes the spec (a new generation) and waits until the
 // controller has reconciled it: a barrier after which everything the
 // controller was going to do with the earlier generation is done.
-func bumpAndObserve(g Gomega, namespace, name string) {
+func bumpAndObserve(g Gomega, namespace, name string) { //nolint:unparam // tests name what they change
 	cb := getBreaker(g, namespace, name)
 	patch := client.MergeFrom(cb.DeepCopy())
 	cb.Spec.SuccessThreshold++
