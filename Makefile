@@ -74,6 +74,10 @@ test-e2e: build build-installer ## Run the end-to-end tests: the real manager bi
 bench: ## Run the benchmarks of docs/benchmarks.md in interleaved rounds, with benchstat.
 	hack/bench.sh
 
+.PHONY: bench-proxy
+bench-proxy: ## The proxy hop under wrk against separate processes: bare ReverseProxy (A/A), nginx, the real manager (docs/benchmarks.md).
+	hack/bench-proxy.sh
+
 .PHONY: verify
 verify: tidy manifests generate fmt build-installer ## Regenerate everything (go.mod included) and fail if the tree changed.
 	@git diff --exit-code -- . || { echo "generated files are out of date: run 'make tidy manifests generate fmt build-installer' and commit"; exit 1; }

@@ -1,0 +1,86 @@
+// Command bench-proxy holds the Go servers of hack/bench-proxy.sh, each run
+// as its own process so that a load generator measures them as a caller
+// would:
+//
+//	bench-proxy upstream ADDR          answers every request with 64 bytes
+//	bench-proxy bare ADDR TARGET       httputil.ReverseProxy with a pooled buffer, and nothing else
+//	bench-proxy cpu PID                prints the process's user+system CPU time in microseconds
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/circuitbreaker-io/operator/internal/proxy"
+)
+
+func main() {
+	if len(os.Args) < 3 {
+		fmt.Fprintln(os.Stderr, "usage: bench-proxy upstream ADDR | bare ADDR TARGET | cpu PID")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "upstream":
+		body := []byte(strings.Repeat("x", 63) + "\n")
+		err = http.ListenAndServe(os.Args[2], http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/plain")
+			_, _ = w.Write(body)
+		}))
+	case "bare":
+		target, perr := url.Parse(os.Args[3])
+		if perr != nil {
+			err = perr
+			break
+		}
+		err = http.ListenAndServe(os.Args[2], &httputil.ReverseProxy{
+			Rewrite: func(pr *httputil.ProxyRequest) {
+				pr.SetURL(target)
+				pr.SetXForwarded()
+			},
+			// The same transport as the manager's proxy.
+			Transport:  proxy.NewTransport(),
+			BufferPool: &pool{},
+		})
+	case "cpu":
+		err = printCPU(os.Args[2])
+	default:
+		err = fmt.Errorf("unknown command %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench-proxy:", err)
+		os.Exit(1)
+	}
+}
+
+// printCPU prints utime+stime of pid from /proc/PID/stat, in microseconds.
+func printCPU(pid string) error {
+	stat, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return err
+	}
+	// Fields after "(comm)": state is 1, utime 12, stime 13 (0-based).
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	utime, _ := strconv.ParseInt(fields[11], 10, 64)
+	stime, _ := strconv.ParseInt(fields[12], 10, 64)
+	const ticksPerSecond = 100 // USER_HZ on Linux
+	fmt.Println((utime + stime) * 1_000_000 / ticksPerSecond)
+	return nil
+}
+
+type pool struct{ p sync.Pool }
+
+func (b *pool) Get() []byte {
+	if buf, ok := b.p.Get().(*[]byte); ok {
+		return *buf
+	}
+	return make([]byte, 32*1024)
+}
+
+func (b *pool) Put(buf []byte) { b.p.Put(&buf) }
