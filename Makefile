@@ -78,6 +78,11 @@ bench: ## Run the benchmarks of docs/benchmarks.md in interleaved rounds, with b
 bench-proxy: ## The proxy hop under wrk against separate processes: bare ReverseProxy (A/A), nginx, the real manager (docs/benchmarks.md).
 	hack/bench-proxy.sh
 
+N ?= 1000
+.PHONY: bench-scale
+bench-scale: build ## N CircuitBreakers on a local control plane: time to ready, to every status, write rate, RSS, idle CPU (docs/benchmarks.md).
+	go run ./hack/bench-scale -n $(N)
+
 .PHONY: verify
 verify: tidy manifests generate fmt build-installer ## Regenerate everything (go.mod included) and fail if the tree changed.
 	@git diff --exit-code -- . || { echo "generated files are out of date: run 'make tidy manifests generate fmt build-installer' and commit"; exit 1; }

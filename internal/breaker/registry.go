@@ -10,7 +10,7 @@ import (
 
 	"k8s.io/utils/clock"
 
-	"github.com/circuitbreaker-io/operator/internal/cowmap"
+	"github.com/circuitbreaker-io/operator/internal/readmostly"
 )
 
 // Key names a breaker as "<namespace>/<name>", the form the proxy finds in a
@@ -35,7 +35,7 @@ func (k Key) Split() (namespace, name string) {
 // resource went away cannot bring the breaker's traces back.
 type Registry struct {
 	clock   clock.WithTicker
-	entries cowmap.Map[Key, *entry]
+	entries readmostly.Map[Key, *entry]
 
 	subscribeMu     sync.Mutex
 	onTransition    atomic.Pointer[[]func(Key, Transition)]
@@ -149,11 +149,11 @@ func (r *Registry) Delete(key Key) {
 
 // Keys returns the keys of all breakers, sorted.
 func (r *Registry) Keys() []Key {
-	m := r.entries.Snapshot()
-	keys := make([]Key, 0, len(m))
-	for k := range m {
+	var keys []Key
+	r.entries.Range(func(k Key, _ *entry) bool {
 		keys = append(keys, k)
-	}
+		return true
+	})
 	slices.Sort(keys)
 	return keys
 }
@@ -177,11 +177,12 @@ func (r *Registry) flushCountChanges() {
 	if subs == nil {
 		return
 	}
-	for k, e := range r.entries.Snapshot() {
+	r.entries.Range(func(k Key, e *entry) bool {
 		if e.countsChanged.Swap(false) {
 			for _, fn := range *subs {
 				fn(k)
 			}
 		}
-	}
+		return true
+	})
 }

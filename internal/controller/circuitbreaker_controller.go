@@ -20,6 +20,7 @@ import (
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -151,20 +152,14 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 		}
 	}()
 
-	svc, err := r.upstreamService(ctx, &cb)
+	b, cfg, refused, err := r.serve(ctx, key, &cb, &base)
 	if err != nil {
 		return ctrl.Result{}, err
 	}
-	cfg, refused := translate(&cb, svc, r.opts)
 	if refused != nil {
-		r.refuse(ctx, key, &cb, status, refused)
+		r.refuse(ctx, &cb, status, refused)
 		return ctrl.Result{}, nil
 	}
-	b, created := r.registry.Upsert(key, string(cb.UID), cfg.settings, savedSnapshot(&base))
-	if created {
-		log.V(1).Info("breaker created", "state", statusStates[b.Snapshot().State])
-	}
-	r.routes.Set(key, b, cfg.route)
 
 	value, resetRefused := resetRequest(&cb)
 	switch {
@@ -212,17 +207,72 @@ func (r *Reconciler) refuseReset(ctx context.Context, cb *cbv1.CircuitBreaker, k
 	r.event(cb, corev1.EventTypeWarning, ReasonReset, "Reset", why)
 }
 
-// refuse takes a breaker that cannot serve out of the registry and says why
-// in the conditions. The proxy answers 403 for a stalled spec, and 503
-// while the refusal may end by itself (a Service that does not exist yet).
-func (r *Reconciler) refuse(ctx context.Context, key breaker.Key, cb *cbv1.CircuitBreaker, status *cbv1.CircuitBreakerStatus, why *refusal) {
-	code := http.StatusServiceUnavailable
-	if why.stalled {
-		code = http.StatusForbidden
+// serve is the data plane's part of a reconcile: it puts cb into the
+// registry (restored from saved when new) and gives it its route, or
+// refuses it. The proxy answers 403 for a stalled spec, and 503 while the
+// refusal may end by itself (a Service that does not exist yet).
+func (r *Reconciler) serve(ctx context.Context, key breaker.Key, cb *cbv1.CircuitBreaker, saved *cbv1.CircuitBreakerStatus) (
+	*breaker.Breaker, runtimeConfig, *refusal, error) {
+	svc, err := r.upstreamService(ctx, cb)
+	if err != nil {
+		return nil, runtimeConfig{}, nil, err
 	}
-	r.routes.Refuse(key, code, why.message)
-	r.registry.Delete(key)
-	r.announced.Delete(key)
+	cfg, refused := translate(cb, svc, r.opts)
+	if refused != nil {
+		code := http.StatusServiceUnavailable
+		if refused.stalled {
+			code = http.StatusForbidden
+		}
+		r.routes.Refuse(key, code, refused.message)
+		r.registry.Delete(key)
+		r.announced.Delete(key)
+		return nil, cfg, refused, nil
+	}
+	b, created := r.registry.Upsert(key, string(cb.UID), cfg.settings, savedSnapshot(saved))
+	if created {
+		ctrl.LoggerFrom(ctx).V(1).Info("breaker created", "namespace", cb.Namespace, "name", cb.Name, "state", statusStates[b.Snapshot().State])
+	}
+	r.routes.Set(key, b, cfg.route)
+	return b, cfg, nil, nil
+}
+
+// primeRoutes gives every breaker that exists its route as soon as the
+// cache has synced, ahead of the workers, which also write each status: a
+// restarted replica routes all its breakers (and is Ready) in seconds, not
+// after the last status write. Each reconcile later redoes the same, so a
+// breaker deleted meanwhile is forgotten again.
+func (r *Reconciler) primeRoutes(ctx context.Context, c cache.Cache) {
+	if !c.WaitForCacheSync(ctx) {
+		return
+	}
+	var list cbv1.CircuitBreakerList
+	if err := c.List(ctx, &list); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "listing CircuitBreakers to route them")
+		return
+	}
+	for i := range list.Items {
+		cb := &list.Items[i]
+		key := breaker.NewKey(cb.Namespace, cb.Name)
+		if r.routes.Has(key) {
+			continue // a worker got there first
+		}
+		if _, _, _, err := r.serve(ctx, key, cb, &cb.Status); err != nil {
+			ctrl.LoggerFrom(ctx).Error(err, "routing a CircuitBreaker", "namespace", cb.Namespace, "name", cb.Name)
+		}
+		r.enqueue(key)
+	}
+	ctrl.LoggerFrom(ctx).Info("routed every CircuitBreaker", "count", len(list.Items))
+}
+
+// everyReplica is a manager Runnable that runs on every replica, not only
+// the leader.
+type everyReplica func(ctx context.Context)
+
+func (f everyReplica) Start(ctx context.Context) error { f(ctx); return nil }
+func (everyReplica) NeedLeaderElection() bool          { return false }
+
+// refuse says in the conditions why cb cannot be served.
+func (r *Reconciler) refuse(ctx context.Context, cb *cbv1.CircuitBreaker, status *cbv1.CircuitBreakerStatus, why *refusal) {
 	status.Upstream = ""
 	if ready := meta.FindStatusCondition(status.Conditions, cbv1.ConditionReady); ready == nil ||
 		ready.Reason != why.reason || ready.Message != why.message || ready.ObservedGeneration != cb.Generation {
@@ -323,6 +373,9 @@ func (r *Reconciler) enqueue(key breaker.Key) {
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	r.registry.OnTransition(func(key breaker.Key, _ breaker.Transition) { r.enqueue(key) })
 	r.registry.OnCountsChanged(r.enqueue)
+	if err := mgr.Add(everyReplica(func(ctx context.Context) { r.primeRoutes(ctx, mgr.GetCache()) })); err != nil {
+		return err
+	}
 	r.leader.OnElected(func(term context.Context) {
 		for _, key := range r.registry.Keys() {
 			r.enqueue(key)
@@ -350,9 +403,10 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		})).
 		Named("circuitbreaker").
 		WithOptions(controller.Options{
-			// Breakers are independent; a few workers keep one slow status
-			// write from delaying the transitions of others.
-			MaxConcurrentReconciles: 4,
+			// Breakers are independent, and a reconcile mostly waits for its
+			// status write: the write rate at scale is the workers' number
+			// over the API server's latency (docs/benchmarks.md, bench-scale).
+			MaxConcurrentReconciles: 16,
 			// Every replica's proxy needs live breakers, not just the leader's.
 			NeedLeaderElection: ptr.To(false),
 			// Failed status writes (an API server that went away) are retried

@@ -171,3 +171,21 @@ func durationOr(d *metav1.Duration, fallback time.Duration) time.Duration {
 	}
 	return d.Duration
 }
+
+// TrimService is the cache's transform for Services: an upstream needs a
+// Service's identity and type, not its annotations, labels, ports or
+// managed fields, and a cluster may have many Services.
+func TrimService(obj any) (any, error) {
+	svc, ok := obj.(*corev1.Service)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Service{
+		TypeMeta: svc.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: svc.Namespace, Name: svc.Name, UID: svc.UID, ResourceVersion: svc.ResourceVersion,
+			Generation: svc.Generation, DeletionTimestamp: svc.DeletionTimestamp,
+		},
+		Spec: corev1.ServiceSpec{Type: svc.Spec.Type},
+	}, nil
+}

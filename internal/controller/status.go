@@ -26,18 +26,28 @@ type statusWriter struct {
 	written sync.Map
 }
 
-// writtenStatus is the status last written for the resource with uid.
+// writtenStatus is the status last written for the resource with uid,
+// which left it at resourceVersion.
 type writtenStatus struct {
-	uid    types.UID
-	status *cbv1.CircuitBreakerStatus
+	uid             types.UID
+	resourceVersion string
+	status          *cbv1.CircuitBreakerStatus
 }
 
 // base returns the status as this writer last wrote it for cb, or cb's own
 // when it wrote none for this resource (a new uid under the same name is a
-// new resource).
+// new resource). Once the cache has caught up with the write, the copy is
+// dropped: at rest nothing but the cache holds a breaker's status.
 func (w *statusWriter) base(key breaker.Key, cb *cbv1.CircuitBreaker) cbv1.CircuitBreakerStatus {
-	if last, ok := w.written.Load(key); ok && last.(writtenStatus).uid == cb.UID {
-		return *last.(writtenStatus).status.DeepCopy()
+	if v, ok := w.written.Load(key); ok {
+		last := v.(writtenStatus)
+		switch {
+		case last.uid != cb.UID:
+		case last.resourceVersion == cb.ResourceVersion:
+			w.written.Delete(key)
+		default:
+			return *last.status.DeepCopy()
+		}
 	}
 	return *cb.Status.DeepCopy()
 }
@@ -55,7 +65,7 @@ func (w *statusWriter) patch(ctx context.Context, key breaker.Key, cb *cbv1.Circ
 	if err := w.client.Status().Patch(ctx, updated, client.MergeFrom(original)); err != nil {
 		return client.IgnoreNotFound(err)
 	}
-	w.written.Store(key, writtenStatus{uid: cb.UID, status: status.DeepCopy()})
+	w.written.Store(key, writtenStatus{uid: cb.UID, resourceVersion: updated.ResourceVersion, status: status.DeepCopy()})
 	return nil
 }
 

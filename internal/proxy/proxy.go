@@ -78,9 +78,10 @@ type call struct {
 	cancel          context.CancelCauseFunc
 	// timer cancels the call: first after the route's request timeout, then,
 	// once the headers are in, after each idle stretch of a stream.
-	timer  *time.Timer
-	route  *route
-	ticket breaker.Ticket
+	timer   *time.Timer
+	route   *route
+	metrics *routeMetrics
+	ticket  breaker.Ticket
 	// w answers the caller; body is the caller's request body, if any.
 	w    http.ResponseWriter
 	body *callerBody
@@ -140,7 +141,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, cancel := context.WithCancelCause(r.Context())
-	c := &call{Context: ctx, callerCtx: r.Context(), cancel: cancel, route: rt, ticket: ticket, w: w, rest: rest, start: time.Now()}
+	c := &call{Context: ctx, callerCtx: r.Context(), cancel: cancel, route: rt, metrics: rt.metrics(), ticket: ticket, w: w, rest: rest, start: time.Now()}
 	if r.Body != nil && r.Body != http.NoBody {
 		c.body = &callerBody{ReadCloser: r.Body}
 		r.Body = c.body
@@ -239,7 +240,7 @@ func classifyResponse(resp *http.Response) error {
 	} else {
 		resp.Body = &idleBody{ReadCloser: resp.Body, c: c}
 	}
-	c.route.metrics.duration.Observe(time.Since(c.start).Seconds())
+	c.metrics.duration.Observe(time.Since(c.start).Seconds())
 	if resp.StatusCode == http.StatusLoopDetected && resp.Header.Get(loopHeader) != "" {
 		// Our own loop answer, from the hop this call looped into: the
 		// upstream was never asked, so there is no verdict.
@@ -248,11 +249,11 @@ func classifyResponse(resp *http.Response) error {
 	}
 	if c.route.FailureCodes.Contains(resp.StatusCode) {
 		c.ticket.Failure(breaker.Failure{StatusCode: resp.StatusCode})
-		c.route.metrics.failure.Inc()
+		c.metrics.failure.Inc()
 		return nil
 	}
 	c.ticket.Success()
-	c.route.metrics.success.Inc()
+	c.metrics.success.Inc()
 	return nil
 }
 
@@ -304,8 +305,8 @@ func handleError(w http.ResponseWriter, r *http.Request, err error) {
 		kind = "dns error"
 	}
 	c.ticket.Failure(breaker.Failure{Kind: kind})
-	c.route.metrics.failure.Inc()
-	c.route.metrics.duration.Observe(time.Since(c.start).Seconds())
+	c.metrics.failure.Inc()
+	c.metrics.duration.Observe(time.Since(c.start).Seconds())
 	writeError(w, status, "upstream of circuit breaker '"+string(c.route.key)+"' failed: "+kind)
 }
 
@@ -379,7 +380,7 @@ func (b *idleConn) Write(p []byte) (int, error) {
 
 // reject answers a call the breaker refused, without contacting the upstream.
 func (p *Proxy) reject(w http.ResponseWriter, rt *route, err error) {
-	rt.metrics.rejected.Inc()
+	rt.metrics().rejected.Inc()
 	state, retryAfter := "half-open", 1
 	if errors.Is(err, breaker.ErrOpen) {
 		state = "open"

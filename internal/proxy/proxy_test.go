@@ -500,3 +500,28 @@ func scrape(g Gomega, reg *prometheus.Registry) string {
 	body, _ := io.ReadAll(resp.Body)
 	return string(body)
 }
+
+// A breaker has no metric series until it sees a call: at 10,000 breakers
+// the idle ones cost none.
+func TestSeriesAppearWithTraffic(t *testing.T) {
+	g := NewWithT(t)
+	up := newUpstream(t)
+	f := newFixture(t)
+	f.add(t, "quiet", up.URL, breaker.Settings{})
+	f.add(t, "busy", up.URL, breaker.Settings{})
+	f.get(t, "/shop/busy/x")
+	families, err := f.reg.Gather()
+	g.Expect(err).NotTo(HaveOccurred())
+	var names []string
+	for _, fam := range families {
+		for _, m := range fam.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "name" {
+					names = append(names, l.GetValue())
+				}
+			}
+		}
+	}
+	g.Expect(names).To(ContainElement("busy"))
+	g.Expect(names).NotTo(ContainElement("quiet"))
+}

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"github.com/circuitbreaker-io/operator/internal/breaker"
-	"github.com/circuitbreaker-io/operator/internal/cowmap"
+	"github.com/circuitbreaker-io/operator/internal/readmostly"
 )
 
 // RouteConfig is everything the proxy needs to forward one breaker's calls.
@@ -54,7 +54,10 @@ type route struct {
 	// refusedStatus.
 	refused       string
 	refusedStatus int
-	metrics       routeMetrics
+	// series are the breaker's metric series, created on its first call:
+	// a breaker that never sees traffic (or a transition) has none.
+	series   atomic.Pointer[routeMetrics]
+	registry *Metrics
 	// inFlight counts the calls being forwarded through this route.
 	inFlight atomic.Int64
 }
@@ -63,7 +66,7 @@ type route struct {
 // request reads it and only resource changes write it.
 type Table struct {
 	metrics *Metrics
-	routes  cowmap.Map[breaker.Key, *route]
+	routes  readmostly.Map[breaker.Key, *route]
 }
 
 // NewTable returns an empty table whose routes count into metrics.
@@ -73,19 +76,30 @@ func NewTable(metrics *Metrics) *Table {
 
 // Set routes key through b as cfg says.
 func (t *Table) Set(key breaker.Key, b *breaker.Breaker, cfg RouteConfig) {
-	rt := &route{RouteConfig: cfg, key: key, breaker: b, metrics: t.metrics.forRoute(key)}
+	rt := &route{RouteConfig: cfg, key: key, breaker: b, registry: t.metrics}
 	old, loaded := t.swap(key, rt)
 	switch {
-	case loaded && old.breaker != nil && old.breaker != b:
+	case loaded && old.breaker == b:
+		// The same breaker, reconfigured: its series go on.
+		rt.series.Store(old.series.Load())
+	case loaded && old.breaker != nil:
 		// A new breaker under the same key (the resource was created
 		// again): its series start afresh.
 		t.metrics.Forget(key)
-		rt.metrics = t.metrics.forRoute(key)
-		t.swap(key, rt)
-		t.metrics.SetState(key, b.Snapshot().State)
-	case !loaded || old.refused != "":
-		t.metrics.SetState(key, b.Snapshot().State)
 	}
+}
+
+// metrics returns the route's series, creating them (and the state series)
+// on first use.
+func (rt *route) metrics() *routeMetrics {
+	if m := rt.series.Load(); m != nil {
+		return m
+	}
+	m := rt.registry.forRoute(rt.key)
+	if rt.series.CompareAndSwap(nil, &m) {
+		rt.registry.SetState(rt.key, rt.breaker.Snapshot().State)
+	}
+	return rt.series.Load()
 }
 
 // Refuse makes the proxy answer status with reason for key, without a

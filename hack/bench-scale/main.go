@@ -1,0 +1,219 @@
+// Command bench-scale measures the manager at scale, as a user would see
+// it: it starts a local control plane, creates N CircuitBreakers, measures
+// how fast a bare client-go loop can patch their status (the API server's
+// own limit), then starts the real bin/manager and reports the time until
+// /readyz passes (every route), the time until every status is written,
+// the status write rate, the manager's RSS and its idle CPU.
+//
+//	go run ./hack/bench-scale -n 10000        (make bench-scale N=10000)
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
+	"github.com/circuitbreaker-io/operator/internal/controlplane"
+)
+
+func main() {
+	n := flag.Int("n", 1000, "how many CircuitBreakers")
+	perNamespace := flag.Int("per-namespace", 500, "breakers per namespace")
+	workers := flag.Int("workers", 32, "concurrent creates and patches")
+	manager := flag.String("manager", "bin/manager", "the manager binary")
+	idle := flag.Duration("idle", 20*time.Second, "how long to watch the manager idle after every status is written")
+	flag.Parse()
+	if err := run(*n, *perNamespace, *workers, *manager, *idle); err != nil {
+		fmt.Fprintln(os.Stderr, "bench-scale:", err)
+		os.Exit(1)
+	}
+}
+
+func run(n, perNamespace, workers int, manager string, idle time.Duration) error {
+	ctx := context.Background()
+	env, err := controlplane.Start()
+	if err != nil {
+		return err
+	}
+	defer func() { _ = env.Stop() }()
+	dir, err := os.MkdirTemp("", "bench-scale")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	if err := controlplane.WriteAdminKubeconfig(env, kubeconfig); err != nil {
+		return err
+	}
+	cfg := *env.Config
+	cfg.QPS, cfg.Burst = -1, 0 // no client-side limit: the API server's is the one measured
+	c, err := client.New(&cfg, client.Options{Scheme: controlplane.Scheme()})
+	if err != nil {
+		return err
+	}
+
+	keys := make([]types.NamespacedName, n)
+	for i := range n {
+		keys[i] = types.NamespacedName{Namespace: fmt.Sprintf("scale-%03d", i/perNamespace), Name: fmt.Sprintf("cb-%05d", i)}
+	}
+	for ns := 0; ns*perNamespace < n; ns++ {
+		if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("scale-%03d", ns)}}); err != nil {
+			return err
+		}
+	}
+	start := time.Now()
+	if err := parallel(workers, keys, func(k types.NamespacedName) error {
+		return c.Create(ctx, &cbv1.CircuitBreaker{
+			ObjectMeta: metav1.ObjectMeta{Namespace: k.Namespace, Name: k.Name},
+			Spec:       cbv1.CircuitBreakerSpec{Upstream: cbv1.Upstream{URL: "http://127.0.0.1:9/" + k.Name}},
+		})
+	}); err != nil {
+		return err
+	}
+	fmt.Printf("created %d CircuitBreakers in %s (%.0f/s)\n", n, since(start), float64(n)/time.Since(start).Seconds())
+
+	// The API server's status write rate for a bare client-go loop: the
+	// baseline the manager's rate is compared with.
+	start = time.Now()
+	if err := parallel(workers, keys, func(k types.NamespacedName) error {
+		cb := &cbv1.CircuitBreaker{ObjectMeta: metav1.ObjectMeta{Namespace: k.Namespace, Name: k.Name}}
+		return c.Status().Patch(ctx, cb, client.RawPatch(types.MergePatchType, []byte(`{"status":{"failureCount":0}}`)))
+	}); err != nil {
+		return err
+	}
+	bare := float64(n) / time.Since(start).Seconds()
+	fmt.Printf("bare client-go status patches (%d workers): %.0f writes/s\n", workers, bare)
+
+	proxyAddr, probeAddr, apiAddr := freeAddr(), freeAddr(), freeAddr()
+	cmd := exec.Command(manager, "--kubeconfig", kubeconfig, "--allow-url-upstreams", "--metrics-bind-address", "0",
+		"--proxy-bind-address", proxyAddr, "--health-probe-bind-address", probeAddr, "--api-bind-address", apiAddr, "--zap-log-level", "info")
+	logFile, err := os.Create(filepath.Join(dir, "manager.log"))
+	if err != nil {
+		return err
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	start = time.Now()
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	pid := cmd.Process.Pid
+
+	var ready time.Duration
+	var written atomic.Int64
+	for {
+		if ready == 0 {
+			if resp, err := http.Get("http://" + probeAddr + "/readyz"); err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					ready = time.Since(start)
+					fmt.Printf("ready (every route) %s after start, RSS %s\n", ready.Round(10*time.Millisecond), rss(pid))
+				}
+			}
+		}
+		var list cbv1.CircuitBreakerList
+		if err := c.List(ctx, &list); err != nil {
+			return err
+		}
+		done := 0
+		for _, cb := range list.Items {
+			if cb.Status.ObservedGeneration == cb.Generation && cb.Status.State != "" {
+				done++
+			}
+		}
+		written.Store(int64(done))
+		if done == n && ready != 0 {
+			break
+		}
+		if time.Since(start) > 10*time.Minute {
+			return fmt.Errorf("after 10 minutes %d of %d statuses are written", done, n)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	all := time.Since(start)
+	rate := float64(n) / all.Seconds()
+	fmt.Printf("every status written %s after start: %.0f writes/s, %.0f%% of the bare loop's rate; RSS %s\n",
+		all.Round(10*time.Millisecond), rate, 100*rate/bare, rss(pid))
+	cpuBefore := cpu(pid)
+	time.Sleep(idle)
+	fmt.Printf("after %s idle: RSS %s, CPU %.1f%% of a core\n", idle, rss(pid), 100*float64(cpu(pid)-cpuBefore)/float64(idle))
+	return nil
+}
+
+func parallel(workers int, keys []types.NamespacedName, fn func(types.NamespacedName) error) error {
+	var wg sync.WaitGroup
+	var firstErr atomic.Value
+	next := atomic.Int64{}
+	for range workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(keys) || firstErr.Load() != nil {
+					return
+				}
+				if err := fn(keys[i]); err != nil {
+					firstErr.CompareAndSwap(nil, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err, ok := firstErr.Load().(error); ok {
+		return err
+	}
+	return nil
+}
+
+func since(t time.Time) time.Duration { return time.Since(t).Round(10 * time.Millisecond) }
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// rss is the process's resident set size, from /proc/PID/status.
+func rss(pid int) string {
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return "?"
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			kb, _ := strconv.Atoi(strings.Fields(line)[1])
+			return fmt.Sprintf("%.1f MiB", float64(kb)/1024)
+		}
+	}
+	return "?"
+}
+
+// cpu is the process's user+system CPU time.
+func cpu(pid int) time.Duration {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	utime, _ := strconv.ParseInt(fields[11], 10, 64)
+	stime, _ := strconv.ParseInt(fields[12], 10, 64)
+	return time.Duration(utime+stime) * (time.Second / 100) // USER_HZ ticks
+}
