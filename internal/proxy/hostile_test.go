@@ -203,15 +203,8 @@ func TestStreamsOutliveTheRequestTimeout(t *testing.T) {
 		g := NewWithT(t)
 		f := newFixture(t)
 		f.add(t, "ws", echo.URL, breaker.Settings{}, withTimeout(200*time.Millisecond), withStreamIdle(time.Second))
-		addr := strings.TrimPrefix(f.proxy.URL, "http://")
-		conn, err := net.Dial("tcp", addr)
-		g.Expect(err).NotTo(HaveOccurred())
+		conn, br := upgrade(g, f, "/shop/ws/")
 		defer conn.Close()
-		_, _ = io.WriteString(conn, "GET /shop/ws/ HTTP/1.1\r\nHost: p\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-		br := bufio.NewReader(conn)
-		resp, err := http.ReadResponse(br, nil)
-		g.Expect(err).NotTo(HaveOccurred())
-		g.Expect(resp.StatusCode).To(Equal(101))
 		for i := range events {
 			msg := "ping " + string(rune('a'+i)) + "\n"
 			_, err := io.WriteString(conn, msg)
@@ -227,16 +220,10 @@ func TestStreamsOutliveTheRequestTimeout(t *testing.T) {
 		g := NewWithT(t)
 		f := newFixture(t)
 		f.add(t, "ws", echo.URL, breaker.Settings{}, withTimeout(200*time.Millisecond), withStreamIdle(300*time.Millisecond))
-		conn, err := net.Dial("tcp", strings.TrimPrefix(f.proxy.URL, "http://"))
-		g.Expect(err).NotTo(HaveOccurred())
+		conn, br := upgrade(g, f, "/shop/ws/")
 		defer conn.Close()
-		_, _ = io.WriteString(conn, "GET /shop/ws/ HTTP/1.1\r\nHost: p\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-		br := bufio.NewReader(conn)
-		resp, err := http.ReadResponse(br, nil)
-		g.Expect(err).NotTo(HaveOccurred())
-		g.Expect(resp.StatusCode).To(Equal(101))
 		g.Expect(conn.SetReadDeadline(time.Now().Add(10 * time.Second))).To(Succeed())
-		_, err = br.ReadByte()
+		_, err := br.ReadByte()
 		g.Expect(err).To(MatchError(io.EOF), "the proxy closed it once idle, long before the read deadline")
 	})
 }
@@ -310,4 +297,16 @@ func TestBodylessFallbacks(t *testing.T) {
 			g.Expect(resp.Header.Get("Content-Length")).To(BeEmpty())
 		})
 	}
+}
+
+// upgrade opens an "echo" upgraded connection through f's proxy to path.
+func upgrade(g Gomega, f *fixture, path string) (net.Conn, *bufio.Reader) {
+	conn, err := net.Dial("tcp", strings.TrimPrefix(f.proxy.URL, "http://"))
+	g.Expect(err).NotTo(HaveOccurred())
+	_, _ = io.WriteString(conn, "GET "+path+" HTTP/1.1\r\nHost: p\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(resp.StatusCode).To(Equal(101))
+	return conn, br
 }

@@ -349,10 +349,15 @@ type idleBody struct {
 
 func (b *idleBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
-	if n > 0 {
-		b.c.timer.Reset(b.c.route.StreamIdleTimeout)
-	}
+	b.c.moved(n)
 	return n, err
+}
+
+// moved restarts the stream idle timeout when n bytes went by.
+func (c *call) moved(n int) {
+	if n > 0 {
+		c.timer.Reset(c.route.StreamIdleTimeout)
+	}
 }
 
 // idleConn is an upgraded connection (e.g. a WebSocket) that stays open
@@ -364,17 +369,13 @@ type idleConn struct {
 
 func (b *idleConn) Read(p []byte) (int, error) {
 	n, err := b.ReadWriteCloser.Read(p)
-	if n > 0 {
-		b.c.timer.Reset(b.c.route.StreamIdleTimeout)
-	}
+	b.c.moved(n)
 	return n, err
 }
 
 func (b *idleConn) Write(p []byte) (int, error) {
 	n, err := b.ReadWriteCloser.Write(p)
-	if n > 0 {
-		b.c.timer.Reset(b.c.route.StreamIdleTimeout)
-	}
+	b.c.moved(n)
 	return n, err
 }
 
