@@ -61,7 +61,7 @@ func main() {
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	flag.BoolVar(&metricsSecure, "metrics-secure", true,
 		"serve metrics over HTTPS with Kubernetes authentication and authorization; false for plain HTTP in development")
-	flag.BoolVar(&leaderElect, "leader-elect", false, "use leader election for the controller")
+	flag.BoolVar(&leaderElect, "leader-elect", false, "elect one replica to write status and Events (a Lease); losing it never stops the process")
 	flag.StringVar(&leaderElectionNamespace, "leader-election-namespace", "",
 		"namespace of the leader election Lease (default: the pod's namespace in a cluster; required outside one with --leader-elect)")
 	flag.BoolVar(&allowURLUpstreams, "allow-url-upstreams", false,
