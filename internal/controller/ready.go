@@ -25,7 +25,6 @@ import (
 // goes away later does not take the data plane out of its Service.
 type RoutesReady struct {
 	cache  cache.Cache
-	reader client.Reader
 	routes *proxy.Table
 
 	ready   atomic.Bool
@@ -35,7 +34,7 @@ type RoutesReady struct {
 
 // NewRoutesReady returns the readiness check over the manager's cache and the proxy's routes.
 func NewRoutesReady(c cache.Cache, routes *proxy.Table) *RoutesReady {
-	return &RoutesReady{cache: c, reader: c, routes: routes}
+	return &RoutesReady{cache: c, routes: routes}
 }
 
 // Check is a healthz.Checker.
@@ -52,7 +51,7 @@ func (r *RoutesReady) Check(req *http.Request) error {
 			return errors.New("the cache has not synced yet")
 		}
 		var list cbv1.CircuitBreakerList
-		if err := r.reader.List(ctx, &list); err != nil {
+		if err := r.cache.List(ctx, &list); err != nil {
 			return fmt.Errorf("listing CircuitBreakers: %w", err)
 		}
 		r.pending = make(map[breaker.Key]struct{}, len(list.Items))
@@ -76,5 +75,5 @@ func (r *RoutesReady) Check(req *http.Request) error {
 func (r *RoutesReady) gone(ctx context.Context, key breaker.Key) bool {
 	namespace, name := key.Split()
 	var cb cbv1.CircuitBreaker
-	return apierrors.IsNotFound(r.reader.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, &cb))
+	return apierrors.IsNotFound(r.cache.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, &cb))
 }

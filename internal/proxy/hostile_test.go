@@ -310,3 +310,34 @@ func upgrade(g Gomega, f *fixture, path string) (net.Conn, *bufio.Reader) {
 	g.Expect(resp.StatusCode).To(Equal(101))
 	return conn, br
 }
+
+// The cap holds across reconfigurations: every reconcile of a busy breaker
+// stores a new route, and calls in flight through the old one still count.
+func TestConcurrencyCapSurvivesAReconfigure(t *testing.T) {
+	g := NewWithT(t)
+	up := newUpstream(t)
+	up.mode.Store("block")
+	f := newFixture(t)
+	b := f.add(t, "a", up.URL, breaker.Settings{}, withMaxConcurrent(2))
+	done := make(chan int, 2)
+	for range 2 {
+		go func() {
+			resp, err := http.Get(f.proxy.URL + "/shop/a/x")
+			if err != nil {
+				done <- 0
+				return
+			}
+			resp.Body.Close()
+			done <- resp.StatusCode
+		}()
+	}
+	g.Eventually(up.hits.Load).Should(Equal(int32(2)))
+	f.table.Set("shop/a", b, testRoute(t, up.URL, withMaxConcurrent(2), withTimeout(time.Minute))) // a reconcile
+	resp, _ := f.get(t, "/shop/a/x")
+	g.Expect(resp.StatusCode).To(Equal(503), "still two in flight")
+	g.Expect(resp.Header.Get(StateHeader)).To(Equal("saturated"))
+	close(up.release)
+	g.Expect([]int{<-done, <-done}).To(Equal([]int{200, 200}))
+	resp, _ = f.get(t, "/shop/a/x")
+	g.Expect(resp.StatusCode).To(Equal(200), "and both slots came back to the new route")
+}

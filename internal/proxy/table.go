@@ -58,8 +58,10 @@ type route struct {
 	// a breaker that never sees traffic (or a transition) has none.
 	series   atomic.Pointer[routeMetrics]
 	registry *Metrics
-	// inFlight counts the calls being forwarded through this route.
-	inFlight atomic.Int64
+	// inFlight counts the calls being forwarded through this breaker's
+	// route; a reconfigured route takes it over, so that calls in flight
+	// through the old one still count against the cap.
+	inFlight *atomic.Int64
 }
 
 // Table holds the routes by breaker key. Reads are lock-free, as every
@@ -76,13 +78,21 @@ func NewTable(metrics *Metrics) *Table {
 
 // Set routes key through b as cfg says.
 func (t *Table) Set(key breaker.Key, b *breaker.Breaker, cfg RouteConfig) {
-	rt := &route{RouteConfig: cfg, key: key, breaker: b, registry: t.metrics}
-	old, loaded := t.swap(key, rt)
-	switch {
-	case loaded && old.breaker == b:
-		// The same breaker, reconfigured: its series go on.
-		rt.series.Store(old.series.Load())
-	case loaded && old.breaker != nil:
+	rt := &route{RouteConfig: cfg, key: key, breaker: b, registry: t.metrics, inFlight: new(atomic.Int64)}
+	var replacedBreaker bool
+	t.routes.Update(key, func(old *route, loaded bool) (*route, bool) {
+		switch {
+		case loaded && old.breaker == b:
+			// The same breaker, reconfigured (every reconcile of a busy
+			// breaker): its series and its calls in flight go on.
+			rt.series.Store(old.series.Load())
+			rt.inFlight = old.inFlight
+		case loaded && old.breaker != nil:
+			replacedBreaker = true
+		}
+		return rt, true
+	})
+	if replacedBreaker {
 		// A new breaker under the same key (the resource was created
 		// again): its series start afresh.
 		t.metrics.Forget(key)
