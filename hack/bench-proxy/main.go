@@ -3,7 +3,7 @@
 // would:
 //
 //	bench-proxy upstream ADDR          answers every request with 64 bytes
-//	bench-proxy bare ADDR TARGET       httputil.ReverseProxy with a pooled buffer, and nothing else
+//	bench-proxy bare ADDR TARGET       httputil.ReverseProxy with the proxy's transport and buffer pool, and nothing else
 //	bench-proxy cpu PID                prints the process's user+system CPU time in microseconds
 package main
 
@@ -15,8 +15,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 
+	"github.com/circuitbreaker-io/operator/hack/procstat"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
 
@@ -46,7 +46,7 @@ func main() {
 			},
 			// The same transport as the manager's proxy.
 			Transport:  proxy.NewTransport(),
-			BufferPool: &pool{},
+			BufferPool: proxy.NewBufferPool(),
 		})
 	case "cpu":
 		err = printCPU(os.Args[2])
@@ -59,28 +59,16 @@ func main() {
 	}
 }
 
-// printCPU prints utime+stime of pid from /proc/PID/stat, in microseconds.
+// printCPU prints pid's user+system CPU time in microseconds.
 func printCPU(pid string) error {
-	stat, err := os.ReadFile("/proc/" + pid + "/stat")
+	n, err := strconv.Atoi(pid)
 	if err != nil {
 		return err
 	}
-	// Fields after "(comm)": state is 1, utime 12, stime 13 (0-based).
-	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-	utime, _ := strconv.ParseInt(fields[11], 10, 64)
-	stime, _ := strconv.ParseInt(fields[12], 10, 64)
-	const ticksPerSecond = 100 // USER_HZ on Linux
-	fmt.Println((utime + stime) * 1_000_000 / ticksPerSecond)
+	cpu, err := procstat.CPU(n)
+	if err != nil {
+		return err
+	}
+	fmt.Println(cpu.Microseconds())
 	return nil
 }
-
-type pool struct{ p sync.Pool }
-
-func (b *pool) Get() []byte {
-	if buf, ok := b.p.Get().(*[]byte); ok {
-		return *buf
-	}
-	return make([]byte, 32*1024)
-}
-
-func (b *pool) Put(buf []byte) { b.p.Put(&buf) }

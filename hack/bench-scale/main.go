@@ -17,8 +17,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,6 +27,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
+	"github.com/circuitbreaker-io/operator/hack/procstat"
 	"github.com/circuitbreaker-io/operator/internal/controlplane"
 )
 
@@ -191,29 +190,17 @@ func freeAddr() string {
 	return l.Addr().String()
 }
 
-// rss is the process's resident set size, from /proc/PID/status.
+// rss is the process's resident set size, for printing.
 func rss(pid int) string {
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	b, err := procstat.RSS(pid)
 	if err != nil {
 		return "?"
 	}
-	for _, line := range strings.Split(string(status), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
-			kb, _ := strconv.Atoi(strings.Fields(line)[1])
-			return fmt.Sprintf("%.1f MiB", float64(kb)/1024)
-		}
-	}
-	return "?"
+	return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20))
 }
 
-// cpu is the process's user+system CPU time.
+// cpu is the process's user+system CPU time (0 if it cannot be read).
 func cpu(pid int) time.Duration {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-	utime, _ := strconv.ParseInt(fields[11], 10, 64)
-	stime, _ := strconv.ParseInt(fields[12], 10, 64)
-	return time.Duration(utime+stime) * (time.Second / 100) // USER_HZ ticks
+	d, _ := procstat.CPU(pid)
+	return d
 }

@@ -27,7 +27,7 @@ func bareReverseProxy(target *url.URL) http.Handler {
 			pr.SetXForwarded()
 		},
 		Transport:  NewTransport(),
-		BufferPool: &bufferPool{},
+		BufferPool: NewBufferPool(),
 	}
 }
 

@@ -235,19 +235,7 @@ func TestConcurrencyCap(t *testing.T) {
 	up.mode.Store("block")
 	f := newFixture(t)
 	b := f.add(t, "a", up.URL, breaker.Settings{FailureThreshold: 1}, withMaxConcurrent(2))
-	done := make(chan int, 2)
-	for range 2 {
-		go func() {
-			resp, err := http.Get(f.proxy.URL + "/shop/a/x")
-			if err != nil {
-				done <- 0
-				return
-			}
-			resp.Body.Close()
-			done <- resp.StatusCode
-		}()
-	}
-	g.Eventually(up.hits.Load).Should(Equal(int32(2)))
+	done := holdCalls(g, f, up, "/shop/a/x", 2)
 	resp, body := f.get(t, "/shop/a/x")
 	g.Expect(resp.StatusCode).To(Equal(503))
 	g.Expect(resp.Header.Get(StateHeader)).To(Equal("saturated"))
@@ -319,19 +307,7 @@ func TestConcurrencyCapSurvivesAReconfigure(t *testing.T) {
 	up.mode.Store("block")
 	f := newFixture(t)
 	b := f.add(t, "a", up.URL, breaker.Settings{}, withMaxConcurrent(2))
-	done := make(chan int, 2)
-	for range 2 {
-		go func() {
-			resp, err := http.Get(f.proxy.URL + "/shop/a/x")
-			if err != nil {
-				done <- 0
-				return
-			}
-			resp.Body.Close()
-			done <- resp.StatusCode
-		}()
-	}
-	g.Eventually(up.hits.Load).Should(Equal(int32(2)))
+	done := holdCalls(g, f, up, "/shop/a/x", 2)
 	f.table.Set("shop/a", b, testRoute(t, up.URL, withMaxConcurrent(2), withTimeout(time.Minute))) // a reconcile
 	resp, _ := f.get(t, "/shop/a/x")
 	g.Expect(resp.StatusCode).To(Equal(503), "still two in flight")
@@ -340,4 +316,24 @@ func TestConcurrencyCapSurvivesAReconfigure(t *testing.T) {
 	g.Expect([]int{<-done, <-done}).To(Equal([]int{200, 200}))
 	resp, _ = f.get(t, "/shop/a/x")
 	g.Expect(resp.StatusCode).To(Equal(200), "and both slots came back to the new route")
+}
+
+// holdCalls starts n calls to path that the "block" upstream holds until
+// up.release is closed, and returns once the upstream has all of them; each
+// call's status code arrives on the channel when it ends (0: no answer).
+func holdCalls(g Gomega, f *fixture, up *upstream, path string, n int) <-chan int {
+	done := make(chan int, n)
+	for range n {
+		go func() {
+			resp, err := http.Get(f.proxy.URL + path)
+			if err != nil {
+				done <- 0
+				return
+			}
+			resp.Body.Close()
+			done <- resp.StatusCode
+		}()
+	}
+	g.Eventually(up.hits.Load).Should(Equal(int32(n)))
+	return done
 }
