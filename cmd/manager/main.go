@@ -98,6 +98,19 @@ func main() {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
 	restConfig := ctrl.GetConfigOrDie()
+	// Who writes status and Events: every replica serves, one leads.
+	elector := leader.Always()
+	if leaderElect {
+		var err error
+		elector, err = leader.New(restConfig, leader.Config{
+			Namespace: leaderElectionNamespace, Name: "circuit-breaker-operator.circuitbreaker.io", Log: ctrl.Log.WithName("leader"),
+		})
+		if err != nil {
+			setupLog.Error(err, "unable to set up leader election")
+			os.Exit(1)
+		}
+	}
+
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:  scheme,
 		Metrics: metricsOpts,
@@ -119,17 +132,6 @@ func main() {
 		os.Exit(1)
 	}
 
-	// Who writes status and Events: every replica serves, one leads.
-	elector := leader.Always()
-	if leaderElect {
-		elector, err = leader.New(restConfig, leader.Config{
-			Namespace: leaderElectionNamespace, Name: "circuit-breaker-operator.circuitbreaker.io", Log: ctrl.Log.WithName("leader"),
-		})
-		if err != nil {
-			setupLog.Error(err, "unable to set up leader election")
-			os.Exit(1)
-		}
-	}
 	utilruntime.Must(mgr.Add(elector))
 
 	// The live breakers, and everyone who hears of their transitions.

@@ -127,6 +127,7 @@ func TestE2E(t *testing.T) {
 			{[]string{"--no-such-flag"}, 2, "flag provided but not defined: -no-such-flag"},
 			{[]string{"--notify-webhook", "ftp://hooks.example.com"}, 1, `webhook URL \"ftp://hooks.example.com\" is not an absolute http or https URL`},
 			{[]string{"--proxy-bind-address", "127.0.0.1:99999"}, 1, "invalid port"},
+			{[]string{"--leader-elect"}, 1, "--leader-election-namespace is required outside a cluster"},
 		} {
 			args := append([]string{"--kubeconfig", c.managerKubeconfig, "--health-probe-bind-address", freeAddr(g),
 				"--api-bind-address", freeAddr(g), "--metrics-bind-address", "0", "--proxy-bind-address", freeAddr(g)}, bad.args...)
