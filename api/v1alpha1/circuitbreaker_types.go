@@ -207,6 +207,22 @@ type CircuitBreakerStatus struct {
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
+	// Replicas holds each manager replica's own view of the breaker. Each
+	// replica writes its own entry (server-side apply, one field manager per
+	// replica) when its view changes; entries of replicas that are gone
+	// expire. A replica that never saw a call or a transition has no entry.
+	// +listType=map
+	// +listMapKey=name
+	// +kubebuilder:validation:MaxItems=32
+	// +optional
+	Replicas []ReplicaStatus `json:"replicas,omitempty"`
+
+	// OpenReplicas is "<open>/<replicas>": how many of the replicas with an
+	// entry in replicas have the circuit open. Written by the leader.
+	// +kubebuilder:validation:MaxLength=16
+	// +optional
+	OpenReplicas string `json:"openReplicas,omitempty"`
+
 	// Conditions hold Ready (True: serving as specified; False with a
 	// PascalCase reason and a message) and Stalled (True, with the same
 	// reason, while the spec cannot be served).
@@ -214,6 +230,31 @@ type CircuitBreakerStatus struct {
 	// +listMapKey=type
 	// +optional
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// ReplicaStatus is one replica's view of the breaker.
+type ReplicaStatus struct {
+	// Name of the replica (its pod).
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+	// State is Closed, Open or HalfOpen, as this replica sees it.
+	// +kubebuilder:validation:Enum=Closed;Open;HalfOpen
+	State string `json:"state"`
+	// FailureCount is this replica's own count: thresholds are counted per replica.
+	FailureCount int32 `json:"failureCount"`
+	// LastTransitionTime is when this replica's state last changed; the
+	// newest transition of any live replica is the one every replica follows.
+	// +optional
+	LastTransitionTime *metav1.MicroTime `json:"lastTransitionTime,omitempty"`
+	// OpenUntil is, while Open, when this replica starts probing.
+	// +optional
+	OpenUntil *metav1.MicroTime `json:"openUntil,omitempty"`
+	// Reason of the last transition.
+	// +kubebuilder:validation:MaxLength=1024
+	// +optional
+	Reason string `json:"reason,omitempty"`
+	// LastUpdate is when this replica last wrote its entry.
+	LastUpdate metav1.MicroTime `json:"lastUpdate"`
 }
 
 // TransitionRecord is one change of the breaker's state.
@@ -240,6 +281,7 @@ type TransitionRecord struct {
 // +kubebuilder:printcolumn:name="Threshold",type=integer,JSONPath=`.spec.failureThreshold`
 // +kubebuilder:printcolumn:name="Timeout",type=string,JSONPath=`.spec.recoveryTimeout`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+// +kubebuilder:printcolumn:name="Replicas",type=string,JSONPath=`.status.openReplicas`,description="replicas that have the circuit open, of the replicas with a view"
 // +kubebuilder:printcolumn:name="Upstream",type=string,JSONPath=`.status.upstream`,priority=1
 type CircuitBreaker struct {
 	metav1.TypeMeta   `json:",inline"`

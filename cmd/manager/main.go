@@ -98,8 +98,13 @@ func main() {
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
 	restConfig := ctrl.GetConfigOrDie()
-	// Who writes status and Events: every replica serves, one leads.
+	// Who writes status and Events: every replica serves, one leads; each
+	// writes its own view of each breaker under its own name.
+	clk := clock.RealClock{}
+	replicaName := replicaName()
 	elector := leader.Always()
+	fleet := controller.Alone(replicaName)
+	var members *leader.Members
 	if leaderElect {
 		var err error
 		elector, err = leader.New(restConfig, leader.Config{
@@ -109,6 +114,12 @@ func main() {
 			setupLog.Error(err, "unable to set up leader election")
 			os.Exit(1)
 		}
+		members, err = leader.NewMembers(restConfig, elector.Namespace(), replicaName, clk, ctrl.Log.WithName("members"))
+		if err != nil {
+			setupLog.Error(err, "unable to set up replica membership")
+			os.Exit(1)
+		}
+		fleet = members
 	}
 
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
@@ -135,12 +146,17 @@ func main() {
 	utilruntime.Must(mgr.Add(elector))
 
 	// The live breakers, and everyone who hears of their transitions.
-	clk := clock.RealClock{}
 	registry := breaker.NewRegistry(clk)
 	metrics := proxy.NewMetrics(ctrlmetrics.Registry)
 	registry.OnTransition(metrics.RecordTransition)
 	if webhook != nil {
-		registry.OnTransition(webhook.Notify)
+		// Every replica follows the fleet's decisions, so the leader's
+		// transitions are the fleet's: notified once, not once per replica.
+		registry.OnTransition(func(key breaker.Key, t breaker.Transition) {
+			if elector.Leading() {
+				webhook.Notify(key, t)
+			}
+		})
 		utilruntime.Must(mgr.Add(manager.RunnableFunc(webhook.Run)))
 	}
 
@@ -148,10 +164,14 @@ func main() {
 	// the resources.
 	routes := proxy.NewTable(metrics)
 	reconciler := controller.New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), registry, routes, elector,
-		controller.Options{AllowURLUpstreams: allowURLUpstreams, ClusterDomain: clusterDomain})
+		controller.Options{AllowURLUpstreams: allowURLUpstreams, ClusterDomain: clusterDomain, Fleet: fleet, Clock: clk})
 	if err := reconciler.SetupWithManager(mgr); err != nil {
 		setupLog.Error(err, "unable to set up controller")
 		os.Exit(1)
+	}
+	if members != nil {
+		members.OnGone(reconciler.ReplicaGone)
+		utilruntime.Must(mgr.Add(members))
 	}
 
 	// The data plane and the REST API.
@@ -172,6 +192,16 @@ func main() {
 		setupLog.Error(err, "manager stopped")
 		os.Exit(1)
 	}
+}
+
+// replicaName names this replica in the status: the pod's name (POD_NAME,
+// from the downward API), else the host's.
+func replicaName() string {
+	if name := os.Getenv("POD_NAME"); name != "" {
+		return name
+	}
+	host, _ := os.Hostname()
+	return host
 }
 
 // +kubebuilder:rbac:groups=apiextensions.k8s.io,resources=customresourcedefinitions,resourceNames=circuitbreakers.circuitbreaker.io,verbs=get

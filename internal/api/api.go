@@ -170,6 +170,19 @@ type Entry struct {
 	RequestsTotal   uint64         `json:"requests_total"`
 	RejectionsTotal uint64         `json:"rejections_total"`
 	History         []HistoryEntry `json:"history"`
+	// Replicas is each replica's view, from the resource's status;
+	// OpenReplicas says how many of them have the circuit open ("1/2").
+	// State above is this replica's, which follows the fleet's decisions.
+	Replicas     []ReplicaEntry `json:"replicas"`
+	OpenReplicas string         `json:"open_replicas"`
+}
+
+// ReplicaEntry is one replica's view; last_update is Unix seconds.
+type ReplicaEntry struct {
+	Name         string `json:"name"`
+	State        string `json:"state"`
+	FailureCount int32  `json:"failure_count"`
+	LastUpdate   int64  `json:"last_update"`
 }
 
 // HistoryEntry is one transition; time is Unix seconds.
@@ -191,7 +204,12 @@ func apiState(s breaker.State) string {
 	return "closed"
 }
 
-func (s *Server) entry(key breaker.Key, b *breaker.Breaker) Entry {
+// apiStatusStates spells the status's states the way the API does.
+var apiStatusStates = map[string]string{cbv1.StateClosed: "closed", cbv1.StateOpen: "open", cbv1.StateHalfOpen: "half-open"}
+
+// entry is the breaker as the API shows it: live state from this replica's
+// registry, the fleet's from status (nil when the cache has no resource).
+func (s *Server) entry(key breaker.Key, b *breaker.Breaker, status *cbv1.CircuitBreakerStatus) Entry {
 	snap := b.Snapshot()
 	namespace, name := key.Split()
 	e := Entry{
@@ -204,6 +222,13 @@ func (s *Server) entry(key breaker.Key, b *breaker.Breaker) Entry {
 		RequestsTotal:    snap.Allowed,
 		RejectionsTotal:  snap.Rejected,
 		History:          make([]HistoryEntry, 0, len(snap.History)),
+		Replicas:         []ReplicaEntry{},
+	}
+	if status != nil {
+		e.OpenReplicas = status.OpenReplicas
+		for _, r := range status.Replicas {
+			e.Replicas = append(e.Replicas, ReplicaEntry{Name: r.Name, State: apiStatusStates[r.State], FailureCount: r.FailureCount, LastUpdate: r.LastUpdate.Unix()})
+		}
 	}
 	if !snap.LastFailure.IsZero() {
 		e.LastFailureTime = snap.LastFailure.Unix()
@@ -221,10 +246,17 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	if !allowMethod(w, r, http.MethodGet) {
 		return
 	}
+	statuses := map[breaker.Key]*cbv1.CircuitBreakerStatus{}
+	var list cbv1.CircuitBreakerList
+	if err := s.client.List(r.Context(), &list); err == nil {
+		for i := range list.Items {
+			statuses[breaker.NewKey(list.Items[i].Namespace, list.Items[i].Name)] = &list.Items[i].Status
+		}
+	}
 	entries := map[string]Entry{}
 	for _, key := range s.registry.Keys() {
 		if b, ok := s.registry.Get(key); ok {
-			entries[string(key)] = s.entry(key, b)
+			entries[string(key)] = s.entry(key, b, statuses[key])
 		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"success": true, "circuit_breakers": entries})
@@ -238,7 +270,13 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"success": true, "circuit_breaker": s.entry(key, b)})
+	var status *cbv1.CircuitBreakerStatus
+	namespace, name := key.Split()
+	var cb cbv1.CircuitBreaker
+	if err := s.client.Get(r.Context(), client.ObjectKey{Namespace: namespace, Name: name}, &cb); err == nil {
+		status = &cb.Status
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"success": true, "circuit_breaker": s.entry(key, b, status)})
 }
 
 // reset sets the reset annotation, as `kubectl annotate` would, and answers

@@ -11,7 +11,12 @@ import (
 
 	"github.com/go-logr/logr"
 	. "github.com/onsi/gomega"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	clocktesting "k8s.io/utils/clock/testing"
+	"sigs.k8s.io/controller-runtime/pkg/client/fake"
+
+	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 )
@@ -24,12 +29,23 @@ type fixture struct {
 	clock    *clocktesting.FakeClock
 }
 
-// newFixture serves the API over a registry; routes that need the API
-// server (reset) are tested with envtest in internal/controller.
+// newFixture serves the API over a registry and, for the status it shows,
+// an in-memory client holding one resource; routes that write through the
+// API server (reset) are tested with envtest in internal/controller.
 func newFixture(t *testing.T) *fixture {
 	clk := clocktesting.NewFakeClock(epoch)
 	f := &fixture{registry: breaker.NewRegistry(clk), clock: clk}
-	f.srv = httptest.NewServer(New(f.registry, nil, clk, Options{ResetTimeout: time.Second, BindAddress: "127.0.0.1:8082", Log: logr.Discard()}))
+	scheme := runtime.NewScheme()
+	NewWithT(t).Expect(cbv1.AddToScheme(scheme)).To(Succeed())
+	withReplicas := &cbv1.CircuitBreaker{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "order-api"},
+		Status: cbv1.CircuitBreakerStatus{OpenReplicas: "1/2", Replicas: []cbv1.ReplicaStatus{
+			{Name: "pod-a", State: cbv1.StateOpen, FailureCount: 2, LastUpdate: metav1.NewMicroTime(epoch)},
+			{Name: "pod-b", State: cbv1.StateHalfOpen, LastUpdate: metav1.NewMicroTime(epoch)},
+		}},
+	}
+	c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(withReplicas).Build()
+	f.srv = httptest.NewServer(New(f.registry, c, clk, Options{ResetTimeout: time.Second, BindAddress: "127.0.0.1:8082", Log: logr.Discard()}))
 	t.Cleanup(f.srv.Close)
 	return f
 }
@@ -79,6 +95,11 @@ func TestListAndGet(t *testing.T) {
 				"time": float64(epoch.Add(time.Second).Unix()), "from": "closed", "to": "open",
 				"reason": "2 consecutive failures, last: 503",
 			}},
+			"open_replicas": "1/2",
+			"replicas": []any{
+				map[string]any{"name": "pod-a", "state": "open", "failure_count": 2.0, "last_update": float64(epoch.Unix())},
+				map[string]any{"name": "pod-b", "state": "half-open", "failure_count": 0.0, "last_update": float64(epoch.Unix())},
+			},
 		},
 	}))
 
@@ -92,6 +113,7 @@ func TestListAndGet(t *testing.T) {
 		"failure_count": 0.0, "failure_threshold": 5.0, "recovery_timeout": 30.0,
 		"last_failure_time": 0.0, "time_remaining": 0.0,
 		"requests_total": 0.0, "rejections_total": 0.0, "history": []any{},
+		"replicas": []any{}, "open_replicas": "",
 	}))
 
 	f.clock.Step(20 * time.Second)

@@ -163,11 +163,15 @@ type Breaker struct {
 	lastFailure      time.Time
 	lastFailureCause Failure
 	lastTransition   time.Time
-	openUntil        time.Time
-	lastResetID      string
-	history          []Transition
-	allowed          uint64
-	rejected         uint64
+	// lastDecision is when the breaker last opened or closed: what another
+	// replica's decision must be newer than to be followed. HalfOpen is
+	// not a decision; every replica reaches it by itself at openUntil.
+	lastDecision time.Time
+	openUntil    time.Time
+	lastResetID  string
+	history      []Transition
+	allowed      uint64
+	rejected     uint64
 }
 
 // Options are the optional hooks of a Breaker. Both are called without any
@@ -185,6 +189,7 @@ func New(settings Settings, clk clock.PassiveClock, opts Options) *Breaker {
 		onChange:       opts.OnChange,
 		settings:       settings.withDefaults(),
 		lastTransition: clk.Now(),
+		lastDecision:   clk.Now(),
 	}
 }
 
@@ -405,6 +410,60 @@ func (b *Breaker) OpenUntil() time.Time {
 	return b.openUntil
 }
 
+// Decision is the state another replica's breaker reached, for this one to
+// follow: counting stays per replica, the decision is the fleet's.
+type Decision struct {
+	State State
+	// At is when the other replica's state changed.
+	At time.Time
+	// OpenUntil is, for Open, when the other replica starts probing.
+	OpenUntil time.Time
+	// Reason says why, and who decided.
+	Reason string
+}
+
+// MaxFollowSkew bounds how far in this replica's future a decision may lie:
+// one further ahead (a clock far off, a status written by hand) is not
+// followed, since nothing newer could ever overrule it.
+const MaxFollowSkew = 30 * time.Second
+
+// Follow adopts d when it opens or closes the breaker later than this one
+// last opened or closed, and reports whether that changed the state. An
+// Open decision is followed with its openUntil (no later than its time plus
+// the recovery timeout), so every replica probes at the same moment. A
+// HalfOpen is no decision to follow: each replica reaches it by itself at
+// that shared openUntil. Calls allowed before are ignored, as after any
+// transition.
+func (b *Breaker) Follow(d Decision) bool {
+	b.mu.Lock()
+	now := b.clock.Now()
+	if d.State == StateHalfOpen || !d.At.After(b.lastDecision) || d.At.After(now.Add(MaxFollowSkew)) {
+		b.mu.Unlock()
+		return false
+	}
+	openUntil := d.OpenUntil
+	if latest := d.At.Add(b.settings.RecoveryTimeout); openUntil.IsZero() || openUntil.After(latest) {
+		openUntil = latest
+	}
+	var fired *Transition
+	switch {
+	case d.State == b.state && d.State == StateOpen:
+		// Both open: probe when the newer opening says.
+		b.lastTransition, b.lastDecision = d.At, d.At
+		b.openUntil = openUntil
+	case d.State == b.state:
+		// Already closed: nothing to follow.
+	default:
+		fired = b.setStateLocked(d.State, d.At, d.Reason)
+		if d.State == StateOpen {
+			b.openUntil = openUntil
+		}
+	}
+	b.mu.Unlock()
+	b.notify(fired)
+	return fired != nil
+}
+
 // WholeSecondsUntil is the time from now until t in whole seconds, rounded
 // up, and 0 once t has passed: how Retry-After and the API count down to
 // probing.
@@ -427,6 +486,7 @@ func (b *Breaker) restore(s Snapshot) {
 	b.lastFailure = s.LastFailure
 	b.lastFailureCause = s.LastFailureCause
 	b.lastTransition = s.LastTransitionTime
+	b.lastDecision = s.LastTransitionTime
 	b.openUntil = s.OpenUntil
 	b.lastResetID = s.LastResetID
 	b.history = slices.Clone(s.History)
@@ -458,6 +518,9 @@ func (b *Breaker) setStateLocked(to State, now time.Time, reason string) *Transi
 	b.state = to
 	b.generation++
 	b.lastTransition = now
+	if to != StateHalfOpen {
+		b.lastDecision = now
+	}
 	if to == StateClosed {
 		b.failures = 0
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
@@ -47,6 +48,17 @@ func TestReadyMeansEveryRoute(t *testing.T) {
 		}
 	}
 	g.Expect(notFound).To(BeZero(), "no existing breaker is answered 404 once ready")
+
+	// Once every status is written, healthy breakers that only saw
+	// successes cost no replica entries: only views worth telling are written.
+	g.Eventually(func(g Gomega) {
+		var list cbv1.CircuitBreakerList
+		g.Expect(k8sClient.List(context.Background(), &list, client.InNamespace(ns))).To(Succeed())
+		for _, cb := range list.Items {
+			g.Expect(cb.Status.ObservedGeneration).To(Equal(cb.Generation), cb.Name)
+		}
+	}, 60*time.Second).Should(Succeed())
+	g.Expect(h.entryWrites.Load()).To(BeZero())
 }
 
 // Losing the lease never stops the replica: it stops leading, keeps its

@@ -7,22 +7,26 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
@@ -72,6 +76,10 @@ type Options struct {
 	AllowURLUpstreams bool
 	// ClusterDomain is the cluster's DNS domain; default DefaultClusterDomain.
 	ClusterDomain string
+	// Fleet is this replica among the others; default Alone(host name).
+	Fleet Fleet
+	// Clock stamps the replica's status entries; default the real clock.
+	Clock clock.PassiveClock
 }
 
 // Reconciler keeps the registry and the proxy's routes in step with the
@@ -85,6 +93,7 @@ type Reconciler struct {
 	routes   *proxy.Table
 	opts     Options
 	status   statusWriter
+	replicas replicaWriter
 
 	// announced holds, by key, the last transition logged and recorded as
 	// an Event, so each one is announced once.
@@ -119,8 +128,16 @@ type Leader interface {
 // New returns a Reconciler that keeps registry and routes in step with the
 // resources, writing status and Events while leader leads.
 func New(c client.Client, rec recorder.EventRecorder, registry *breaker.Registry, routes *proxy.Table, leader Leader, opts Options) *Reconciler {
+	if opts.Fleet == nil {
+		host, _ := os.Hostname()
+		opts.Fleet = Alone(host)
+	}
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
+	}
 	r := &Reconciler{client: c, recorder: rec, registry: registry, routes: routes, leader: leader, opts: opts}
 	r.status = statusWriter{client: c, leading: leader.Leading}
+	r.replicas = replicaWriter{client: c, fleet: opts.Fleet, clock: opts.Clock}
 	return r
 }
 
@@ -169,11 +186,30 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 		b.Reset(value, "breaker reset to Closed by annotation "+cbv1.ResetAnnotation+"="+value)
 	}
 
+	// Counting is this replica's; the decision is the fleet's.
+	if d, ok := r.replicas.decision(&cb); ok {
+		b.Follow(d)
+	}
 	snap := b.Snapshot()
 	r.announce(ctx, &cb, key, b, snap)
 	applySnapshot(status, snap)
 	status.Upstream = cfg.route.Target.String()
 	setServing(status, cb.Generation, resetRefused)
+	if err := r.replicas.write(ctx, key, &cb, snap); err != nil {
+		log.Error(err, "writing this replica's status entry failed", "state", statusStates[snap.State])
+		return result, err
+	}
+	if r.leading() {
+		var gone []string
+		status.OpenReplicas, gone = r.replicas.fleetView(&cb, snap)
+		for _, name := range gone {
+			if err := r.replicas.apply(ctx, &cb, name, nil); err != nil {
+				log.Error(err, "removing the status entry of a replica that is gone failed", "replica", name)
+				return result, err
+			}
+			log.Info("removed the status entry of a replica that is gone", "replica", name)
+		}
+	}
 	if snap.State == breaker.StateOpen {
 		// Come back when probing starts, so the status shows HalfOpen even
 		// when no traffic arrives to notice it. Measured from the
@@ -286,6 +322,7 @@ func (r *Reconciler) forget(key breaker.Key) {
 	r.routes.Delete(key)
 	r.registry.Delete(key)
 	r.status.forget(key)
+	r.replicas.forget(key)
 	r.announced.Delete(key)
 	r.refusedResets.Delete(key)
 }
@@ -360,6 +397,53 @@ func (r *Reconciler) breakersOfService(ctx context.Context, svc client.Object) [
 	return requests
 }
 
+// replicaIndex indexes CircuitBreakers by the replicas that have entries in
+// their status, so the entries of a replica that is gone are found.
+const replicaIndex = "status.replicas.name"
+
+// ReplicaGone has the leader remove the entries of replica name, which is gone.
+func (r *Reconciler) ReplicaGone(name string) {
+	if !r.leading() {
+		return
+	}
+	ctx := context.Background()
+	var list cbv1.CircuitBreakerList
+	if err := r.client.List(ctx, &list, client.MatchingFields{replicaIndex: name}); err != nil {
+		return
+	}
+	for i := range list.Items {
+		r.enqueue(breaker.NewKey(list.Items[i].Namespace, list.Items[i].Name))
+	}
+}
+
+// othersChanged passes status updates that change another replica's entry
+// or remove this one's: what this replica follows, or must write again.
+func (r *Reconciler) othersChanged() predicate.Predicate {
+	self := r.opts.Fleet.Self()
+	others := func(o client.Object) ([]cbv1.ReplicaStatus, bool) {
+		var list []cbv1.ReplicaStatus
+		hasSelf := false
+		for _, e := range o.(*cbv1.CircuitBreaker).Status.Replicas {
+			if e.Name == self {
+				hasSelf = true
+				continue
+			}
+			list = append(list, e)
+		}
+		return list, hasSelf
+	}
+	return predicate.Funcs{
+		CreateFunc:  func(event.CreateEvent) bool { return false },
+		DeleteFunc:  func(event.DeleteEvent) bool { return false },
+		GenericFunc: func(event.GenericEvent) bool { return false },
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			before, hadSelf := others(e.ObjectOld)
+			after, hasSelf := others(e.ObjectNew)
+			return (hadSelf && !hasSelf) || !equality.Semantic.DeepEqual(before, after)
+		},
+	}
+}
+
 func (r *Reconciler) enqueue(key breaker.Key) {
 	if q := r.queue.Load(); q != nil {
 		namespace, name := key.Split()
@@ -376,11 +460,14 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if err := mgr.Add(everyReplica(func(ctx context.Context) { r.primeRoutes(ctx, mgr.GetCache()) })); err != nil {
 		return err
 	}
-	r.leader.OnElected(func(term context.Context) {
+	// Every replica writes its own entry as its counts change.
+	if err := mgr.Add(everyReplica(func(ctx context.Context) { r.registry.Run(ctx, CountsFlushInterval) })); err != nil {
+		return err
+	}
+	r.leader.OnElected(func(context.Context) {
 		for _, key := range r.registry.Keys() {
 			r.enqueue(key)
 		}
-		r.registry.Run(term, CountsFlushInterval)
 	})
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &cbv1.CircuitBreaker{}, serviceIndex, func(o client.Object) []string {
 		if svc := o.(*cbv1.CircuitBreaker).Spec.Upstream.Service; svc != nil {
@@ -390,10 +477,21 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}); err != nil {
 		return err
 	}
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &cbv1.CircuitBreaker{}, replicaIndex, func(o client.Object) []string {
+		entries := o.(*cbv1.CircuitBreaker).Status.Replicas
+		names := make([]string, 0, len(entries))
+		for _, e := range entries {
+			names = append(names, e.Name)
+		}
+		return names
+	}); err != nil {
+		return err
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		// An annotation change (a reset) does not bump the generation.
+		// Another replica's entry changing is a decision to follow.
 		For(&cbv1.CircuitBreaker{}, builder.WithPredicates(predicate.Or[client.Object](
-			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}))).
+			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, r.othersChanged()))).
 		// A Service appearing, going or changing its type changes what the
 		// breakers that name it may do.
 		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.breakersOfService)).

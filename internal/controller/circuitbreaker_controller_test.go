@@ -88,7 +88,7 @@ func annotateReset(g Gomega, namespace, name, value string) {
 
 // tableRow returns the columns `kubectl get cb` prints for one breaker, as
 // the API server's Table rendering gives them.
-func tableRow(g Gomega, namespace, name string, wide bool) map[string]any {
+func tableRow(g Gomega, namespace, name string, wide bool) map[string]any { //nolint:unparam // tests name what they read
 	httpClient, err := rest.HTTPClientFor(restConfig)
 	g.Expect(err).NotTo(HaveOccurred())
 	url := fmt.Sprintf("%s/apis/circuitbreaker.io/v1alpha1/namespaces/%s/circuitbreakers/%s", strings.TrimSuffix(restConfig.Host, "/"), namespace, name)

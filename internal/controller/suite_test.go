@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
@@ -39,6 +40,8 @@ var (
 	restConfig *rest.Config
 	k8sClient  client.Client
 	nsCounter  atomic.Int32
+	// replicaCounter names each test manager's replica uniquely.
+	replicaCounter atomic.Int32
 )
 
 func TestMain(m *testing.M) {
@@ -107,8 +110,11 @@ type harness struct {
 	exited  chan struct{}
 	ready   *RoutesReady
 	metrics *prometheus.Registry
-	// statusPatches counts the status writes the Reconciler made.
-	statusPatches atomic.Int64
+	// statusPatches counts the status writes the Reconciler made as the
+	// leader; entryWrites those of this replica's own entry.
+	statusPatches, entryWrites atomic.Int64
+	// name is the replica's name in status.replicas.
+	name string
 	// stop stops the manager (and is done at the test's end anyway).
 	stop func()
 }
@@ -144,6 +150,10 @@ func startManager(t *testing.T, namespace string, opts Options, hopts ...harness
 			h.statusPatches.Add(1)
 			return c.SubResource(sub).Patch(ctx, obj, patch, opts...)
 		},
+		SubResourceApply: func(ctx context.Context, c client.Client, sub string, obj runtime.ApplyConfiguration, opts ...client.SubResourceApplyOption) error {
+			h.entryWrites.Add(1)
+			return c.SubResource(sub).Apply(ctx, obj, opts...)
+		},
 	}
 	cfg := harnessConfig{clock: clock.RealClock{}, manager: ctrl.Options{
 		Scheme:                 controlplane.Scheme(),
@@ -165,18 +175,30 @@ func startManager(t *testing.T, namespace string, opts Options, hopts ...harness
 	metrics := proxy.NewMetrics(h.metrics)
 	h.registry.OnTransition(metrics.RecordTransition)
 	h.routes = proxy.NewTable(metrics)
+	h.name = fmt.Sprintf("replica-%d", replicaCounter.Add(1))
 	h.elector = leader.Always()
+	var members *leader.Members
 	if cfg.leaseNamespace != "" {
 		h.elector, err = leader.New(restConfig, leader.Config{
-			Namespace: cfg.leaseNamespace, Name: "circuit-breaker-operator-test",
+			Namespace: cfg.leaseNamespace, Name: "circuit-breaker-operator-test", Identity: h.name,
 			LeaseDuration: 2 * time.Second, RenewDeadline: time.Second, RetryPeriod: 200 * time.Millisecond,
 		})
 		g.Expect(err).NotTo(HaveOccurred())
+		members, err = leader.NewMembers(restConfig, cfg.leaseNamespace, h.name, clock.RealClock{}, log.Log.WithName(h.name))
+		g.Expect(err).NotTo(HaveOccurred())
+		opts.Fleet = members
+	}
+	if opts.Fleet == nil {
+		opts.Fleet = Alone(h.name)
 	}
 	g.Expect(mgr.Add(h.elector)).To(Succeed())
 	h.Reconciler = New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), h.registry, h.routes, h.elector, opts)
 	h.ready = NewRoutesReady(mgr.GetCache(), h.routes)
 	g.Expect(h.SetupWithManager(mgr)).To(Succeed())
+	if members != nil {
+		members.OnGone(h.ReplicaGone)
+		g.Expect(mgr.Add(members)).To(Succeed())
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	h.exited = make(chan struct{})

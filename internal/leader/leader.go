@@ -98,6 +98,9 @@ func or(d, fallback time.Duration) time.Duration {
 	return d
 }
 
+// Namespace is where the Lease lives.
+func (e *Elector) Namespace() string { return e.cfg.Namespace }
+
 // Leading reports whether this replica leads now. It is cheap: an atomic load.
 func (e *Elector) Leading() bool { return e.leading.Load() }
 

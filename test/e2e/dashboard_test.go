@@ -89,6 +89,10 @@ spec:
 		g.Expect(err).NotTo(HaveOccurred())
 		g.Expect(failures).To(Equal("failures 2 / 2"))
 		g.Expect(countdown).To(MatchRegexp(`^probing in (59m \d+s|1h 0m)$`))
+		// The fleet's view, from the status: this manager is its only replica.
+		g.Eventually(func() (string, error) {
+			return chromedp.Run(ctx, chromedp.Text(tile+` .replicas`))
+		}, 10*time.Second).Should(MatchRegexp(`^open on 1/1 replicas: \S+ open \(2\)$`))
 		screenshot(t, ctx, "dashboard-open.png")
 
 		g.Expect(chromedp.Do(ctx,

@@ -357,6 +357,10 @@ spec: {upstream: {url: %q}, failureThreshold: 3, recoveryTimeout: 1h}
 			Should(Equal("Open"), "the status converges once the API server is back")
 		g.Expect(c.managerExited).NotTo(BeClosed())
 		up.failing.Store(false)
+	})
+
+	step("two replicas share decisions: one trips, the other follows; a reset closes both; the survivor of a stopped leader writes", func(g Gomega) {
+		replicasStep(t, g, c, up)
 		c.leaderElect = false
 	})
 
@@ -433,6 +437,7 @@ func (c *cluster) startManager(t *testing.T) {
 		args = append(args, "--leader-elect", "--leader-election-namespace", operatorNamespace)
 	}
 	c.manager = exec.Command(filepath.Join(root, "bin", "manager"), args...)
+	c.manager.Env = append(os.Environ(), "POD_NAME="+primaryReplica)
 	c.manager.Stdout, c.manager.Stderr = c.managerLog, c.managerLog
 	g.Expect(c.manager.Start()).To(Succeed())
 	c.managerExited = make(chan struct{})
