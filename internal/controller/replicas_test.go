@@ -141,7 +141,8 @@ func TestStatusWritesStayBoundedUnderATwoReplicaStorm(t *testing.T) {
 	}
 
 	const storm = 5 * time.Second
-	writesBefore := []int64{first.statusPatches.Load() + first.entryWrites.Load(), second.statusPatches.Load() + second.entryWrites.Load()}
+	patchesBefore := []int64{first.statusPatches.Load(), second.statusPatches.Load()}
+	entriesBefore := []int64{first.entryWrites.Load(), second.entryWrites.Load()}
 	var transitions [2]atomic.Int64
 	for i, h := range []*harness{first, second} {
 		h.registry.OnTransition(func(breaker.Key, breaker.Transition) { transitions[i].Add(1) })
@@ -171,10 +172,11 @@ func TestStatusWritesStayBoundedUnderATwoReplicaStorm(t *testing.T) {
 	wg.Wait()
 	g.Expect(requests.Load()).To(BeNumerically(">", 1000), "a storm")
 	for i, h := range []*harness{first, second} {
-		writes := h.statusPatches.Load() + h.entryWrites.Load() - writesBefore[i]
+		patches, entries := h.statusPatches.Load()-patchesBefore[i], h.entryWrites.Load()-entriesBefore[i]
+		writes := patches + entries
 		n := transitions[i].Load()
-		t.Logf("replica %s: %d requests in all, %d status writes (%d top-level, %d entry) in %s, %d transitions, %.1f writes/s",
-			h.name, requests.Load(), writes, h.statusPatches.Load(), h.entryWrites.Load(), storm, n, float64(writes)/storm.Seconds())
+		t.Logf("replica %s (leading: %t): %d requests through both in %s; %d transitions; %d status writes: %d top-level, %d of its entry (%.1f/s in all)",
+			h.name, h.elector.Leading(), requests.Load(), storm, n, writes, patches, entries, float64(writes)/storm.Seconds())
 		// Per second: one count flush of the entry, and as the leader one
 		// of the top-level status; every transition may add one of each.
 		perSecond := int64(1)
