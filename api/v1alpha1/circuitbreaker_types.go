@@ -22,14 +22,50 @@ const (
 	StateHalfOpen = "HalfOpen"
 )
 
+// Modes of CircuitBreakerSpec.Mode.
+const (
+	ModeEnforce    = "Enforce"
+	ModeObserve    = "Observe"
+	ModeForcedOpen = "ForcedOpen"
+	ModeDisabled   = "Disabled"
+)
+
 // CircuitBreakerSpec is the configuration of one upstream's breaker.
+// +kubebuilder:validation:XValidation:rule="!has(self.failureThreshold) || self.failureThreshold != 0 || has(self.failureRate)",message="failureThreshold: 0 switches the consecutive rule off and is allowed only with failureRate",fieldPath=".failureThreshold"
+// +kubebuilder:validation:XValidation:rule="!has(self.slowCall) || duration(self.slowCall.durationThreshold) < (has(self.requestTimeout) ? duration(self.requestTimeout) : duration('10s'))",message="slowCall.durationThreshold must be less than requestTimeout",fieldPath=".slowCall.durationThreshold"
+// +kubebuilder:validation:XValidation:rule="!has(self.openDuration) || !has(self.openDuration.max) || duration(self.openDuration.max) >= (has(self.recoveryTimeout) ? duration(self.recoveryTimeout) : duration('30s'))",message="openDuration.max must be at least recoveryTimeout",fieldPath=".openDuration.max"
 type CircuitBreakerSpec struct {
 	// Upstream is where the proxy forwards calls.
 	Upstream Upstream `json:"upstream"`
 
-	// FailureThreshold is the number of consecutive failures that open the circuit.
+	// FailureRate opens the circuit when failures reach a percentage of the
+	// calls in a time window, OR-ed with failureThreshold.
+	// +optional
+	FailureRate *FailureRate `json:"failureRate,omitempty"`
+
+	// SlowCall opens the circuit when calls slower than a duration reach a
+	// percentage of the calls in the failureRate window (30s and 20 calls
+	// without failureRate).
+	// +optional
+	SlowCall *SlowCall `json:"slowCall,omitempty"`
+
+	// OpenDuration lengthens each consecutive opening, and may honour the
+	// upstream's Retry-After. Without it every opening lasts recoveryTimeout.
+	// +optional
+	OpenDuration *OpenDuration `json:"openDuration,omitempty"`
+
+	// Mode is how the breaker acts on calls: Enforce rejects while open;
+	// Observe never rejects and shows what it would do; ForcedOpen rejects
+	// every call; Disabled passes every call and counts nothing.
+	// +kubebuilder:validation:Enum=Enforce;Observe;ForcedOpen;Disabled
+	// +kubebuilder:default=Enforce
+	// +optional
+	Mode string `json:"mode,omitempty"`
+
+	// FailureThreshold is the number of consecutive failures that open the
+	// circuit; 0 switches this rule off, and is allowed only with failureRate.
 	// +kubebuilder:default=5
-	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Minimum=0
 	// +kubebuilder:validation:Maximum=10000
 	// +optional
 	FailureThreshold int32 `json:"failureThreshold,omitempty"`
@@ -164,6 +200,69 @@ type Fallback struct {
 	Body string `json:"body,omitempty"`
 }
 
+// FailureRate is the failure-rate rule.
+type FailureRate struct {
+	// Threshold opens the circuit when failures are at least this percentage of the window's calls.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	Threshold int32 `json:"threshold"`
+	// MinimumRequests is how many calls the window must hold before the rate is judged.
+	// +kubebuilder:default=20
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000000
+	// +optional
+	MinimumRequests int32 `json:"minimumRequests,omitempty"`
+	// Window is the time looked back over (1s to 10m), kept in 10 buckets.
+	// +kubebuilder:default="30s"
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('10m')",message="window must be from 1s to 10m"
+	// +optional
+	Window *metav1.Duration `json:"window,omitempty"`
+}
+
+// SlowCall is the slow-call-rate rule.
+type SlowCall struct {
+	// DurationThreshold makes a call slower than it slow, and a call whose
+	// caller left after waiting longer; less than requestTimeout.
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) > duration('0s')",message="durationThreshold must be greater than 0"
+	DurationThreshold metav1.Duration `json:"durationThreshold"`
+	// RateThreshold opens the circuit when slow calls are at least this percentage of the window's calls.
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	RateThreshold int32 `json:"rateThreshold"`
+}
+
+// OpenDuration is how long each opening lasts.
+type OpenDuration struct {
+	// Multiplier lengthens the n-th consecutive opening to
+	// recoveryTimeout × multiplier^(n−1), at most max.
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=10
+	// +optional
+	Multiplier int32 `json:"multiplier,omitempty"`
+	// Max bounds an opening (at least recoveryTimeout; default 10m).
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:MaxLength=32
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +optional
+	Max *metav1.Duration `json:"max,omitempty"`
+	// Jitter adds up to this percentage at random, so replicas and breakers do not probe in lockstep.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=100
+	// +optional
+	Jitter int32 `json:"jitter,omitempty"`
+	// HonorRetryAfter keeps the circuit open as long as the 429 or 503
+	// answer that opened it asked in Retry-After, within [recoveryTimeout, max].
+	// +optional
+	HonorRetryAfter bool `json:"honorRetryAfter,omitempty"`
+}
+
 // CircuitBreakerStatus is the live state of the breaker, written by the manager.
 type CircuitBreakerStatus struct {
 	// State is Closed, Open or HalfOpen.
@@ -188,6 +287,15 @@ type CircuitBreakerStatus struct {
 	// OpenUntil is, while Open, when half-open probes start.
 	// +optional
 	OpenUntil *metav1.Time `json:"openUntil,omitempty"`
+
+	// LastOpenReason is the rule that last opened the circuit.
+	// +kubebuilder:validation:Enum=ConsecutiveFailures;FailureRate;SlowCallRate;UpstreamRetryAfter;ProbeFailed;Forced
+	// +optional
+	LastOpenReason string `json:"lastOpenReason,omitempty"`
+
+	// ConsecutiveOpens counts the openings since the circuit last closed.
+	// +optional
+	ConsecutiveOpens int32 `json:"consecutiveOpens,omitempty"`
 
 	// LastHandledReset is the last value of the reset annotation acted on.
 	// +optional
@@ -253,6 +361,10 @@ type ReplicaStatus struct {
 	// +kubebuilder:validation:MaxLength=1024
 	// +optional
 	Reason string `json:"reason,omitempty"`
+	// LastOpenReason is the rule that last opened this replica's circuit.
+	// +kubebuilder:validation:MaxLength=32
+	// +optional
+	LastOpenReason string `json:"lastOpenReason,omitempty"`
 	// LastUpdate is when this replica last wrote its entry.
 	LastUpdate metav1.MicroTime `json:"lastUpdate"`
 }
@@ -270,6 +382,10 @@ type TransitionRecord struct {
 	// Reason says why, with counts, e.g. "5 consecutive failures, last: 503".
 	// +kubebuilder:validation:MaxLength=1024
 	Reason string `json:"reason"`
+	// OpenReason is, for a transition to Open, the rule that opened it.
+	// +kubebuilder:validation:MaxLength=32
+	// +optional
+	OpenReason string `json:"openReason,omitempty"`
 }
 
 // CircuitBreaker is a circuit breaker in front of one upstream.
@@ -282,6 +398,7 @@ type TransitionRecord struct {
 // +kubebuilder:printcolumn:name="Timeout",type=string,JSONPath=`.spec.recoveryTimeout`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:printcolumn:name="Replicas",type=string,JSONPath=`.status.openReplicas`,description="replicas that have the circuit open, of the replicas with a view"
+// +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.spec.mode`
 // +kubebuilder:printcolumn:name="Upstream",type=string,JSONPath=`.status.upstream`,priority=1
 type CircuitBreaker struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -149,6 +149,11 @@ func main() {
 	registry := breaker.NewRegistry(clk)
 	metrics := proxy.NewMetrics(ctrlmetrics.Registry)
 	registry.OnTransition(metrics.RecordTransition)
+	registry.OnCountsChanged(func(key breaker.Key) {
+		if b, ok := registry.Get(key); ok {
+			metrics.RecordRates(key, b.Snapshot())
+		}
+	})
 	if webhook != nil {
 		// Every replica follows the fleet's decisions, so the leader's
 		// transitions are the fleet's: notified once, not once per replica.

@@ -175,6 +175,16 @@ type Entry struct {
 	// State above is this replica's, which follows the fleet's decisions.
 	Replicas     []ReplicaEntry `json:"replicas"`
 	OpenReplicas string         `json:"open_replicas"`
+	// Mode is Enforce, Observe, ForcedOpen or Disabled; in Observe the
+	// state is what the breaker would do, and nothing is rejected.
+	Mode string `json:"mode"`
+	// LastOpenReason is the rule that last opened it; ConsecutiveOpens the
+	// openings since it last closed.
+	LastOpenReason   string `json:"last_open_reason"`
+	ConsecutiveOpens uint32 `json:"consecutive_opens"`
+	// FailureRate and SlowCallRate are the rate window's, 0..1 (0 without one).
+	FailureRate  float64 `json:"failure_rate"`
+	SlowCallRate float64 `json:"slow_call_rate"`
 }
 
 // ReplicaEntry is one replica's view; last_update is Unix seconds.
@@ -223,6 +233,11 @@ func (s *Server) entry(key breaker.Key, b *breaker.Breaker, status *cbv1.Circuit
 		RejectionsTotal:  snap.Rejected,
 		History:          make([]HistoryEntry, 0, len(snap.History)),
 		Replicas:         []ReplicaEntry{},
+		Mode:             snap.Settings.Mode.String(),
+		LastOpenReason:   string(snap.LastOpenReason),
+		ConsecutiveOpens: snap.ConsecutiveOpens,
+		FailureRate:      snap.FailureRate(),
+		SlowCallRate:     snap.SlowCallRate(),
 	}
 	if status != nil {
 		e.OpenReplicas = status.OpenReplicas

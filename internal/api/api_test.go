@@ -96,6 +96,8 @@ func TestListAndGet(t *testing.T) {
 				"reason": "2 consecutive failures, last: 503",
 			}},
 			"open_replicas": "1/2",
+			"mode":          "Enforce", "last_open_reason": "ConsecutiveFailures", "consecutive_opens": 1.0,
+			"failure_rate": 0.0, "slow_call_rate": 0.0,
 			"replicas": []any{
 				map[string]any{"name": "pod-a", "state": "open", "failure_count": 2.0, "last_update": float64(epoch.Unix())},
 				map[string]any{"name": "pod-b", "state": "half-open", "failure_count": 0.0, "last_update": float64(epoch.Unix())},
@@ -114,6 +116,7 @@ func TestListAndGet(t *testing.T) {
 		"last_failure_time": 0.0, "time_remaining": 0.0,
 		"requests_total": 0.0, "rejections_total": 0.0, "history": []any{},
 		"replicas": []any{}, "open_replicas": "",
+		"mode": "Enforce", "last_open_reason": "", "consecutive_opens": 0.0, "failure_rate": 0.0, "slow_call_rate": 0.0,
 	}))
 
 	f.clock.Step(20 * time.Second)

@@ -3,6 +3,7 @@ package breaker
 import (
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -39,6 +40,24 @@ func BenchmarkClosed(b *testing.B) {
 			t.Success()
 		}
 	})
+	// The rate rules on a window, with the coarse clock the registry
+	// gives its breakers: no clock read per call.
+	for name, settings := range map[string]Settings{
+		"breaker-failure-rate": {Window: 30 * time.Second, MinimumRequests: 20, FailureRateThreshold: 50},
+		"breaker-failure-rate-slow": {Window: 30 * time.Second, MinimumRequests: 20, FailureRateThreshold: 50,
+			SlowCallDuration: 2 * time.Second, SlowCallRateThreshold: 80},
+	} {
+		b.Run(name, func(b *testing.B) {
+			var coarse atomic.Int64
+			coarse.Store(time.Now().UnixNano())
+			br := New(settings, clock.RealClock{}, Options{CoarseNow: coarse.Load})
+			b.ReportAllocs()
+			for b.Loop() {
+				t, _ := br.Allow()
+				t.Success()
+			}
+		})
+	}
 	b.Run("gobreaker-Execute", func(b *testing.B) {
 		cb := gobreaker.NewCircuitBreaker[any](gobreaker.Settings{})
 		b.ReportAllocs()

@@ -37,6 +37,12 @@ func (s State) String() string {
 	return "State(" + strconv.Itoa(int(s)) + ")"
 }
 
+// modeNames spell modes as the resource does.
+var modeNames = map[Mode]string{ModeEnforce: "Enforce", ModeObserve: "Observe", ModeForcedOpen: "ForcedOpen", ModeDisabled: "Disabled"}
+
+// String returns the mode's name, as the resource spells it.
+func (m Mode) String() string { return modeNames[m] }
+
 var (
 	// ErrOpen rejects a call while the circuit is open.
 	ErrOpen = errors.New("circuit breaker is open")
@@ -54,6 +60,40 @@ type Settings struct {
 	HalfOpenMaxRequests uint32
 	// SuccessThreshold is the number of successful probes in a row that close the circuit. Default 1.
 	SuccessThreshold uint32
+	// ConsecutiveRuleOff switches the FailureThreshold rule off, leaving
+	// the rate rules.
+	ConsecutiveRuleOff bool
+
+	// Window is the time the rate rules look back over, kept in
+	// WindowBuckets buckets; the rates are judged once it holds
+	// MinimumRequests outcomes.
+	Window          time.Duration
+	MinimumRequests uint32
+	// FailureRateThreshold opens the circuit when failures are at least
+	// this percentage of the window's outcomes; 0 is off.
+	FailureRateThreshold uint32
+	// SlowCallDuration makes a call that takes longer slow (one whose
+	// caller left after waiting longer, too); SlowCallRateThreshold opens
+	// the circuit when slow calls are at least this percentage; 0 is off.
+	SlowCallDuration      time.Duration
+	SlowCallRateThreshold uint32
+
+	// OpenMultiplier lengthens each consecutive opening:
+	// RecoveryTimeout × OpenMultiplier^(n−1), at most MaxOpenDuration,
+	// plus up to OpenJitter percent at random. 0 or 1: a fixed time.
+	OpenMultiplier  uint32
+	MaxOpenDuration time.Duration
+	OpenJitter      uint32
+	// HonorRetryAfter keeps the circuit open as long as the failure that
+	// opened it asked in its Retry-After, within [RecoveryTimeout, MaxOpenDuration].
+	HonorRetryAfter bool
+
+	// Mode is how the breaker acts on calls.
+	Mode Mode
+}
+
+func (s Settings) plainClosed() bool {
+	return s.Mode != ModeDisabled && s.SlowCallRateThreshold == 0
 }
 
 // Defaults of Settings, the same as the CircuitBreaker resource's.
@@ -85,6 +125,8 @@ func (s Settings) withDefaults() Settings {
 type Failure struct {
 	StatusCode int
 	Kind       string
+	// RetryAfter is what a 429 or 503 answer asked for in its Retry-After.
+	RetryAfter time.Duration
 }
 
 func (f Failure) String() string {
@@ -109,6 +151,8 @@ type Transition struct {
 	Reason string
 	// Reset is true when the transition was caused by Reset, not by traffic or time.
 	Reset bool
+	// OpenReason is the rule that opened the circuit, for a transition to Open.
+	OpenReason OpenReason
 }
 
 // HistoryLimit is how many transitions a breaker remembers.
@@ -135,6 +179,26 @@ type Snapshot struct {
 	// breaker was created (not restored across restarts).
 	Allowed, Rejected uint64
 	Settings          Settings
+	// LastOpenReason is the rule that last opened the circuit.
+	LastOpenReason OpenReason
+	// ConsecutiveOpens counts the openings since the circuit last closed.
+	ConsecutiveOpens uint32
+	// WindowOutcomes, WindowFailures and WindowSlow are the rate window's
+	// counts (zero without one).
+	WindowOutcomes, WindowFailures, WindowSlow uint32
+}
+
+// FailureRate is the window's failure rate, 0..1 (0 while it is empty).
+func (s Snapshot) FailureRate() float64 { return rate(s.WindowFailures, s.WindowOutcomes) }
+
+// SlowCallRate is the window's slow call rate, 0..1 (0 while it is empty).
+func (s Snapshot) SlowCallRate() float64 { return rate(s.WindowSlow, s.WindowOutcomes) }
+
+func rate(n, of uint32) float64 {
+	if of == 0 {
+		return 0
+	}
+	return float64(n) / float64(of)
 }
 
 // Breaker is one circuit breaker. It is safe for concurrent use.
@@ -143,7 +207,10 @@ type Snapshot struct {
 // Ticket. While Closed neither step reads the clock, so the hot path is a
 // pair of uncontended mutex sections.
 type Breaker struct {
-	clock        clock.PassiveClock
+	clock clock.PassiveClock
+	// coarseNow is UnixNano from a clock a ticker advances (the registry's),
+	// read on the calls of a windowed breaker instead of the system clock.
+	coarseNow    func() int64
 	onTransition func(Transition)
 	// onChange is told that counts changed without a transition, so a watcher
 	// can coalesce count updates instead of reacting to each call.
@@ -172,6 +239,13 @@ type Breaker struct {
 	history      []Transition
 	allowed      uint64
 	rejected     uint64
+	// plainClosed is set while a Closed breaker's Allow has nothing to do
+	// but count: it is neither Disabled nor timing calls for the slow rule.
+	plainClosed bool
+	// window counts outcomes for the rate rules; nil without them.
+	window           *window
+	consecutiveOpens uint32
+	lastOpenReason   OpenReason
 }
 
 // Options are the optional hooks of a Breaker. Both are called without any
@@ -179,51 +253,103 @@ type Breaker struct {
 type Options struct {
 	OnTransition func(Transition)
 	OnChange     func()
+	// CoarseNow is a cheap UnixNano, advanced every CoarseResolution; by
+	// default the clock is read.
+	CoarseNow func() int64
 }
 
 // New returns a Closed breaker.
 func New(settings Settings, clk clock.PassiveClock, opts Options) *Breaker {
-	return &Breaker{
+	b := &Breaker{
 		clock:          clk,
+		coarseNow:      opts.CoarseNow,
 		onTransition:   opts.OnTransition,
 		onChange:       opts.OnChange,
 		settings:       settings.withDefaults(),
 		lastTransition: clk.Now(),
 		lastDecision:   clk.Now(),
 	}
+	if b.coarseNow == nil {
+		b.coarseNow = func() int64 { return clk.Now().UnixNano() }
+	}
+	if b.settings.Windowed() {
+		b.window = newWindow(b.settings.Window)
+	}
+	b.plainClosed = b.settings.plainClosed()
+	if b.settings.Mode == ModeForcedOpen {
+		b.forceOpenLocked(b.clock.Now())
+	}
+	return b
 }
 
 // Ticket is the permission for one call. Report exactly one of Success,
 // Failure or Cancel.
+//
+// A ticket without a breaker is inert and reports nothing: calls a
+// Disabled breaker passes, and calls an Observe breaker would have rejected.
 type Ticket struct {
 	breaker    *Breaker
 	generation uint64
-	probe      bool
+	// start is the coarse time the call began, for the slow-call rule.
+	start int64
+	probe bool
 }
 
 // Allow asks permission for a call. It returns ErrOpen or ErrProbeLimit when
 // the call must not reach the upstream.
 func (b *Breaker) Allow() (Ticket, error) {
 	b.mu.Lock()
-	if b.state == StateClosed {
+	if b.state == StateClosed && b.plainClosed {
+		b.allowed++
+		generation := b.generation
+		b.mu.Unlock()
+		return Ticket{breaker: b, generation: generation}, nil
+	}
+	return b.allowLocked()
+}
+
+// allowLocked is Allow for everything but a plain Closed breaker.
+func (b *Breaker) allowLocked() (Ticket, error) {
+	switch {
+	case b.settings.Mode == ModeDisabled:
+		b.allowed++
+		b.mu.Unlock()
+		return Ticket{}, nil
+	case b.state == StateClosed:
 		b.allowed++
 		t := Ticket{breaker: b, generation: b.generation}
+		if b.settings.SlowCallRateThreshold > 0 {
+			t.start = b.coarseNow()
+		}
 		b.mu.Unlock()
 		return t, nil
 	}
-	var fired *Transition
-	if b.state == StateOpen {
-		if fired = b.halfOpenIfDueLocked(); fired == nil {
-			b.rejected++
-			b.mu.Unlock()
-			return Ticket{}, ErrOpen
-		}
+	switch b.settings.Mode {
+	case ModeForcedOpen:
+		b.rejected++
+		b.mu.Unlock()
+		return Ticket{}, ErrForcedOpen
 	}
-	if b.probesInFlight >= b.settings.HalfOpenMaxRequests {
+	var fired *Transition
+	var err error
+	switch {
+	case b.state == StateOpen:
+		if fired = b.halfOpenIfDueLocked(); fired == nil {
+			err = ErrOpen
+		} else if b.probesInFlight >= b.settings.HalfOpenMaxRequests {
+			err = ErrProbeLimit
+		}
+	case b.probesInFlight >= b.settings.HalfOpenMaxRequests:
+		err = ErrProbeLimit
+	}
+	if err != nil {
 		b.rejected++
 		b.mu.Unlock()
 		b.notify(fired)
-		return Ticket{}, ErrProbeLimit
+		if b.settings.Mode == ModeObserve {
+			return Ticket{}, nil // what it would reject passes
+		}
+		return Ticket{}, err
 	}
 	b.allowed++
 	b.probesInFlight++
@@ -236,13 +362,37 @@ func (b *Breaker) Allow() (Ticket, error) {
 // Success reports that the call succeeded.
 func (t Ticket) Success() {
 	b := t.breaker
+	if b == nil {
+		return
+	}
 	b.mu.Lock()
+	if t.generation == b.generation && b.state == StateClosed && b.failures == 0 && b.window == nil {
+		b.mu.Unlock()
+		return
+	}
+	t.successLocked()
+}
+
+// successLocked is Success for everything but a plain Closed breaker
+// without failures to forget.
+func (t Ticket) successLocked() {
+	b := t.breaker
 	if t.generation != b.generation {
 		b.mu.Unlock()
 		return
 	}
 	switch b.state {
 	case StateClosed:
+		if b.window != nil {
+			fired := b.recordLocked(t, false)
+			b.failures = 0
+			b.mu.Unlock()
+			if fired == nil {
+				b.changed()
+			}
+			b.notify(fired)
+			return
+		}
 		if b.failures == 0 {
 			b.mu.Unlock()
 			return
@@ -270,6 +420,9 @@ func (t Ticket) Success() {
 // Failure reports that the call failed, and why.
 func (t Ticket) Failure(cause Failure) {
 	b := t.breaker
+	if b == nil {
+		return
+	}
 	b.mu.Lock()
 	if t.generation != b.generation {
 		b.mu.Unlock()
@@ -282,12 +435,14 @@ func (t Ticket) Failure(cause Failure) {
 	switch b.state {
 	case StateClosed:
 		b.failures++
-		if b.failures >= b.settings.FailureThreshold {
-			fired = b.setStateLocked(StateOpen, now,
-				pluralize(b.failures, "consecutive failure")+", last: "+cause.String())
+		if !b.settings.ConsecutiveRuleOff && b.failures >= b.settings.FailureThreshold {
+			fired = b.openLocked(now, OpenConsecutiveFailures,
+				pluralize(b.failures, "consecutive failure")+", last: "+cause.String(), cause.RetryAfter)
+		} else if b.window != nil {
+			fired = b.recordLocked(t, true)
 		}
 	case StateHalfOpen:
-		fired = b.setStateLocked(StateOpen, now, "probe failed: "+cause.String())
+		fired = b.openLocked(now, OpenProbeFailed, "probe failed: "+cause.String(), cause.RetryAfter)
 	}
 	b.mu.Unlock()
 	if fired == nil {
@@ -299,15 +454,62 @@ func (t Ticket) Failure(cause Failure) {
 // Cancel reports that the call ended with no verdict (the caller went away).
 // It only gives back a probe slot.
 func (t Ticket) Cancel() {
-	if !t.probe {
+	b := t.breaker
+	if b == nil {
 		return
 	}
-	b := t.breaker
+	if !t.probe {
+		if t.start == 0 {
+			return
+		}
+		// A caller that left after waiting longer than the slow-call
+		// threshold saw a slow call, though no failure.
+		b.mu.Lock()
+		var fired *Transition
+		if t.generation == b.generation && b.state == StateClosed && b.window != nil &&
+			b.coarseNow()-t.start > int64(b.settings.SlowCallDuration) {
+			fired = b.recordLocked(t, false)
+		}
+		b.mu.Unlock()
+		b.notify(fired)
+		return
+	}
 	b.mu.Lock()
 	if t.generation == b.generation && b.state == StateHalfOpen {
 		b.probesInFlight--
 	}
 	b.mu.Unlock()
+}
+
+// recordLocked counts a Closed call's outcome in the window, and opens the
+// circuit when a rate rule trips.
+func (b *Breaker) recordLocked(t Ticket, failed bool) *Transition {
+	now := b.coarseNow()
+	slow := t.start != 0 && now-t.start > int64(b.settings.SlowCallDuration)
+	b.window.add(now, failed, slow)
+	reason, message := b.rateTripLocked()
+	if reason == "" {
+		return nil
+	}
+	if reason == OpenFailureRate && b.lastFailureCause != (Failure{}) {
+		message += ", last: " + b.lastFailureCause.String()
+	}
+	var retryAfter time.Duration
+	if failed {
+		retryAfter = b.lastFailureCause.RetryAfter
+	}
+	return b.openLocked(b.clock.Now(), reason, message, retryAfter)
+}
+
+// forceOpenLocked opens the circuit for ForcedOpen: no probing time, no
+// automatic way out.
+func (b *Breaker) forceOpenLocked(now time.Time) *Transition {
+	t := b.setStateLocked(StateOpen, now, "mode ForcedOpen")
+	b.openUntil = time.Time{}
+	b.lastOpenReason = OpenForced
+	t.OpenReason = OpenForced
+	b.history[len(b.history)-1].OpenReason = OpenForced
+	return t
 }
 
 // Reset closes the breaker and clears its counts, once per id: a request to
@@ -321,6 +523,12 @@ func (b *Breaker) Reset(id, reason string) bool {
 		return false
 	}
 	b.lastResetID = id
+	if b.settings.Mode == ModeForcedOpen {
+		// Forced open stays open until the mode changes; the reset is
+		// handled, and changes nothing.
+		b.mu.Unlock()
+		return false
+	}
 	fired := b.setStateLocked(StateClosed, b.clock.Now(), reason)
 	fired.Reset = true
 	b.history[len(b.history)-1].Reset = true
@@ -359,6 +567,12 @@ func (b *Breaker) snapshotLocked() Snapshot {
 		Allowed:            b.allowed,
 		Rejected:           b.rejected,
 		Settings:           b.settings,
+		LastOpenReason:     b.lastOpenReason,
+		ConsecutiveOpens:   b.consecutiveOpens,
+	}
+	if w := b.window; w != nil {
+		w.advance(b.coarseNow())
+		s.WindowOutcomes, s.WindowFailures, s.WindowSlow = w.outcomes, w.failures, w.slow
 	}
 	if b.state == StateOpen {
 		s.OpenUntil = b.openUntil
@@ -376,15 +590,39 @@ func (b *Breaker) Update(settings Settings) {
 		b.mu.Unlock()
 		return
 	}
+	old := b.settings
 	b.settings = settings
+	b.plainClosed = settings.plainClosed()
+	if old.Windowed() != settings.Windowed() || old.Window != settings.Window {
+		b.window = nil
+		if settings.Windowed() {
+			b.window = newWindow(settings.Window)
+		}
+	}
 	var fired *Transition
+	if old.Mode != settings.Mode {
+		// Leaving a mode starts afresh: Closed, with an empty window.
+		now := b.clock.Now()
+		if settings.Mode == ModeForcedOpen {
+			fired = b.forceOpenLocked(now)
+		} else {
+			fired = b.setStateLocked(StateClosed, now, "mode "+modeNames[settings.Mode])
+			b.failures = 0
+		}
+		b.mu.Unlock()
+		b.notify(fired)
+		return
+	}
 	switch b.state {
 	case StateClosed:
-		if b.failures > 0 && b.failures >= settings.FailureThreshold {
-			fired = b.setStateLocked(StateOpen, b.clock.Now(),
-				pluralize(b.failures, "consecutive failure")+" reach the new threshold of "+strconv.Itoa(int(settings.FailureThreshold)))
+		if !settings.ConsecutiveRuleOff && b.failures > 0 && b.failures >= settings.FailureThreshold {
+			fired = b.openLocked(b.clock.Now(), OpenConsecutiveFailures,
+				pluralize(b.failures, "consecutive failure")+" reach the new threshold of "+strconv.Itoa(int(settings.FailureThreshold)), 0)
 		}
 	case StateOpen:
+		if settings.Mode == ModeForcedOpen {
+			break
+		}
 		b.openUntil = b.lastTransition.Add(settings.RecoveryTimeout)
 	case StateHalfOpen:
 		if b.probeSuccesses >= settings.SuccessThreshold {
@@ -420,6 +658,8 @@ type Decision struct {
 	OpenUntil time.Time
 	// Reason says why, and who decided.
 	Reason string
+	// OpenReason is the rule that opened the other replica's circuit.
+	OpenReason OpenReason
 }
 
 // MaxFollowSkew bounds how far in this replica's future a decision may lie:
@@ -437,7 +677,8 @@ const MaxFollowSkew = 30 * time.Second
 func (b *Breaker) Follow(d Decision) bool {
 	b.mu.Lock()
 	now := b.clock.Now()
-	if d.State == StateHalfOpen || !d.At.After(b.lastDecision) || d.At.After(now.Add(MaxFollowSkew)) {
+	if d.State == StateHalfOpen || !d.At.After(b.lastDecision) || d.At.After(now.Add(MaxFollowSkew)) ||
+		b.settings.Mode == ModeForcedOpen || b.settings.Mode == ModeDisabled {
 		b.mu.Unlock()
 		return false
 	}
@@ -457,6 +698,10 @@ func (b *Breaker) Follow(d Decision) bool {
 		fired = b.setStateLocked(d.State, d.At, d.Reason)
 		if d.State == StateOpen {
 			b.openUntil = openUntil
+			b.consecutiveOpens++
+			b.lastOpenReason = d.OpenReason
+			fired.OpenReason = d.OpenReason
+			b.history[len(b.history)-1].OpenReason = d.OpenReason
 		}
 	}
 	b.mu.Unlock()
@@ -496,14 +741,22 @@ func (b *Breaker) restore(s Snapshot) {
 	if s.State == StateOpen && s.OpenUntil.IsZero() {
 		b.openUntil = s.LastTransitionTime.Add(b.settings.RecoveryTimeout)
 	}
+	b.lastOpenReason = s.LastOpenReason
+	b.consecutiveOpens = s.ConsecutiveOpens
 	b.probesInFlight = 0
 	b.probeSuccesses = 0
+	if b.settings.Mode == ModeForcedOpen && (s.State != StateOpen || !s.OpenUntil.IsZero()) {
+		b.forceOpenLocked(b.clock.Now())
+	}
 	b.mu.Unlock()
 }
 
 // halfOpenIfDueLocked moves an Open breaker whose recovery timeout has
 // passed to HalfOpen, and returns that transition (nil if not yet due).
 func (b *Breaker) halfOpenIfDueLocked() *Transition {
+	if b.settings.Mode == ModeForcedOpen {
+		return nil
+	}
 	now := b.clock.Now()
 	if now.Before(b.openUntil) {
 		return nil
@@ -523,6 +776,10 @@ func (b *Breaker) setStateLocked(to State, now time.Time, reason string) *Transi
 	}
 	if to == StateClosed {
 		b.failures = 0
+		b.consecutiveOpens = 0
+		if b.window != nil {
+			b.window.clear()
+		}
 	}
 	b.probesInFlight = 0
 	b.probeSuccesses = 0

@@ -317,6 +317,7 @@ func TestTransitionDetails(t *testing.T) {
 	g.Expect(rec.transitions).To(HaveLen(1))
 	g.Expect(rec.transitions[0]).To(Equal(Transition{
 		Seq: 1, From: StateClosed, To: StateOpen, At: epoch.Add(time.Second), Reason: "2 consecutive failures, last: timeout",
+		OpenReason: OpenConsecutiveFailures,
 	}))
 
 	clk.Step(5 * time.Second)
@@ -325,6 +326,7 @@ func TestTransitionDetails(t *testing.T) {
 	g.Expect(rec.transitions[1].Reason).To(Equal("recovery timeout of 5s elapsed"))
 	probe.Failure(http503)
 	g.Expect(rec.transitions[2].Reason).To(Equal("probe failed: 503"))
+	g.Expect(rec.transitions[2].OpenReason).To(Equal(OpenProbeFailed))
 	g.Expect(b.Snapshot().OpenUntil).To(Equal(epoch.Add(11 * time.Second)))
 }
 

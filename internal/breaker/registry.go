@@ -40,6 +40,15 @@ type Registry struct {
 	subscribeMu     sync.Mutex
 	onTransition    atomic.Pointer[[]func(Key, Transition)]
 	onCountsChanged atomic.Pointer[[]func(Key)]
+
+	// coarse is UnixNano, advanced every CoarseResolution while any
+	// breaker keeps a rate window: what such breakers read per call
+	// instead of the system clock. Without windowed breakers nothing
+	// ticks, and an idle manager stays idle.
+	coarse       atomic.Int64
+	coarseWanted atomic.Bool
+	coarseOnce   sync.Once
+	runCtx       atomic.Pointer[context.Context]
 }
 
 type entry struct {
@@ -54,7 +63,34 @@ type entry struct {
 
 // NewRegistry returns an empty registry.
 func NewRegistry(clk clock.WithTicker) *Registry {
-	return &Registry{clock: clk}
+	r := &Registry{clock: clk}
+	r.coarse.Store(clk.Now().UnixNano())
+	return r
+}
+
+// wantCoarse starts the coarse clock, once Run runs, for a windowed breaker.
+func (r *Registry) wantCoarse() {
+	r.coarseWanted.Store(true)
+	if ctx := r.runCtx.Load(); ctx != nil {
+		r.startCoarse(*ctx)
+	}
+}
+
+func (r *Registry) startCoarse(ctx context.Context) {
+	r.coarseOnce.Do(func() {
+		go func() {
+			ticker := r.clock.NewTicker(CoarseResolution)
+			defer ticker.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-ticker.C():
+					r.coarse.Store(r.clock.Now().UnixNano())
+				}
+			}
+		}()
+	})
 }
 
 // OnTransition subscribes fn to every state change and reset of every live
@@ -121,6 +157,7 @@ func (r *Registry) Upsert(key Key, uid string, settings Settings, saved *Snapsho
 		e.breaker = New(settings, r.clock, Options{
 			OnTransition: func(t Transition) { e.transitioned(r, t) },
 			OnChange:     func() { e.countsChanged.Store(true) },
+			CoarseNow:    r.coarse.Load,
 		})
 		if saved != nil {
 			e.breaker.restore(*saved)
@@ -129,6 +166,9 @@ func (r *Registry) Upsert(key Key, uid string, settings Settings, saved *Snapsho
 	})
 	if replaced != nil {
 		replaced.retired.Store(true)
+	}
+	if settings.Windowed() {
+		r.wantCoarse()
 	}
 	if !created {
 		// Outside the table's lock: an update may fire a transition.
@@ -160,6 +200,10 @@ func (r *Registry) Keys() []Key {
 
 // Run reports coalesced count changes every interval until ctx ends.
 func (r *Registry) Run(ctx context.Context, interval time.Duration) {
+	r.runCtx.Store(&ctx)
+	if r.coarseWanted.Load() {
+		r.startCoarse(ctx)
+	}
 	ticker := r.clock.NewTicker(interval)
 	defer ticker.Stop()
 	for {

@@ -210,7 +210,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 			log.Info("removed the status entry of a replica that is gone", "replica", name)
 		}
 	}
-	if snap.State == breaker.StateOpen {
+	if snap.State == breaker.StateOpen && !snap.OpenUntil.IsZero() { // forced open has no probing time
 		// Come back when probing starts, so the status shows HalfOpen even
 		// when no traffic arrives to notice it. Measured from the
 		// snapshot's own time, not from after the status write.
@@ -348,12 +348,16 @@ func (r *Reconciler) announce(ctx context.Context, cb *cbv1.CircuitBreaker, key 
 			r.event(cb, corev1.EventTypeNormal, ReasonReset, "Reset", t.Reason)
 			continue
 		}
-		log.Info("breaker transition", "from", from, "to", to, "reason", t.Reason)
+		log.Info("breaker transition", "from", from, "to", to, "reason", t.Reason, "openReason", t.OpenReason, "mode", snap.Settings.Mode.String())
 		eventType := corev1.EventTypeNormal
 		if t.To == breaker.StateOpen {
 			eventType = corev1.EventTypeWarning
 		}
-		r.event(cb, eventType, transitionReason(t.To), "Transition", t.Reason)
+		note := t.Reason
+		if snap.Settings.Mode == breaker.ModeObserve {
+			note += " (mode Observe: no call is rejected)"
+		}
+		r.event(cb, eventType, transitionReason(t.To), "Transition", note)
 	}
 	if newest != last {
 		r.announced.Store(key, announcement{breaker: b, seq: newest})

@@ -375,7 +375,7 @@ func TestInvalidSpecsAreRefused(t *testing.T) {
 		want   []string
 	}{
 		{name: "failureThreshold 0", spec: map[string]any{"failureThreshold": 0},
-			want: []string{"spec.failureThreshold", "should be greater than or equal to 1"}},
+			want: []string{"spec.failureThreshold", "allowed only with failureRate"}},
 		{name: "failureThreshold over 10000", mutate: withThreshold(10001),
 			want: []string{"spec.failureThreshold", "should be less than or equal to 10000"}},
 		{name: "both service and url", mutate: func(cb *cbv1.CircuitBreaker) { cb.Spec.Upstream.URL = "https://api.example.com" },

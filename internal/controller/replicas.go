@@ -87,6 +87,7 @@ func replicaEntry(self string, s breaker.Snapshot) cbv1.ReplicaStatus {
 	if n := len(s.History); n > 0 {
 		e.Reason = truncate(s.History[n-1].Reason, maxReasonLength)
 	}
+	e.LastOpenReason = string(s.LastOpenReason)
 	return e
 }
 
@@ -206,7 +207,7 @@ func (w *replicaWriter) decision(cb *cbv1.CircuitBreaker) (breaker.Decision, boo
 	if !ok {
 		return breaker.Decision{}, false
 	}
-	d := breaker.Decision{State: state, At: newest.LastTransitionTime.Time, Reason: newest.Reason}
+	d := breaker.Decision{State: state, At: newest.LastTransitionTime.Time, Reason: newest.Reason, OpenReason: breaker.OpenReason(newest.LastOpenReason)}
 	if newest.OpenUntil != nil {
 		d.OpenUntil = newest.OpenUntil.Time
 	}

@@ -86,6 +86,7 @@ func translate(cb *cbv1.CircuitBreaker, svc *corev1.Service, opts Options) (runt
 			FailureCodes:      failureCodes,
 		},
 	}
+	policy(spec, &cfg.settings)
 	if cfg.route.MaxConcurrent <= 0 {
 		cfg.route.MaxConcurrent = defaultMaxConcurrentRequests
 	}
@@ -107,6 +108,49 @@ func translate(cb *cbv1.CircuitBreaker, svc *corev1.Service, opts Options) (runt
 		cfg.route.Fallback = &proxy.Fallback{StatusCode: status, ContentType: fb.ContentType, Body: []byte(fb.Body)}
 	}
 	return cfg, nil
+}
+
+// Defaults of the policy fields, the same as the schema's.
+const (
+	defaultRateWindow      = 30 * time.Second
+	defaultMinimumRequests = 20
+	defaultMaxOpenDuration = 10 * time.Minute
+)
+
+// modes maps the spec's modes to the breaker's.
+var modes = map[string]breaker.Mode{
+	"": breaker.ModeEnforce, cbv1.ModeEnforce: breaker.ModeEnforce, cbv1.ModeObserve: breaker.ModeObserve,
+	cbv1.ModeForcedOpen: breaker.ModeForcedOpen, cbv1.ModeDisabled: breaker.ModeDisabled,
+}
+
+// policy translates the rate rules, the open duration and the mode.
+func policy(spec *cbv1.CircuitBreakerSpec, s *breaker.Settings) {
+	if spec.FailureRate != nil || spec.SlowCall != nil {
+		s.Window, s.MinimumRequests = defaultRateWindow, defaultMinimumRequests
+	}
+	if fr := spec.FailureRate; fr != nil {
+		s.FailureRateThreshold = uint32(max(fr.Threshold, 0))
+		s.Window = durationOr(fr.Window, defaultRateWindow)
+		if fr.MinimumRequests > 0 {
+			s.MinimumRequests = uint32(fr.MinimumRequests)
+		}
+		// failureThreshold: 0 leaves the rate rules alone.
+		s.ConsecutiveRuleOff = spec.FailureThreshold == 0
+	}
+	if sc := spec.SlowCall; sc != nil {
+		s.SlowCallDuration = sc.DurationThreshold.Duration
+		s.SlowCallRateThreshold = uint32(max(sc.RateThreshold, 0))
+	}
+	if !s.ConsecutiveRuleOff && s.FailureThreshold == 0 {
+		s.FailureThreshold = breaker.DefaultFailureThreshold
+	}
+	if od := spec.OpenDuration; od != nil {
+		s.OpenMultiplier = uint32(max(od.Multiplier, 1))
+		s.MaxOpenDuration = durationOr(od.Max, defaultMaxOpenDuration)
+		s.OpenJitter = uint32(max(od.Jitter, 0))
+		s.HonorRetryAfter = od.HonorRetryAfter
+	}
+	s.Mode = modes[spec.Mode]
 }
 
 // maxFallbackBody is the schema's bound, checked again for resources stored

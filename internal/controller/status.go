@@ -103,12 +103,15 @@ func applySnapshot(status *cbv1.CircuitBreakerStatus, s breaker.Snapshot) {
 	status.LastTransitionTime = wholeSeconds(s.LastTransitionTime, false)
 	status.OpenUntil = wholeSeconds(s.OpenUntil, true)
 	status.LastHandledReset = s.LastResetID
+	status.LastOpenReason = string(s.LastOpenReason)
+	status.ConsecutiveOpens = int32(s.ConsecutiveOpens)
 	status.History = nil
 	for _, t := range s.History {
 		// Microseconds, as the API server stores them.
 		at := metav1.NewMicroTime(t.At.Truncate(time.Microsecond).UTC())
 		status.History = append(status.History, cbv1.TransitionRecord{
 			Time: at, From: statusStates[t.From], To: statusStates[t.To], Reason: truncate(t.Reason, maxReasonLength),
+			OpenReason: string(t.OpenReason),
 		})
 	}
 }
@@ -120,7 +123,8 @@ func savedSnapshot(st *cbv1.CircuitBreakerStatus) *breaker.Snapshot {
 	if !ok {
 		return nil
 	}
-	s := &breaker.Snapshot{State: state, Failures: uint32(max(st.FailureCount, 0)), LastResetID: st.LastHandledReset}
+	s := &breaker.Snapshot{State: state, Failures: uint32(max(st.FailureCount, 0)), LastResetID: st.LastHandledReset,
+		LastOpenReason: breaker.OpenReason(st.LastOpenReason), ConsecutiveOpens: uint32(max(st.ConsecutiveOpens, 0))}
 	if st.LastFailureTime != nil {
 		s.LastFailure = st.LastFailureTime.Time
 	}
@@ -134,7 +138,7 @@ func savedSnapshot(st *cbv1.CircuitBreakerStatus) *breaker.Snapshot {
 		from, okFrom := parseStatusState(h.From)
 		to, okTo := parseStatusState(h.To)
 		if okFrom && okTo {
-			s.History = append(s.History, breaker.Transition{From: from, To: to, At: h.Time.Time, Reason: h.Reason})
+			s.History = append(s.History, breaker.Transition{From: from, To: to, At: h.Time.Time, Reason: h.Reason, OpenReason: breaker.OpenReason(h.OpenReason)})
 		}
 	}
 	return s

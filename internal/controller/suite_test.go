@@ -174,6 +174,11 @@ func startManager(t *testing.T, namespace string, opts Options, hopts ...harness
 	h.registry = breaker.NewRegistry(cfg.clock)
 	metrics := proxy.NewMetrics(h.metrics)
 	h.registry.OnTransition(metrics.RecordTransition)
+	h.registry.OnCountsChanged(func(key breaker.Key) {
+		if b, ok := h.registry.Get(key); ok {
+			metrics.RecordRates(key, b.Snapshot())
+		}
+	})
 	h.routes = proxy.NewTable(metrics)
 	h.name = fmt.Sprintf("replica-%d", replicaCounter.Add(1))
 	h.elector = leader.Always()

@@ -21,12 +21,14 @@ import (
 
 // Notification is the JSON document POSTed for each transition.
 type Notification struct {
-	Namespace string    `json:"namespace"`
-	Name      string    `json:"name"`
-	From      string    `json:"from"`
-	To        string    `json:"to"`
-	Reason    string    `json:"reason"`
-	Time      time.Time `json:"time"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	From      string `json:"from"`
+	To        string `json:"to"`
+	Reason    string `json:"reason"`
+	// OpenReason is, for a transition to Open, the rule that opened it.
+	OpenReason string    `json:"openReason,omitempty"`
+	Time       time.Time `json:"time"`
 }
 
 // Options tune a Webhook; zero fields take the defaults.
@@ -92,7 +94,8 @@ func NewWebhook(rawURL string, opts Options) (*Webhook, error) {
 // Notify queues a transition without blocking.
 func (w *Webhook) Notify(key breaker.Key, t breaker.Transition) {
 	namespace, name := key.Split()
-	n := Notification{Namespace: namespace, Name: name, From: t.From.String(), To: t.To.String(), Reason: t.Reason, Time: t.At.UTC()}
+	n := Notification{Namespace: namespace, Name: name, From: t.From.String(), To: t.To.String(), Reason: t.Reason,
+		OpenReason: string(t.OpenReason), Time: t.At.UTC()}
 	select {
 	case w.queue <- n:
 	default:

@@ -12,7 +12,15 @@ type Metrics struct {
 	requests    *prometheus.CounterVec
 	transitions *prometheus.CounterVec
 	duration    *prometheus.HistogramVec
+	// failureRate and slowCallRate exist only for breakers with a rate window.
+	failureRate, slowCallRate *prometheus.GaugeVec
 }
+
+// Labels of every breaker's series.
+const (
+	labelNamespace = "namespace"
+	labelName      = "name"
+)
 
 var allStates = []breaker.State{breaker.StateClosed, breaker.StateOpen, breaker.StateHalfOpen}
 
@@ -23,15 +31,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "circuitbreaker_state",
 			Help: "The breaker's state: 1 for the current state, 0 for the others.",
-		}, []string{"namespace", "name", "state"}),
+		}, []string{labelNamespace, labelName, "state"}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "circuitbreaker_requests_total",
 			Help: "Requests through the proxy by outcome: success, failure or rejected.",
-		}, []string{"namespace", "name", "outcome"}),
+		}, []string{labelNamespace, labelName, "outcome"}),
 		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "circuitbreaker_transitions_total",
 			Help: "State transitions of the breaker.",
-		}, []string{"namespace", "name", "from", "to"}),
+		}, []string{labelNamespace, labelName, "from", "to"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "circuitbreaker_request_duration_seconds",
 			Help: "Time to the upstream's response headers, for requests forwarded to the upstream.",
@@ -40,9 +48,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			// (counted in requests_total). Each bucket is a series per
 			// breaker, so no more of them than the question needs.
 			Buckets: prometheus.DefBuckets,
-		}, []string{"namespace", "name"}),
+		}, []string{labelNamespace, labelName}),
+		failureRate: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "circuitbreaker_failure_rate",
+			Help: "Failures over the calls in the breaker's rate window, 0..1; updated at most once a second.",
+		}, []string{labelNamespace, labelName}),
+		slowCallRate: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "circuitbreaker_slow_call_rate",
+			Help: "Slow calls over the calls in the breaker's rate window, 0..1; updated at most once a second.",
+		}, []string{labelNamespace, labelName}),
 	}
-	reg.MustRegister(m.state, m.requests, m.transitions, m.duration)
+	reg.MustRegister(m.state, m.requests, m.transitions, m.duration, m.failureRate, m.slowCallRate)
 	return m
 }
 
@@ -84,12 +100,26 @@ func (m *Metrics) RecordTransition(key breaker.Key, t breaker.Transition) {
 	m.SetState(key, t.To)
 }
 
+// RecordRates sets the rate gauges of a breaker with a rate window. The
+// registry reports count changes at most once a second (CountsFlushInterval),
+// no more often than a window's bucket of at least 100 ms turns over.
+func (m *Metrics) RecordRates(key breaker.Key, s breaker.Snapshot) {
+	if !s.Settings.Windowed() {
+		return
+	}
+	namespace, name := key.Split()
+	m.failureRate.WithLabelValues(namespace, name).Set(s.FailureRate())
+	m.slowCallRate.WithLabelValues(namespace, name).Set(s.SlowCallRate())
+}
+
 // Forget drops every series of a deleted breaker.
 func (m *Metrics) Forget(key breaker.Key) {
 	namespace, name := key.Split()
-	labels := prometheus.Labels{"namespace": namespace, "name": name}
+	labels := prometheus.Labels{labelNamespace: namespace, labelName: name}
 	m.state.DeletePartialMatch(labels)
 	m.requests.DeletePartialMatch(labels)
 	m.transitions.DeletePartialMatch(labels)
 	m.duration.DeletePartialMatch(labels)
+	m.failureRate.DeletePartialMatch(labels)
+	m.slowCallRate.DeletePartialMatch(labels)
 }

@@ -248,7 +248,7 @@ func classifyResponse(resp *http.Response) error {
 		return nil
 	}
 	if c.route.FailureCodes.Contains(resp.StatusCode) {
-		c.ticket.Failure(breaker.Failure{StatusCode: resp.StatusCode})
+		c.ticket.Failure(breaker.Failure{StatusCode: resp.StatusCode, RetryAfter: retryAfter(resp, time.Now)})
 		c.metrics.failure.Inc()
 		return nil
 	}
@@ -383,12 +383,17 @@ func (b *idleConn) Write(p []byte) (int, error) {
 func (p *Proxy) reject(w http.ResponseWriter, rt *route, err error) {
 	rt.metrics().rejected.Inc()
 	state, retryAfter := "half-open", 1
-	if errors.Is(err, breaker.ErrOpen) {
+	switch {
+	case errors.Is(err, breaker.ErrForcedOpen):
+		state, retryAfter = "open", 0 // no time to give: it opens when someone changes the mode
+	case errors.Is(err, breaker.ErrOpen):
 		state = "open"
 		retryAfter = max(1, int(breaker.WholeSecondsUntil(rt.breaker.OpenUntil(), p.clock.Now())))
 	}
 	h := w.Header()
-	h.Set("Retry-After", strconv.Itoa(retryAfter))
+	if retryAfter > 0 {
+		h.Set("Retry-After", strconv.Itoa(retryAfter))
+	}
 	h.Set(StateHeader, state)
 	if fb := rt.Fallback; fb != nil {
 		if fb.StatusCode == http.StatusNoContent || fb.StatusCode == http.StatusNotModified {
@@ -429,3 +434,32 @@ func (b *bufferPool) Get() []byte {
 }
 
 func (b *bufferPool) Put(buf []byte) { b.pool.Put(&buf) }
+
+// retryAfter is what a 429 or 503 answer asks for in Retry-After: delay
+// seconds or an HTTP date; 0 for anything else.
+func retryAfter(resp *http.Response, now func() time.Time) time.Duration {
+	if resp.StatusCode != http.StatusTooManyRequests && resp.StatusCode != http.StatusServiceUnavailable {
+		return 0
+	}
+	return parseRetryAfter(resp.Header.Get("Retry-After"), now)
+}
+
+// maxRetryAfter bounds what an upstream may ask for; the breaker clamps it
+// again to its own maximum open time.
+const maxRetryAfter = 24 * time.Hour
+
+func parseRetryAfter(v string, now func() time.Time) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs <= 0 {
+			return 0
+		}
+		return time.Duration(min(secs, int64(maxRetryAfter/time.Second))) * time.Second
+	}
+	if at, err := http.ParseTime(v); err == nil {
+		return min(max(at.Sub(now()), 0), maxRetryAfter)
+	}
+	return 0
+}

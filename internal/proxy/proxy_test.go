@@ -525,3 +525,25 @@ func TestSeriesAppearWithTraffic(t *testing.T) {
 	g.Expect(names).To(ContainElement("busy"))
 	g.Expect(names).NotTo(ContainElement("quiet"))
 }
+
+func TestParseRetryAfter(t *testing.T) {
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	for _, tc := range []struct {
+		value string
+		want  time.Duration
+	}{
+		{"", 0},
+		{"120", 2 * time.Minute},
+		{"0", 0},
+		{"-5", 0},
+		{"soon", 0},
+		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
+		{now.Add(-time.Minute).Format(http.TimeFormat), 0},
+		{"99999999999", 24 * time.Hour},
+	} {
+		t.Run(tc.value, func(t *testing.T) {
+			NewWithT(t).Expect(parseRetryAfter(tc.value, clock)).To(Equal(tc.want))
+		})
+	}
+}

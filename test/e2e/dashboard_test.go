@@ -87,7 +87,7 @@ spec:
 		g.Expect(err).NotTo(HaveOccurred())
 		countdown, err := chromedp.Run(ctx, chromedp.Text(tile+` .countdown`))
 		g.Expect(err).NotTo(HaveOccurred())
-		g.Expect(failures).To(Equal("failures 2 / 2"))
+		g.Expect(failures).To(Equal("failures 2 / 2 · ConsecutiveFailures"))
 		g.Expect(countdown).To(MatchRegexp(`^probing in (59m \d+s|1h 0m)$`))
 		// The fleet's view, from the status: this manager is its only replica.
 		g.Eventually(func() (string, error) {

@@ -153,12 +153,16 @@ func TestE2E(t *testing.T) {
 		// to a Service that exists.
 		c.kubectl(g, "create", "service", "clusterip", "order-api", "--tcp=8080:8080")
 		c.kubectl(g, "create", "service", "clusterip", "catalog", "--tcp=80:80")
+		c.kubectl(g, "create", "service", "clusterip", "search-api", "--tcp=8080:8080")
+		c.kubectl(g, "create", "service", "clusterip", "recommendations", "--tcp=8080:8080")
 		c.kubectl(g, "apply", "-k", filepath.Join(root, "config", "samples"))
 		g.Eventually(func() string { return c.kubectlQuiet("get", "cb") }, 20*time.Second, 200*time.Millisecond).Should(SatisfyAll(
 			MatchRegexp(`NAME\s+STATE\s+FAILURES\s+THRESHOLD\s+TIMEOUT\s+AGE`),
 			MatchRegexp(`order-api\s+Closed\s+0\s+5\s+30s`),
 			MatchRegexp(`payments-gateway\s+Closed\s+0\s+3\s+1m`),
 			MatchRegexp(`catalog\s+Closed\s+0\s+10\s+15s`),
+			MatchRegexp(`search-api\s+Closed\s+0\s+0\s+30s\s+\S+\s+(\S+\s+)?Enforce`),
+			MatchRegexp(`recommendations\s+Closed\s+0\s+5\s+20s\s+\S+\s+(\S+\s+)?Observe`),
 		))
 		g.Expect(c.kubectl(g, "get", "cb", "-o", "wide")).To(MatchRegexp(`order-api\s+Closed.*http://order-api.default.svc.cluster.local.:8080`))
 	})
@@ -296,6 +300,10 @@ spec:
 			{`{upstream: {service: {name: a, port: 80}}, failureThreshold: 0}`, "spec.failureThreshold"},
 			{`{upstream: {service: {name: a, port: 80}, url: "https://x.example.com"}}`, "spec.upstream"},
 			{`{upstream: {service: {name: a, port: 80}}, recoveryTimeout: soon}`, "spec.recoveryTimeout"},
+			{`{upstream: {service: {name: a, port: 80}}, failureRate: {threshold: 50, window: 20m}}`, "spec.failureRate.window"},
+			{`{upstream: {service: {name: a, port: 80}}, requestTimeout: 1s, slowCall: {durationThreshold: 1s, rateThreshold: 50}}`, "spec.slowCall.durationThreshold"},
+			{`{upstream: {service: {name: a, port: 80}}, recoveryTimeout: 1m, openDuration: {max: 30s}}`, "spec.openDuration.max"},
+			{`{upstream: {service: {name: a, port: 80}}, mode: Off}`, "spec.mode"},
 		} {
 			manifest := "apiVersion: circuitbreaker.io/v1alpha1\nkind: CircuitBreaker\nmetadata: {name: bad, namespace: default}\nspec: " + bad.spec + "\n"
 			out, err := c.kubectlStdin(manifest, "apply", "-f", "-")
