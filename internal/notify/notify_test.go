@@ -75,12 +75,14 @@ func TestDelivery(t *testing.T) {
 	run(t, w)
 	w.Notify(breaker.NewKey("shop", "order-api"), breaker.Transition{
 		From: breaker.StateClosed, To: breaker.StateOpen, At: at, Reason: "5 consecutive failures, last: 503",
+		OpenReason: breaker.OpenConsecutiveFailures,
 	})
 	w.Notify(breaker.NewKey("shop", "order-api"), breaker.Transition{
 		From: breaker.StateOpen, To: breaker.StateHalfOpen, At: at.Add(30 * time.Second), Reason: "recovery timeout of 30s elapsed",
 	})
 	g.Eventually(r.received).Should(Equal([]notify.Notification{
-		{Namespace: "shop", Name: "order-api", From: "Closed", To: "Open", Reason: "5 consecutive failures, last: 503", Time: at},
+		{Namespace: "shop", Name: "order-api", From: "Closed", To: "Open", Reason: "5 consecutive failures, last: 503",
+			OpenReason: "ConsecutiveFailures", Time: at},
 		{Namespace: "shop", Name: "order-api", From: "Open", To: "HalfOpen", Reason: "recovery timeout of 30s elapsed", Time: at.Add(30 * time.Second)},
 	}), "in order")
 }
