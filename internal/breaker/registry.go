@@ -78,18 +78,7 @@ func (r *Registry) wantCoarse() {
 
 func (r *Registry) startCoarse(ctx context.Context) {
 	r.coarseOnce.Do(func() {
-		go func() {
-			ticker := r.clock.NewTicker(CoarseResolution)
-			defer ticker.Stop()
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-ticker.C():
-					r.coarse.Store(r.clock.Now().UnixNano())
-				}
-			}
-		}()
+		go r.every(ctx, CoarseResolution, func() { r.coarse.Store(r.clock.Now().UnixNano()) })
 	})
 }
 
@@ -204,6 +193,11 @@ func (r *Registry) Run(ctx context.Context, interval time.Duration) {
 	if r.coarseWanted.Load() {
 		r.startCoarse(ctx)
 	}
+	r.every(ctx, interval, r.flushCountChanges)
+}
+
+// every runs fn every interval of the registry's clock until ctx ends.
+func (r *Registry) every(ctx context.Context, interval time.Duration, fn func()) {
 	ticker := r.clock.NewTicker(interval)
 	defer ticker.Stop()
 	for {
@@ -211,7 +205,7 @@ func (r *Registry) Run(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-ticker.C():
-			r.flushCountChanges()
+			fn()
 		}
 	}
 }

@@ -2,9 +2,6 @@ package controller
 
 import (
 	"context"
-	"io"
-	"net/http"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -147,36 +144,14 @@ func TestStatusWritesStayBoundedUnderATwoReplicaStorm(t *testing.T) {
 	for i, h := range []*harness{first, second} {
 		h.registry.OnTransition(func(breaker.Key, breaker.Transition) { transitions[i].Add(1) })
 	}
-	stop := time.Now().Add(storm)
-	var requests atomic.Int64
-	var wg sync.WaitGroup
-	wg.Go(func() { // flap the upstream every 100ms
-		for time.Now().Before(stop) {
-			failing.Store(!failing.Load())
-			time.Sleep(100 * time.Millisecond)
-		}
-	})
-	transport := &http.Transport{MaxIdleConnsPerHost: 16}
-	for i := range 8 {
-		wg.Go(func() {
-			for time.Now().Before(stop) {
-				resp, err := transport.RoundTrip(mustRequest(routes[i%2]))
-				if err == nil {
-					_, _ = io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					requests.Add(1)
-				}
-			}
-		})
-	}
-	wg.Wait()
-	g.Expect(requests.Load()).To(BeNumerically(">", 1000), "a storm")
+	requests := stormThrough(failing, storm, routes...)
+	g.Expect(requests).To(BeNumerically(">", 1000), "a storm")
 	for i, h := range []*harness{first, second} {
 		patches, entries := h.statusPatches.Load()-patchesBefore[i], h.entryWrites.Load()-entriesBefore[i]
 		writes := patches + entries
 		n := transitions[i].Load()
 		t.Logf("replica %s (leading: %t): %d requests through both in %s; %d transitions; %d status writes: %d top-level, %d of its entry (%.1f/s in all)",
-			h.name, h.elector.Leading(), requests.Load(), storm, n, writes, patches, entries, float64(writes)/storm.Seconds())
+			h.name, h.elector.Leading(), requests, storm, n, writes, patches, entries, float64(writes)/storm.Seconds())
 		// Per second: one count flush of the entry, and as the leader one
 		// of the top-level status; every transition may add one of each.
 		perSecond := int64(1)
@@ -184,6 +159,6 @@ func TestStatusWritesStayBoundedUnderATwoReplicaStorm(t *testing.T) {
 			perSecond = 2
 		}
 		g.Expect(writes).To(BeNumerically("<=", perSecond*(int64(storm/time.Second)+n+2)))
-		g.Expect(writes).To(BeNumerically("<", requests.Load()/20), "nothing per request")
+		g.Expect(writes).To(BeNumerically("<", requests/20), "nothing per request")
 	}
 }

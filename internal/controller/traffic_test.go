@@ -126,20 +126,35 @@ func TestStatusWritesStayBoundedUnderAStorm(t *testing.T) {
 
 	const storm = 4 * time.Second
 	before := h.statusPatches.Load()
-	stop := time.Now().Add(storm)
+	requests := stormThrough(failing, storm, route)
+	writes := h.statusPatches.Load() - before
+	transitions := countPrefix(events(g, ns, "flappy"), "Opened:") + countPrefix(events(g, ns, "flappy"), "Closed:")
+	t.Logf("%d requests in %s, %d status writes, about %d open/close transitions", requests, storm, writes, transitions)
+	g.Expect(requests).To(BeNumerically(">", 1000), "a storm")
+	// Each second holds at most one count flush and one Open→HalfOpen→Closed|Open
+	// cycle (recoveryTimeout is 1s), plus a little for the edges.
+	g.Expect(writes).To(BeNumerically("<=", 4*int64(storm/time.Second)+4))
+	g.Expect(writes).To(BeNumerically(">=", 2), "the storm's transitions did reach the status")
+}
+
+// stormThrough sends calls from 8 callers, spread over routes, for d,
+// while the upstream flips between failing and not every 100ms, and
+// returns how many were answered.
+func stormThrough(failing *atomic.Bool, d time.Duration, routes ...string) int64 {
+	stop := time.Now().Add(d)
 	var requests atomic.Int64
 	var wg sync.WaitGroup
-	wg.Go(func() { // flap the upstream every 100ms
+	wg.Go(func() {
 		for time.Now().Before(stop) {
 			failing.Store(!failing.Load())
 			time.Sleep(100 * time.Millisecond)
 		}
 	})
 	transport := &http.Transport{MaxIdleConnsPerHost: 16}
-	for range 8 {
+	for i := range 8 {
 		wg.Go(func() {
 			for time.Now().Before(stop) {
-				resp, err := transport.RoundTrip(mustRequest(route))
+				resp, err := transport.RoundTrip(mustRequest(routes[i%len(routes)]))
 				if err == nil {
 					_, _ = io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
@@ -149,14 +164,7 @@ func TestStatusWritesStayBoundedUnderAStorm(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	writes := h.statusPatches.Load() - before
-	transitions := countPrefix(events(g, ns, "flappy"), "Opened:") + countPrefix(events(g, ns, "flappy"), "Closed:")
-	t.Logf("%d requests in %s, %d status writes, about %d open/close transitions", requests.Load(), storm, writes, transitions)
-	g.Expect(requests.Load()).To(BeNumerically(">", 1000), "a storm")
-	// Each second holds at most one count flush and one Open→HalfOpen→Closed|Open
-	// cycle (recoveryTimeout is 1s), plus a little for the edges.
-	g.Expect(writes).To(BeNumerically("<=", 4*int64(storm/time.Second)+4))
-	g.Expect(writes).To(BeNumerically(">=", 2), "the storm's transitions did reach the status")
+	return requests.Load()
 }
 
 func mustRequest(url string) *http.Request {
