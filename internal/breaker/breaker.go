@@ -670,7 +670,8 @@ const MaxFollowSkew = 30 * time.Second
 // Follow adopts d when it opens or closes the breaker later than this one
 // last opened or closed, and reports whether that changed the state. An
 // Open decision is followed with its openUntil (no later than its time plus
-// the recovery timeout), so every replica probes at the same moment. A
+// the longest opening the settings allow), so every replica probes at the
+// same moment. A
 // HalfOpen is no decision to follow: each replica reaches it by itself at
 // that shared openUntil. Calls allowed before are ignored, as after any
 // transition.
@@ -683,7 +684,10 @@ func (b *Breaker) Follow(d Decision) bool {
 		return false
 	}
 	openUntil := d.OpenUntil
-	if latest := d.At.Add(b.settings.RecoveryTimeout); openUntil.IsZero() || openUntil.After(latest) {
+	// No opening lasts longer than this breaker's own longest could.
+	longest := max(b.settings.MaxOpenDuration, b.settings.RecoveryTimeout)
+	longest += longest * time.Duration(b.settings.OpenJitter) / 100
+	if latest := d.At.Add(longest); openUntil.IsZero() || openUntil.After(latest) {
 		openUntil = latest
 	}
 	var fired *Transition

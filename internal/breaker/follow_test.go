@@ -49,6 +49,19 @@ func TestFollow(t *testing.T) {
 		wantFollowed: true, wantState: StateOpen,
 		wantOpenUntil: func(time.Time) time.Time { return epoch.Add(time.Second + time.Minute) },
 	}, {
+		name: "an adaptive opening is followed up to the longest the settings allow",
+		prepare: func(_ Gomega, b *Breaker) time.Time {
+			s := b.settings
+			s.OpenMultiplier, s.MaxOpenDuration, s.OpenJitter = 2, 10*time.Minute, 10
+			b.Update(s)
+			return epoch
+		},
+		decision: func(time.Time) Decision {
+			return Decision{State: StateOpen, At: epoch.Add(time.Second), OpenUntil: epoch.Add(time.Second + 8*time.Minute)}
+		},
+		wantFollowed: true, wantState: StateOpen,
+		wantOpenUntil: func(time.Time) time.Time { return epoch.Add(time.Second + 8*time.Minute) },
+	}, {
 		name:    "a decision far in the future is not followed",
 		prepare: func(Gomega, *Breaker) time.Time { return epoch },
 		decision: func(time.Time) Decision {
