@@ -508,7 +508,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 			// Breakers are independent, and a reconcile mostly waits for its
 			// status write: the write rate at scale is the workers' number
 			// over the API server's latency (docs/benchmarks.md, bench-scale).
-			MaxConcurrentReconciles: 16,
+			MaxConcurrentReconciles: 32,
 			// Every replica's proxy needs live breakers, not just the leader's.
 			NeedLeaderElection: ptr.To(false),
 			// Failed status writes (an API server that went away) are retried
