@@ -43,6 +43,33 @@ func policyUpstream(t *testing.T) (*httptest.Server, *atomic.Value, *atomic.Int6
 	return srv, &mode, &hits
 }
 
+// policyFixture is a manager with one URL breaker in front of a
+// policyUpstream, and the breaker's route through the proxy.
+type policyFixture struct {
+	ns    string
+	h     *harness
+	cb    *cbv1.CircuitBreaker
+	route string
+	mode  *atomic.Value
+	hits  *atomic.Int64
+}
+
+// startPolicy creates breaker name (shaped by spec) and waits until its
+// route answers.
+func startPolicy(t *testing.T, name string, threshold int32, recovery time.Duration, spec func(*cbv1.CircuitBreaker)) policyFixture {
+	g := NewWithT(t)
+	p := policyFixture{ns: newNamespace(t)}
+	p.h = startManager(t, p.ns, Options{AllowURLUpstreams: true})
+	upstream, mode, hits := policyUpstream(t)
+	p.mode, p.hits = mode, hits
+	p.cb = urlBreaker(p.ns, name, upstream.URL, threshold, recovery)
+	spec(p.cb)
+	g.Expect(k8sClient.Create(context.Background(), p.cb)).To(Succeed())
+	p.route = proxyFor(t, p.h).URL + "/" + p.ns + "/" + name + "/"
+	g.Eventually(func() int { return call(g, p.route) }).Should(Equal(200))
+	return p
+}
+
 // Each rule, driven by traffic through the proxy, reaches the status and an
 // Event that names it with its figures.
 func TestPolicyRulesReachStatusAndEvents(t *testing.T) {
@@ -93,15 +120,8 @@ func TestPolicyRulesReachStatusAndEvents(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			g := NewWithT(t)
-			ns := newNamespace(t)
-			h := startManager(t, ns, Options{AllowURLUpstreams: true})
-			upstream, mode, _ := policyUpstream(t)
-			px := proxyFor(t, h)
-			cb := urlBreaker(ns, "rules", upstream.URL, 5, time.Minute)
-			tc.spec(cb)
-			g.Expect(k8sClient.Create(context.Background(), cb)).To(Succeed())
-			route := px.URL + "/" + ns + "/rules/"
-			g.Eventually(func() int { return call(g, route) }).Should(Equal(200))
+			p := startPolicy(t, "rules", 5, time.Minute, tc.spec)
+			ns, h, cb, route, mode := p.ns, p.h, p.cb, p.route, p.mode
 			reset(g, ns, "rules", "fresh") // a clean window after the readiness call
 			for _, m := range tc.calls {
 				mode.Store(m)
@@ -133,15 +153,10 @@ func TestPolicyRulesReachStatusAndEvents(t *testing.T) {
 // A probe failing reopens with reason ProbeFailed, each opening longer.
 func TestProbeFailureOpensLonger(t *testing.T) {
 	g := NewWithT(t)
-	ns := newNamespace(t)
-	h := startManager(t, ns, Options{AllowURLUpstreams: true})
-	upstream, mode, _ := policyUpstream(t)
-	px := proxyFor(t, h)
-	cb := urlBreaker(ns, "growing", upstream.URL, 1, time.Second)
-	cb.Spec.OpenDuration = &cbv1.OpenDuration{Multiplier: 3, Max: &metav1.Duration{Duration: time.Minute}}
-	g.Expect(k8sClient.Create(context.Background(), cb)).To(Succeed())
-	route := px.URL + "/" + ns + "/growing/"
-	g.Eventually(func() int { return call(g, route) }).Should(Equal(200))
+	p := startPolicy(t, "growing", 1, time.Second, func(cb *cbv1.CircuitBreaker) {
+		cb.Spec.OpenDuration = &cbv1.OpenDuration{Multiplier: 3, Max: &metav1.Duration{Duration: time.Minute}}
+	})
+	ns, h, route, mode := p.ns, p.h, p.route, p.mode
 	mode.Store("fail")
 	g.Expect(call(g, route)).To(Equal(500))
 	b := liveBreaker(g, h, ns, "growing")
@@ -159,15 +174,8 @@ func TestProbeFailureOpensLonger(t *testing.T) {
 // The modes through the proxy: what callers get, what the status says.
 func TestModes(t *testing.T) {
 	g := NewWithT(t)
-	ns := newNamespace(t)
-	h := startManager(t, ns, Options{AllowURLUpstreams: true})
-	upstream, mode, hits := policyUpstream(t)
-	px := proxyFor(t, h)
-	cb := urlBreaker(ns, "modal", upstream.URL, 2, time.Hour)
-	cb.Spec.Mode = cbv1.ModeObserve
-	g.Expect(k8sClient.Create(context.Background(), cb)).To(Succeed())
-	route := px.URL + "/" + ns + "/modal/"
-	g.Eventually(func() int { return call(g, route) }).Should(Equal(200))
+	p := startPolicy(t, "modal", 2, time.Hour, func(cb *cbv1.CircuitBreaker) { cb.Spec.Mode = cbv1.ModeObserve })
+	ns, route, mode, hits := p.ns, p.route, p.mode, p.hits
 
 	// Observe: it opens, as a shadow; every call still reaches the upstream.
 	mode.Store("fail")
