@@ -749,8 +749,13 @@ func (b *Breaker) restore(s Snapshot) {
 	b.consecutiveOpens = s.ConsecutiveOpens
 	b.probesInFlight = 0
 	b.probeSuccesses = 0
-	if b.settings.Mode == ModeForcedOpen && (s.State != StateOpen || !s.OpenUntil.IsZero()) {
-		b.forceOpenLocked(b.clock.Now())
+	if b.settings.Mode == ModeForcedOpen {
+		if s.State == StateOpen && s.LastOpenReason == OpenForced {
+			// Forced open before the restart: still, with no probing time.
+			b.openUntil = time.Time{}
+		} else {
+			b.forceOpenLocked(b.clock.Now())
+		}
 	}
 	b.mu.Unlock()
 }

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	. "github.com/onsi/gomega"
+	clocktesting "k8s.io/utils/clock/testing"
 )
 
 // outcome is one call in a policy test: it fails, takes a while, or its
@@ -304,4 +305,24 @@ func TestForcedOpenEnteredAndLeft(t *testing.T) {
 	g.Expect(b.Snapshot().State).To(Equal(StateClosed))
 	_, err = b.Allow()
 	g.Expect(err).NotTo(HaveOccurred())
+}
+
+// A forced-open breaker restored from its status stays forced open, with
+// no probing time and no new transition.
+func TestForcedOpenRestored(t *testing.T) {
+	g := NewWithT(t)
+	r := NewRegistry(clocktesting.NewFakeClock(epoch))
+	saved := &Snapshot{State: StateOpen, LastTransitionTime: epoch.Add(-time.Hour), LastOpenReason: OpenForced}
+	b, _ := r.Upsert(NewKey("shop", "forced"), "uid", Settings{Mode: ModeForcedOpen}, saved)
+	snap := b.Snapshot()
+	g.Expect(snap.State).To(Equal(StateOpen))
+	g.Expect(snap.OpenUntil.IsZero()).To(BeTrue())
+	g.Expect(snap.LastTransitionTime).To(Equal(epoch.Add(-time.Hour)), "no new transition")
+	_, err := b.Allow()
+	g.Expect(err).To(MatchError(ErrForcedOpen))
+
+	// Restored Closed under ForcedOpen (the mode changed while the manager was down): forced now.
+	b, _ = r.Upsert(NewKey("shop", "newly-forced"), "uid", Settings{Mode: ModeForcedOpen}, &Snapshot{State: StateClosed})
+	g.Expect(b.Snapshot().State).To(Equal(StateOpen))
+	g.Expect(b.Snapshot().LastOpenReason).To(Equal(OpenForced))
 }
