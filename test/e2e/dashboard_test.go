@@ -75,6 +75,11 @@ spec:
 			chromedp.WaitVisible(tile+`[data-state="closed"]`),
 		)).To(Succeed())
 
+		// The Observe sample says it observes: its badge carries the mode.
+		observe := `.tile[data-key="default/recommendations"]`
+		g.Expect(chromedp.Do(ctx, chromedp.WaitVisible(observe+`[data-mode="Observe"]`))).To(Succeed())
+		g.Expect(chromedp.Run(ctx, chromedp.Text(observe+` .badge`))).To(Equal("closed (Observe)"))
+
 		route := "http://" + c.proxyAddr + "/default/dash/"
 		g.Eventually(func() int { return httpGet(g, route) }, 10*time.Second).Should(Equal(200))
 		up.failing.Store(true)
