@@ -215,7 +215,9 @@ func apiState(s breaker.State) string {
 }
 
 // apiStatusStates spells the status's states the way the API does.
-var apiStatusStates = map[string]string{cbv1.StateClosed: "closed", cbv1.StateOpen: "open", cbv1.StateHalfOpen: "half-open"}
+var apiStatusStates = map[string]string{
+	cbv1.StateClosed: apiState(breaker.StateClosed), cbv1.StateOpen: apiState(breaker.StateOpen), cbv1.StateHalfOpen: apiState(breaker.StateHalfOpen),
+}
 
 // entry is the breaker as the API shows it: live state from this replica's
 // registry, the fleet's from status (nil when the cache has no resource).

@@ -143,27 +143,23 @@ func (w *replicaWriter) write(ctx context.Context, key breaker.Key, cb *cbv1.Cir
 		}
 	}
 	entry.LastUpdate = metav1.NewMicroTime(w.clock.Now().Truncate(time.Microsecond).UTC())
-	if err := w.apply(ctx, cb, entry.Name, []cbv1.ReplicaStatus{entry}); err != nil {
+	if err := w.apply(ctx, cb, entry.Name, &entry); err != nil {
 		return err
 	}
 	w.written.Store(key, writtenEntry{uid: cb.UID, baseVersion: cb.ResourceVersion, entry: entry})
 	return nil
 }
 
-// apply writes entries as replica name's field manager: its own entry, or
-// none, which removes the entry of a replica that is gone.
-func (w *replicaWriter) apply(ctx context.Context, cb *cbv1.CircuitBreaker, name string, entries []cbv1.ReplicaStatus) error {
+// apply writes as replica name's field manager: its own entry, or none
+// (nil), which removes the entry of a replica that is gone.
+func (w *replicaWriter) apply(ctx context.Context, cb *cbv1.CircuitBreaker, name string, entry *cbv1.ReplicaStatus) error {
 	status := map[string]any{}
-	if len(entries) > 0 {
-		list := make([]any, 0, len(entries))
-		for i := range entries {
-			m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(&entries[i])
-			if err != nil {
-				return err
-			}
-			list = append(list, m)
+	if entry != nil {
+		m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(entry)
+		if err != nil {
+			return err
 		}
-		status["replicas"] = list
+		status["replicas"] = []any{m}
 	}
 	u := &unstructured.Unstructured{Object: map[string]any{"status": status}}
 	u.SetGroupVersionKind(cbv1.GroupVersion.WithKind("CircuitBreaker"))

@@ -141,9 +141,6 @@ func policy(spec *cbv1.CircuitBreakerSpec, s *breaker.Settings) {
 		s.SlowCallDuration = sc.DurationThreshold.Duration
 		s.SlowCallRateThreshold = uint32(max(sc.RateThreshold, 0))
 	}
-	if !s.ConsecutiveRuleOff && s.FailureThreshold == 0 {
-		s.FailureThreshold = breaker.DefaultFailureThreshold
-	}
 	if od := spec.OpenDuration; od != nil {
 		s.OpenMultiplier = uint32(max(od.Multiplier, 1))
 		s.MaxOpenDuration = durationOr(od.Max, defaultMaxOpenDuration)

@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/kubernetes"
+	coordinationclient "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
@@ -33,9 +34,11 @@ const memberLabel = "circuitbreaker.io/replica"
 // the others' which replicas are live. It costs O(replicas) API calls per
 // renew period, whatever the number of breakers.
 type Members struct {
-	leases    kubernetesLeases
+	leases    coordinationclient.LeaseInterface
 	namespace string
 	self      string
+	// leaseName is this replica's Lease.
+	leaseName string
 	clock     clock.PassiveClock
 	log       logr.Logger
 
@@ -52,21 +55,13 @@ type memberView struct {
 	expiry  map[string]time.Time
 }
 
-type kubernetesLeases = interface {
-	Get(ctx context.Context, name string, opts metav1.GetOptions) (*coordinationv1.Lease, error)
-	Create(ctx context.Context, lease *coordinationv1.Lease, opts metav1.CreateOptions) (*coordinationv1.Lease, error)
-	Update(ctx context.Context, lease *coordinationv1.Lease, opts metav1.UpdateOptions) (*coordinationv1.Lease, error)
-	Delete(ctx context.Context, name string, opts metav1.DeleteOptions) error
-	List(ctx context.Context, opts metav1.ListOptions) (*coordinationv1.LeaseList, error)
-}
-
 // NewMembers returns the membership of replica self, with Leases in namespace.
 func NewMembers(restConfig *rest.Config, namespace, self string, clk clock.PassiveClock, log logr.Logger) (*Members, error) {
 	cs, err := kubernetes.NewForConfig(rest.CopyConfig(restConfig))
 	if err != nil {
 		return nil, err
 	}
-	return &Members{leases: cs.CoordinationV1().Leases(namespace), namespace: namespace, self: self, clock: clk, log: log}, nil
+	return &Members{leases: cs.CoordinationV1().Leases(namespace), namespace: namespace, self: self, leaseName: leaseName(self), clock: clk, log: log}, nil
 }
 
 // Self is this replica's name.
@@ -124,14 +119,14 @@ func (m *Members) Start(ctx context.Context) error {
 	}
 }
 
-// leaseName is the Lease of this replica: its name when that is a valid
+// leaseName is the Lease of replica self: its name when that is a valid
 // object name, a hash of it otherwise.
-func (m *Members) leaseName() string {
-	name := "circuit-breaker-replica-" + m.self
+func leaseName(self string) string {
+	name := "circuit-breaker-replica-" + self
 	if len(validation.IsDNS1123Subdomain(name)) == 0 {
 		return name
 	}
-	sum := sha256.Sum256([]byte(m.self))
+	sum := sha256.Sum256([]byte(self))
 	return "circuit-breaker-replica-" + hex.EncodeToString(sum[:8])
 }
 
@@ -149,12 +144,12 @@ func (m *Members) write(ctx context.Context, renewed time.Time) {
 		LeaseDurationSeconds: ptr.To(int32(MemberLeaseDuration / time.Second)),
 		RenewTime:            &now,
 	}
-	lease, err := m.leases.Get(ctx, m.leaseName(), metav1.GetOptions{})
+	lease, err := m.leases.Get(ctx, m.leaseName, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
 		spec.AcquireTime = &now
 		lease = &coordinationv1.Lease{Spec: spec, ObjectMeta: metav1.ObjectMeta{
-			Name: m.leaseName(), Namespace: m.namespace, Labels: map[string]string{memberLabel: "true"},
+			Name: m.leaseName, Namespace: m.namespace, Labels: map[string]string{memberLabel: "true"},
 		}}
 		_, err = m.leases.Create(ctx, lease, metav1.CreateOptions{})
 	case err == nil:
@@ -162,7 +157,7 @@ func (m *Members) write(ctx context.Context, renewed time.Time) {
 		_, err = m.leases.Update(ctx, lease, metav1.UpdateOptions{})
 	}
 	if err != nil && ctx.Err() == nil {
-		m.log.Error(err, "writing this replica's Lease", "lease", m.leaseName())
+		m.log.Error(err, "writing this replica's Lease", "lease", m.leaseName)
 	}
 }
 
