@@ -76,7 +76,11 @@ func (w *statusWriter) patch(ctx context.Context, key breaker.Key, cb *cbv1.Circ
 	if err != nil {
 		return err
 	}
-	updated := cb.DeepCopy()
+	// Only the new resourceVersion is read from the answer: asking for the
+	// metadata alone spares the API server encoding, and this process
+	// decoding, the whole object once per write.
+	updated := &metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{Namespace: cb.Namespace, Name: cb.Name}}
+	updated.SetGroupVersionKind(cbv1.GroupVersion.WithKind("CircuitBreaker"))
 	if err := w.client.Status().Patch(ctx, updated, client.RawPatch(types.MergePatchType, diff)); err != nil {
 		return client.IgnoreNotFound(err)
 	}

@@ -44,13 +44,17 @@ type Proxy struct {
 	table   *Table
 	clock   clock.PassiveClock
 	reverse *httputil.ReverseProxy
-	// via is this installation's Via entry, "1.1 circuit-breaker-<token>".
-	via string
+	// via is this installation's Via entry, "1.1 circuit-breaker-<token>";
+	// viaOnly is the header value of a call that carried no Via, shared by
+	// every such call (its capacity is its length: an append copies it).
+	via     string
+	viaOnly []string
 }
 
 // New returns a Proxy that serves the routes of table.
 func New(table *Table, clk clock.PassiveClock, opts Options) *Proxy {
 	p := &Proxy{table: table, clock: clk, via: "1.1 circuit-breaker-" + opts.LoopToken}
+	p.viaOnly = []string{p.via}
 	p.reverse = &httputil.ReverseProxy{
 		Rewrite:        p.rewrite,
 		Transport:      &splitTransport{open: NewTransport(), guarded: newTransport(dialGuard(ownAddresses()))},
@@ -221,7 +225,11 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 		out.Path, out.RawPath = path, escaped
 	}
 	pr.Out.Host = ""
-	pr.Out.Header.Add("Via", p.via)
+	if via := pr.Out.Header["Via"]; len(via) > 0 {
+		pr.Out.Header["Via"] = append(via, p.via)
+	} else {
+		pr.Out.Header["Via"] = p.viaOnly // no allocation per call
+	}
 	pr.SetXForwarded()
 }
 
