@@ -8,6 +8,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/url"
 	"strconv"
@@ -89,6 +90,12 @@ type call struct {
 	// w answers the caller; body is the caller's request body, if any.
 	w    http.ResponseWriter
 	body *callerBody
+	// target is the upstream URL the call goes to; trace passes 1xx
+	// answers on until the final one (answered, under headersMu).
+	target    url.URL
+	trace     httptrace.ClientTrace
+	headersMu sync.Mutex
+	answered  bool
 	// streaming is set once the response headers are in: from then on the
 	// timer is the stream idle timeout.
 	streaming atomic.Bool
@@ -159,7 +166,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			c.ticket.Cancel()
 		}
 	}()
-	p.reverse.ServeHTTP(w, r.WithContext(c))
+	if upgradeType(r.Header) != "" {
+		p.reverse.ServeHTTP(w, r.WithContext(c))
+		return
+	}
+	p.forward(w, r, c)
 }
 
 // expire ends the call when its timer fires: the request timeout before
@@ -208,29 +219,23 @@ func splitPath(path string) (key breaker.Key, rest string, ok bool) {
 	return breaker.Key(path[1 : end+nameEnd]), path[end+nameEnd:], true
 }
 
+// rewrite points an upgrade's outbound request at the route's target.
 func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	c := callOf(pr.In)
-	target := c.route.Target
-	out := pr.Out.URL
-	out.Scheme = target.Scheme
-	out.Host = target.Host
-	escaped := c.rest // most targets have no path: no concatenation
-	if base := strings.TrimSuffix(target.EscapedPath(), "/"); base != "" {
-		escaped = base + c.rest
-	}
-	if escaped == "" {
-		escaped = "/"
-	}
-	if path, err := url.PathUnescape(escaped); err == nil {
-		out.Path, out.RawPath = path, escaped
-	}
+	c.setTarget(pr.Out.URL.RawQuery)
+	pr.Out.URL = &c.target
 	pr.Out.Host = ""
-	if via := pr.Out.Header["Via"]; len(via) > 0 {
-		pr.Out.Header["Via"] = append(via, p.via)
-	} else {
-		pr.Out.Header["Via"] = p.viaOnly // no allocation per call
-	}
+	p.addVia(pr.Out.Header)
 	pr.SetXForwarded()
+}
+
+// addVia adds this installation's Via entry to h.
+func (p *Proxy) addVia(h http.Header) {
+	if via := h["Via"]; len(via) > 0 {
+		h["Via"] = append(via, p.via)
+	} else {
+		h["Via"] = p.viaOnly // no allocation per call
+	}
 }
 
 // classifyResponse reports the upstream's answer to the breaker. A failing
@@ -326,9 +331,16 @@ type callerBody struct {
 	io.ReadCloser
 	reading atomic.Bool
 	failed  atomic.Bool
+	// ended is set when the call is over: the transport may still read
+	// (it can outlive the handler), and gets an error instead of racing
+	// the server for the body.
+	ended atomic.Bool
 }
 
 func (b *callerBody) Read(p []byte) (int, error) {
+	if b.ended.Load() {
+		return 0, errCallEnded
+	}
 	b.reading.Store(true)
 	n, err := b.ReadCloser.Read(p)
 	b.reading.Store(false)
@@ -337,6 +349,17 @@ func (b *callerBody) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// Close does not close the caller's body, which is the server's to close:
+// the transport closes what it sends, even when a dial fails before a byte
+// was read, and the caller may still be sending (e.g. waiting for a 100
+// Continue).
+func (b *callerBody) Close() error { return nil }
+
+// end marks the call over.
+func (b *callerBody) end() { b.ended.Store(true) }
+
+var errCallEnded = errors.New("the call has ended")
 
 // broke reports whether the body failed or was still awaited from the caller.
 func (b *callerBody) broke() bool {

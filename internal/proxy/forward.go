@@ -1,0 +1,277 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"mime"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"net/url"
+	"strings"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// forward is the data plane's path for every call that is not an upgrade
+// (upgrades go through httputil.ReverseProxy). It does what ReverseProxy
+// with Rewrite and SetXForwarded does, in the same order, with fewer
+// copies: the caller's request becomes the upstream's (its header map is
+// edited in place, which net/http allows a handler: it reads what it needs
+// of the headers before the handler runs), the target URL lives in the
+// call, and the answer's header values are handed over rather than copied.
+// docs/benchmarks.md ("The proxy hop") has what this saves and costs.
+func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
+	h := r.Header
+	if h == nil {
+		h = make(http.Header)
+	}
+	trailers := httpguts.HeaderValuesContainsToken(h["Te"], "trailers")
+	removeHopByHop(h)
+	if trailers {
+		// Tell the upstream we pass trailers on, as the caller asked.
+		h["Te"] = teTrailers
+	}
+	// What the caller claims about earlier hops is not passed on: ours replaces it.
+	delete(h, "Forwarded")
+	if clientIP, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		h["X-Forwarded-For"] = []string{clientIP}
+	} else {
+		delete(h, "X-Forwarded-For")
+	}
+	h["X-Forwarded-Host"] = []string{r.Host}
+	if r.TLS == nil {
+		h["X-Forwarded-Proto"] = forwardedHTTP
+	} else {
+		h["X-Forwarded-Proto"] = forwardedHTTPS
+	}
+	p.addVia(h)
+	if _, ok := h["User-Agent"]; !ok {
+		h["User-Agent"] = noUserAgent // not Go's default one
+	}
+
+	c.setTarget(cleanQuery(r.URL.RawQuery))
+	c.trace.Got1xxResponse = c.got1xx
+	out := r.WithContext(httptrace.WithClientTrace(c, &c.trace))
+	out.URL, out.Host, out.Header, out.RequestURI, out.Close = &c.target, "", h, "", false
+	if r.ContentLength == 0 {
+		out.Body = nil // lets the transport retry on a stale pooled connection
+	}
+	if c.body != nil {
+		defer c.body.end()
+	}
+
+	res, err := p.reverse.Transport.RoundTrip(out)
+	c.headersMu.Lock()
+	c.answered = true // no 1xx may touch the caller's headers any more
+	c.headersMu.Unlock()
+	if err != nil {
+		handleError(w, out, err)
+		return
+	}
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		// Nobody asked to switch protocols.
+		_ = classifyResponse(res)
+		_ = res.Body.Close()
+		handleError(w, out, errUnaskedUpgrade)
+		return
+	}
+	removeHopByHop(res.Header)
+	_ = classifyResponse(res)
+
+	dst := w.Header()
+	for k, vv := range res.Header {
+		if len(dst[k]) == 0 {
+			dst[k] = vv // the answer is discarded after this: no copy
+		} else {
+			dst[k] = append(dst[k], vv...)
+		}
+	}
+	announced := len(res.Trailer)
+	if announced > 0 {
+		keys := make([]string, 0, announced)
+		for k := range res.Trailer {
+			keys = append(keys, k)
+		}
+		dst.Add("Trailer", strings.Join(keys, ", "))
+	}
+	w.WriteHeader(res.StatusCode)
+
+	if err := p.copyBody(w, res); err != nil {
+		_ = res.Body.Close()
+		if r.Context().Value(http.ServerContextKey) != nil {
+			// The answer is cut short; net/http aborts the connection
+			// without logging (as ReverseProxy does).
+			panic(http.ErrAbortHandler)
+		}
+		return
+	}
+	_ = res.Body.Close() // now, not deferred: it fills res.Trailer
+	if len(res.Trailer) > 0 {
+		// Chunked, even for a short body, so that the trailers can follow.
+		_ = http.NewResponseController(w).Flush()
+	}
+	if len(res.Trailer) == announced {
+		for k, vv := range res.Trailer {
+			dst[k] = append(dst[k], vv...)
+		}
+		return
+	}
+	for k, vv := range res.Trailer {
+		k = http.TrailerPrefix + k
+		for _, v := range vv {
+			dst.Add(k, v)
+		}
+	}
+}
+
+// copyBody streams the upstream's body to the caller. A stream (no length,
+// or server-sent events) is flushed as it comes, headers first.
+func (p *Proxy) copyBody(w http.ResponseWriter, res *http.Response) error {
+	flush := res.ContentLength == -1
+	if !flush {
+		if base, _, _ := mime.ParseMediaType(res.Header.Get("Content-Type")); base == "text/event-stream" {
+			flush = true
+		}
+	}
+	var rc *http.ResponseController
+	if flush {
+		rc = http.NewResponseController(w)
+		_ = rc.Flush()
+	}
+	buf := p.reverse.BufferPool.Get()
+	defer p.reverse.BufferPool.Put(buf)
+	for {
+		n, rerr := res.Body.Read(buf)
+		if n > 0 {
+			written, werr := w.Write(buf[:n])
+			if werr != nil {
+				return werr
+			}
+			if written != n {
+				return io.ErrShortWrite
+			}
+			if flush {
+				_ = rc.Flush()
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// got1xx passes an informational answer (e.g. 103 Early Hints) on to the
+// caller while the final one is awaited.
+func (c *call) got1xx(code int, header textproto.MIMEHeader) error {
+	c.headersMu.Lock()
+	defer c.headersMu.Unlock()
+	if c.answered {
+		return nil
+	}
+	h := c.w.Header()
+	for k, vv := range header {
+		h[k] = append(h[k], vv...)
+	}
+	c.w.WriteHeader(code)
+	clear(h) // a 1xx's headers are not the final answer's
+	return nil
+}
+
+// setTarget points the call's outbound URL at its route's target, with the
+// caller's path after /<namespace>/<name> and query.
+func (c *call) setTarget(rawQuery string) {
+	target := c.route.Target
+	c.target = url.URL{Scheme: target.Scheme, Host: target.Host, RawQuery: rawQuery}
+	escaped := c.rest // most targets have no path: no concatenation
+	if base := strings.TrimSuffix(target.EscapedPath(), "/"); base != "" {
+		escaped = base + c.rest
+	}
+	if escaped == "" {
+		escaped = "/"
+	}
+	if path, err := url.PathUnescape(escaped); err == nil {
+		c.target.Path, c.target.RawPath = path, escaped
+	}
+}
+
+// Header values shared by every call (never appended to in place: each has
+// its length as capacity).
+var (
+	teTrailers     = []string{"trailers"}
+	forwardedHTTP  = []string{"http"}
+	forwardedHTTPS = []string{"https"}
+	noUserAgent    = []string{""}
+)
+
+// hopHeaders are the hop-by-hop headers (RFC 9110 7.6.1, and those RFC 2616
+// named), which one connection's ends use and no proxy passes on.
+var hopHeaders = []string{
+	"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// removeHopByHop removes the hop-by-hop headers from h, and those its
+// Connection header names.
+func removeHopByHop(h http.Header) {
+	for _, f := range h["Connection"] {
+		for sf := range strings.SplitSeq(f, ",") {
+			if sf = textproto.TrimString(sf); sf != "" {
+				h.Del(sf)
+			}
+		}
+	}
+	for _, f := range hopHeaders {
+		delete(h, f)
+	}
+}
+
+// maxQueryParams is net/http's bound on a query's parameters (urlmaxqueryparams).
+const maxQueryParams = 10000
+
+// cleanQuery returns the caller's query as ReverseProxy passes it on: as it
+// is, unless it has what a server may read differently from us (a ';', a
+// broken %-escape, too many parameters): then re-encoded from what Go
+// parses of it.
+func cleanQuery(s string) string {
+	reencode := func(s string) string {
+		v, _ := url.ParseQuery(s)
+		return v.Encode()
+	}
+	if strings.Count(s, "&")+1 > maxQueryParams {
+		return reencode(s)
+	}
+	for i := 0; i < len(s); {
+		switch s[i] {
+		case ';':
+			return reencode(s)
+		case '%':
+			if i+2 >= len(s) || !isHex(s[i+1]) || !isHex(s[i+2]) {
+				return reencode(s)
+			}
+			i += 3
+		default:
+			i++
+		}
+	}
+	return s
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+// errUnaskedUpgrade is an upstream's 101 to a call that asked for none.
+var errUnaskedUpgrade = errors.New("the upstream switched protocols unasked")
+
+// upgradeType is the protocol a call asks to switch to, "" for none.
+func upgradeType(h http.Header) string {
+	if !httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
+		return ""
+	}
+	return h.Get("Upgrade")
+}

@@ -1,0 +1,282 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
+	"net/http/httputil"
+	"net/textproto"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+
+	. "github.com/onsi/gomega"
+
+	"github.com/circuitbreaker-io/operator/internal/breaker"
+)
+
+// seen is what the recording upstream received, or what a caller got back.
+type seen struct {
+	status         int
+	header         http.Header
+	query, body    string
+	trailer        http.Header
+	informational  []int
+	informedHeader http.Header
+}
+
+// recordingUpstream answers by path and keeps the last request it saw.
+type recordingUpstream struct {
+	*httptest.Server
+	mu   sync.Mutex
+	last seen
+	// release lets /stream send its second line.
+	release chan struct{}
+}
+
+func newRecordingUpstream(t *testing.T) *recordingUpstream {
+	u := &recordingUpstream{release: make(chan struct{}, 1)}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		u.mu.Lock()
+		u.last = seen{header: r.Header.Clone(), query: r.URL.RawQuery, body: string(body)}
+		u.mu.Unlock()
+		switch strings.TrimPrefix(r.URL.Path, "/shop/x") {
+		case "/echo":
+			// Hop-by-hop headers of the upstream's connection: not the caller's.
+			w.Header().Set("Connection", "X-Resp-Hop")
+			w.Header().Set("X-Resp-Hop", "1")
+			w.Header().Set("Keep-Alive", "timeout=5")
+			w.Header().Set("X-Resp", "kept")
+			_, _ = io.WriteString(w, "ok")
+		case "/trailers":
+			w.Header().Set("Trailer", "X-Announced")
+			_, _ = io.WriteString(w, "body")
+			w.Header().Set("X-Announced", "a")
+			w.Header().Set(http.TrailerPrefix+"X-Late", "b")
+		case "/hints":
+			w.Header().Set("Link", "</app.css>; rel=preload")
+			w.WriteHeader(http.StatusEarlyHints)
+			w.Header().Del("Link")
+			_, _ = io.WriteString(w, "final")
+		case "/stream":
+			_, _ = io.WriteString(w, "first\n")
+			w.(http.Flusher).Flush()
+			select {
+			case <-u.release:
+			case <-r.Context().Done():
+				return
+			}
+			_, _ = io.WriteString(w, "second\n")
+		}
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+func (u *recordingUpstream) seen() seen {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.last
+}
+
+// TestForwardsAsReverseProxyDoes sends the same calls through the proxy
+// and through a bare httputil.ReverseProxy (Rewrite with SetXForwarded, the
+// same transport) to one recording upstream. The upstream and the caller
+// must see the same, but for what is the proxy's own (its Via entry) and
+// what differs by address (X-Forwarded-Host).
+func TestForwardsAsReverseProxyDoes(t *testing.T) {
+	up := newRecordingUpstream(t)
+	target, _ := url.Parse(up.URL)
+	bare := httptest.NewServer(&httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.URL.Path, pr.Out.URL.RawPath = strings.TrimPrefix(pr.In.URL.Path, "/shop/x"), ""
+			pr.SetXForwarded()
+		},
+		Transport:  NewTransport(),
+		BufferPool: NewBufferPool(),
+	})
+	t.Cleanup(bare.Close)
+	f := newFixture(t)
+	f.add(t, "x", up.URL, breaker.Settings{})
+
+	tests := []struct {
+		name         string
+		method, path string
+		header       http.Header
+		body         string
+		noUserAgent  bool
+		wantUpstream func(g Gomega, s seen)
+		wantCaller   func(g Gomega, s seen)
+	}{
+		{
+			name: "hop-by-hop and forwarding headers", method: http.MethodGet, path: "/echo?x=1",
+			header: http.Header{
+				"Connection": {"X-Hop"}, "X-Hop": {"1"}, "Keep-Alive": {"5"}, "Proxy-Authorization": {"Basic eA=="},
+				"Te": {"trailers"}, "Forwarded": {"for=203.0.113.9"}, "X-Forwarded-For": {"203.0.113.9"},
+				"X-Forwarded-Proto": {"https"}, "X-Keep": {"yes"},
+			},
+			wantUpstream: func(g Gomega, s seen) {
+				for _, gone := range []string{"Connection", "X-Hop", "Keep-Alive", "Proxy-Authorization", "Forwarded"} {
+					g.Expect(s.header).NotTo(HaveKey(gone))
+				}
+				g.Expect(s.header.Get("Te")).To(Equal("trailers"))
+				g.Expect(s.header.Get("X-Forwarded-For")).To(Equal("127.0.0.1"), "what the caller claimed is not passed on")
+				g.Expect(s.header.Get("X-Forwarded-Proto")).To(Equal("http"))
+				g.Expect(s.header.Get("X-Keep")).To(Equal("yes"))
+				g.Expect(s.query).To(Equal("x=1"))
+			},
+			wantCaller: func(g Gomega, s seen) {
+				g.Expect(s.header).NotTo(HaveKey("X-Resp-Hop"))
+				g.Expect(s.header).NotTo(HaveKey("Keep-Alive"))
+				g.Expect(s.header.Get("X-Resp")).To(Equal("kept"))
+				g.Expect(s.body).To(Equal("ok"))
+			},
+		},
+		{
+			name: "no User-Agent", method: http.MethodGet, path: "/echo", noUserAgent: true,
+			wantUpstream: func(g Gomega, s seen) {
+				g.Expect(s.header).NotTo(HaveKey("User-Agent"), "not Go's default one")
+			},
+		},
+		{
+			name: "a query a server may read differently", method: http.MethodGet, path: "/echo?a=1;b=2&c=%zz&d=4",
+			wantUpstream: func(g Gomega, s seen) {
+				g.Expect(s.query).To(Equal("d=4"), "re-encoded from what Go parses of it")
+			},
+		},
+		{
+			name: "a body", method: http.MethodPost, path: "/echo", body: `{"qty":3}`,
+			header: http.Header{"Content-Type": {"application/json"}},
+			wantUpstream: func(g Gomega, s seen) {
+				g.Expect(s.body).To(Equal(`{"qty":3}`))
+				g.Expect(s.header.Get("Content-Type")).To(Equal("application/json"))
+			},
+		},
+		{
+			name: "trailers, announced and not", method: http.MethodGet, path: "/trailers",
+			header: http.Header{"Te": {"trailers"}},
+			wantCaller: func(g Gomega, s seen) {
+				g.Expect(s.body).To(Equal("body"))
+				g.Expect(s.trailer.Get("X-Announced")).To(Equal("a"))
+				g.Expect(s.trailer.Get("X-Late")).To(Equal("b"))
+			},
+		},
+		{
+			name: "an informational answer before the final one", method: http.MethodGet, path: "/hints",
+			wantCaller: func(g Gomega, s seen) {
+				g.Expect(s.informational).To(Equal([]int{http.StatusEarlyHints}))
+				g.Expect(s.informedHeader.Get("Link")).To(Equal("</app.css>; rel=preload"))
+				g.Expect(s.header).NotTo(HaveKey("Link"), "the hint's headers are not the final answer's")
+				g.Expect(s.body).To(Equal("final"))
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			var upstreamSaw, callerGot [2]seen
+			for i, front := range []string{f.proxy.URL, bare.URL} {
+				callerGot[i] = send(g, tt.method, front+"/shop/x"+tt.path, tt.header, tt.body, tt.noUserAgent)
+				upstreamSaw[i] = up.seen()
+			}
+			ours, theirs := upstreamSaw[0], upstreamSaw[1]
+			g.Expect(ours.header["Via"]).To(Equal([]string{"1.1 circuit-breaker-test"}))
+			for _, h := range []http.Header{ours.header, theirs.header} {
+				h.Del("Via")
+				h.Del("X-Forwarded-Host")
+			}
+			g.Expect(ours).To(Equal(theirs), "the upstream saw the same from both")
+			for i := range callerGot {
+				callerGot[i].header.Del("Date")
+			}
+			g.Expect(callerGot[0]).To(Equal(callerGot[1]), "the caller got the same from both")
+			if tt.wantUpstream != nil {
+				tt.wantUpstream(g, ours)
+			}
+			if tt.wantCaller != nil {
+				tt.wantCaller(g, callerGot[0])
+			}
+		})
+	}
+}
+
+// send sends one request and reads everything the caller gets back.
+func send(g Gomega, method, rawURL string, header http.Header, body string, noUserAgent bool) seen {
+	var got seen
+	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+		Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+			got.informational = append(got.informational, code)
+			got.informedHeader = http.Header(h).Clone()
+			return nil
+		},
+	})
+	var reader io.Reader
+	if body != "" {
+		reader = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, rawURL, reader)
+	g.Expect(err).NotTo(HaveOccurred())
+	for k, vv := range header {
+		req.Header[k] = vv
+	}
+	if noUserAgent {
+		req.Header["User-Agent"] = []string{""} // Go's client then sends none
+	}
+	resp, err := http.DefaultClient.Do(req)
+	g.Expect(err).NotTo(HaveOccurred())
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	g.Expect(err).NotTo(HaveOccurred())
+	got.status, got.header, got.body, got.trailer = resp.StatusCode, resp.Header, string(b), resp.Trailer
+	return got
+}
+
+// A stream with no length reaches the caller as it comes: the first line
+// arrives while the upstream still holds back the second.
+func TestStreamsAreFlushedAsTheyCome(t *testing.T) {
+	g := NewWithT(t)
+	up := newRecordingUpstream(t)
+	f := newFixture(t)
+	f.add(t, "x", up.URL, breaker.Settings{})
+
+	resp, err := http.Get(f.proxy.URL + "/shop/x/stream")
+	g.Expect(err).NotTo(HaveOccurred())
+	defer resp.Body.Close()
+	g.Expect(resp.ContentLength).To(Equal(int64(-1)))
+	lines := bufio.NewReader(resp.Body)
+	first, err := lines.ReadString('\n')
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(first).To(Equal("first\n"), "read before the upstream sends more")
+	up.release <- struct{}{}
+	second, err := lines.ReadString('\n')
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(second).To(Equal("second\n"))
+}
+
+// An upstream that switches protocols on a call that asked for no switch
+// gets no connection to the caller: the caller gets 502.
+func TestUnaskedUpgradeIsRefused(t *testing.T) {
+	g := NewWithT(t)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		conn, rw, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = io.WriteString(rw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: other\r\n\r\n")
+		_ = rw.Flush()
+	}))
+	t.Cleanup(up.Close)
+	f := newFixture(t)
+	f.add(t, "x", up.URL, breaker.Settings{})
+
+	resp, body := f.get(t, "/shop/x/")
+	g.Expect(resp.StatusCode).To(Equal(http.StatusBadGateway))
+	g.Expect(jsonError(g, body)).To(ContainSubstring("upstream of circuit breaker 'shop/x'"))
+}
