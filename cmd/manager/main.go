@@ -34,7 +34,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
-	"github.com/circuitbreaker-io/operator/internal/api"
+	"github.com/circuitbreaker-io/operator/internal/restapi"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 	"github.com/circuitbreaker-io/operator/internal/controller"
 	"github.com/circuitbreaker-io/operator/internal/leader"
@@ -183,8 +183,8 @@ func main() {
 	token := loopToken(mgr.GetAPIReader(), setupLog)
 	for name, srv := range map[string]*http.Server{
 		"proxy": proxy.NewServer(proxyAddr, proxy.New(routes, clk, proxy.Options{LoopToken: token})),
-		"api": api.NewServer(apiAddr, api.New(registry, mgr.GetClient(), clk,
-			api.Options{BindAddress: apiAddr, Log: ctrl.Log.WithName("api")})),
+		"api": restapi.NewServer(apiAddr, restapi.New(registry, mgr.GetClient(), clk,
+			restapi.Options{BindAddress: apiAddr, Log: ctrl.Log.WithName("api")})),
 	} {
 		utilruntime.Must(mgr.Add(&manager.Server{Name: name, Server: srv, ShutdownTimeout: ptr.To(shutdownTimeout)}))
 	}

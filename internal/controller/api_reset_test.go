@@ -14,7 +14,7 @@ import (
 	"k8s.io/utils/clock"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
-	"github.com/circuitbreaker-io/operator/internal/api"
+	"github.com/circuitbreaker-io/operator/internal/restapi"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 )
 
@@ -34,7 +34,7 @@ func TestAPIResetRoundTripsThroughTheAnnotation(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
 	h := startManager(t, ns, Options{})
-	srv := httptest.NewServer(api.New(h.registry, k8sClient, clock.RealClock{}, api.Options{Log: logr.Discard()}))
+	srv := httptest.NewServer(restapi.New(h.registry, k8sClient, clock.RealClock{}, restapi.Options{Log: logr.Discard()}))
 	defer srv.Close()
 	openBreaker(g, h, ns, "order-api")
 
@@ -63,7 +63,7 @@ func TestAPIResetAnswersWithAnErrorWhenNotHandled(t *testing.T) {
 	// A registry that knows the breaker, but no controller to handle the annotation.
 	registry := breaker.NewRegistry(clock.RealClock{})
 	registry.Upsert(breaker.NewKey(ns, "orphan"), "uid", breaker.Settings{}, nil)
-	srv := httptest.NewServer(api.New(registry, k8sClient, clock.RealClock{}, api.Options{ResetTimeout: 500 * time.Millisecond, Log: logr.Discard()}))
+	srv := httptest.NewServer(restapi.New(registry, k8sClient, clock.RealClock{}, restapi.Options{ResetTimeout: 500 * time.Millisecond, Log: logr.Discard()}))
 	defer srv.Close()
 
 	status, body := post(g, srv.URL+"/api/circuit-breakers/"+ns+"/orphan/reset")

@@ -1,7 +1,7 @@
-// Package api serves the REST API and the dashboard on --api-bind-address:
+// Package restapi serves the REST API and the dashboard on --api-bind-address:
 // live breaker state from the registry, and resets that go through the
 // reset annotation so they are recorded on the resource.
-package api
+package restapi
 
 import (
 	"context"
