@@ -34,12 +34,13 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
-	"github.com/circuitbreaker-io/operator/internal/restapi"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 	"github.com/circuitbreaker-io/operator/internal/controller"
 	"github.com/circuitbreaker-io/operator/internal/leader"
+	"github.com/circuitbreaker-io/operator/internal/metrics"
 	"github.com/circuitbreaker-io/operator/internal/notify"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
+	"github.com/circuitbreaker-io/operator/internal/restapi"
 )
 
 // shutdownTimeout is how long in-flight calls get to finish on SIGTERM;
@@ -147,11 +148,11 @@ func main() {
 
 	// The live breakers, and everyone who hears of their transitions.
 	registry := breaker.NewRegistry(clk)
-	metrics := proxy.NewMetrics(ctrlmetrics.Registry)
-	registry.OnTransition(metrics.RecordTransition)
+	series := metrics.NewBreakers(ctrlmetrics.Registry)
+	registry.OnTransition(series.RecordTransition)
 	registry.OnCountsChanged(func(key breaker.Key) {
 		if b, ok := registry.Get(key); ok {
-			metrics.RecordRates(key, b.Snapshot())
+			series.RecordRates(key, b.Snapshot())
 		}
 	})
 	if webhook != nil {
@@ -167,7 +168,7 @@ func main() {
 
 	// The controller keeps the registry and the proxy's routes in step with
 	// the resources.
-	routes := proxy.NewTable(metrics)
+	routes := proxy.NewTable(series)
 	reconciler := controller.New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), registry, routes, elector,
 		controller.Options{AllowURLUpstreams: allowURLUpstreams, ClusterDomain: clusterDomain, Fleet: fleet, Clock: clk})
 	if err := reconciler.SetupWithManager(mgr); err != nil {

@@ -14,8 +14,8 @@ import (
 	"k8s.io/utils/clock"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
-	"github.com/circuitbreaker-io/operator/internal/restapi"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/restapi"
 )
 
 func post(g Gomega, url string) (int, map[string]any) {

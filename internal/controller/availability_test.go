@@ -17,6 +17,7 @@ import (
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/metrics"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
 
@@ -35,7 +36,7 @@ func TestReadyMeansEveryRoute(t *testing.T) {
 	px := proxyFor(t, h)
 
 	// The same check over routes nobody fills stays unready: it gates on routes.
-	idle := NewRoutesReady(h.ready.cache, proxy.NewTable(proxy.NewMetrics(prometheus.NewRegistry())))
+	idle := NewRoutesReady(h.ready.cache, proxy.NewTable(metrics.NewBreakers(prometheus.NewRegistry())))
 	g.Eventually(func() error { return idle.Check(httptest.NewRequest("GET", "/readyz", nil)) }).
 		Should(MatchError(fmt.Sprintf("%d CircuitBreakers have no route yet", n)))
 

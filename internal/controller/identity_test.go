@@ -22,6 +22,7 @@ import (
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 	"github.com/circuitbreaker-io/operator/internal/leader"
+	"github.com/circuitbreaker-io/operator/internal/metrics"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
 
@@ -29,7 +30,7 @@ import (
 // Reconcile itself, so it decides exactly what each reconcile sees.
 func directReconciler() (*Reconciler, *breaker.Registry) {
 	registry := breaker.NewRegistry(clock.RealClock{})
-	r := New(k8sClient, clientevents.NewFakeRecorder(100), registry, proxy.NewTable(proxy.NewMetrics(prometheus.NewRegistry())),
+	r := New(k8sClient, clientevents.NewFakeRecorder(100), registry, proxy.NewTable(metrics.NewBreakers(prometheus.NewRegistry())),
 		leader.Always(), Options{})
 	return r, registry
 }

@@ -33,6 +33,7 @@ import (
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 	"github.com/circuitbreaker-io/operator/internal/controlplane"
 	"github.com/circuitbreaker-io/operator/internal/leader"
+	"github.com/circuitbreaker-io/operator/internal/metrics"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
 
@@ -172,14 +173,14 @@ func startManager(t *testing.T, namespace string, opts Options, hopts ...harness
 	mgr, err := ctrl.NewManager(restConfig, cfg.manager)
 	g.Expect(err).NotTo(HaveOccurred())
 	h.registry = breaker.NewRegistry(cfg.clock)
-	metrics := proxy.NewMetrics(h.metrics)
-	h.registry.OnTransition(metrics.RecordTransition)
+	series := metrics.NewBreakers(h.metrics)
+	h.registry.OnTransition(series.RecordTransition)
 	h.registry.OnCountsChanged(func(key breaker.Key) {
 		if b, ok := h.registry.Get(key); ok {
-			metrics.RecordRates(key, b.Snapshot())
+			series.RecordRates(key, b.Snapshot())
 		}
 	})
-	h.routes = proxy.NewTable(metrics)
+	h.routes = proxy.NewTable(series)
 	h.name = fmt.Sprintf("replica-%d", replicaCounter.Add(1))
 	h.elector = leader.Always()
 	var members *leader.Members

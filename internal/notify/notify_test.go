@@ -18,6 +18,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/metrics"
 	"github.com/circuitbreaker-io/operator/internal/notify"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
@@ -129,8 +130,8 @@ func TestHangingReceiverDoesNotDelayTheDataPlane(t *testing.T) {
 		w.WriteHeader(http.StatusInternalServerError)
 	}))
 	defer upstream.Close()
-	metrics := proxy.NewMetrics(prometheus.NewRegistry())
-	table := proxy.NewTable(metrics)
+	series := metrics.NewBreakers(prometheus.NewRegistry())
+	table := proxy.NewTable(series)
 	registry := breaker.NewRegistry(clock.RealClock{})
 	registry.OnTransition(w.Notify)
 	key := breaker.NewKey("shop", "a")

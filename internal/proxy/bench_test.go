@@ -16,6 +16,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/metrics"
 )
 
 // bareReverseProxy is the baseline: httputil.ReverseProxy with the same
@@ -42,7 +43,7 @@ func BenchmarkProxyHop(b *testing.B) {
 	defer upstream.Close()
 	target, _ := url.Parse(upstream.URL)
 
-	table := NewTable(NewMetrics(prometheus.NewRegistry()))
+	table := NewTable(metrics.NewBreakers(prometheus.NewRegistry()))
 	br := breaker.New(breaker.Settings{}, clock.RealClock{}, breaker.Options{})
 	table.Set(breaker.NewKey("bench", "svc"), br, benchRoute(target))
 	fronts := []struct {
@@ -103,7 +104,7 @@ func BenchmarkProxyHop(b *testing.B) {
 
 // BenchmarkTableGet is the route lookup every proxied request makes, among 500 routes.
 func BenchmarkTableGet(b *testing.B) {
-	table := NewTable(NewMetrics(prometheus.NewRegistry()))
+	table := NewTable(metrics.NewBreakers(prometheus.NewRegistry()))
 	target, _ := url.Parse("http://127.0.0.1:1")
 	for i := range 500 {
 		key := breaker.NewKey("team-"+string(rune('a'+i%20)), "svc-"+string(rune('a'+i/20)))

@@ -16,6 +16,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/metrics"
 )
 
 // FuzzSplitPath: any path either names a breaker as <namespace>/<name>
@@ -92,7 +93,7 @@ func FuzzProxyHandler(f *testing.F) {
 	}))
 	defer upstream.Close()
 	clk := clocktesting.NewFakeClock(time.Now())
-	table := NewTable(NewMetrics(prometheus.NewRegistry()))
+	table := NewTable(metrics.NewBreakers(prometheus.NewRegistry()))
 	px := New(table, clk, Options{LoopToken: "fuzz"})
 	target, _ := url.Parse(upstream.URL)
 	codes, _ := ParseStatusCodes([]string{"5xx"})

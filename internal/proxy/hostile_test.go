@@ -16,6 +16,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/metrics"
 )
 
 // realServer serves f's proxy on a loopback TCP port with the data plane's
@@ -133,7 +134,7 @@ func TestHostileRequestGivesItsProbeSlotBack(t *testing.T) {
 // hop: 508, and no verdict on either hop.
 func TestLoopIsCutAtTheFirstHop(t *testing.T) {
 	g := NewWithT(t)
-	table := NewTable(NewMetrics(prometheus.NewRegistry()))
+	table := NewTable(metrics.NewBreakers(prometheus.NewRegistry()))
 	clk := clocktesting.NewFakeClock(time.Now())
 	px := httptest.NewServer(New(table, clk, Options{LoopToken: "test"}))
 	defer px.Close()

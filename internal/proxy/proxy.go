@@ -21,6 +21,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/metrics"
 )
 
 // Headers the proxy sets on what it answers.
@@ -85,7 +86,7 @@ type call struct {
 	// once the headers are in, after each idle stretch of a stream.
 	timer   *time.Timer
 	route   *route
-	metrics *routeMetrics
+	metrics *metrics.Route
 	ticket  breaker.Ticket
 	// w answers the caller; body is the caller's request body, if any.
 	w    http.ResponseWriter
@@ -253,7 +254,7 @@ func classifyResponse(resp *http.Response) error {
 	} else {
 		resp.Body = &idleBody{ReadCloser: resp.Body, c: c}
 	}
-	c.metrics.duration.Observe(time.Since(c.start).Seconds())
+	c.metrics.Duration.Observe(time.Since(c.start).Seconds())
 	if resp.StatusCode == http.StatusLoopDetected && resp.Header.Get(loopHeader) != "" {
 		// Our own loop answer, from the hop this call looped into: the
 		// upstream was never asked, so there is no verdict.
@@ -262,11 +263,11 @@ func classifyResponse(resp *http.Response) error {
 	}
 	if c.route.FailureCodes.Contains(resp.StatusCode) {
 		c.ticket.Failure(breaker.Failure{StatusCode: resp.StatusCode, RetryAfter: retryAfter(resp, time.Now)})
-		c.metrics.failure.Inc()
+		c.metrics.Failure.Inc()
 		return nil
 	}
 	c.ticket.Success()
-	c.metrics.success.Inc()
+	c.metrics.Success.Inc()
 	return nil
 }
 
@@ -318,8 +319,8 @@ func handleError(w http.ResponseWriter, r *http.Request, err error) {
 		kind = "dns error"
 	}
 	c.ticket.Failure(breaker.Failure{Kind: kind})
-	c.metrics.failure.Inc()
-	c.metrics.duration.Observe(time.Since(c.start).Seconds())
+	c.metrics.Failure.Inc()
+	c.metrics.Duration.Observe(time.Since(c.start).Seconds())
 	writeError(w, status, "upstream of circuit breaker '"+string(c.route.key)+"' failed: "+kind)
 }
 
@@ -412,7 +413,7 @@ func (b *idleConn) Write(p []byte) (int, error) {
 
 // reject answers a call the breaker refused, without contacting the upstream.
 func (p *Proxy) reject(w http.ResponseWriter, rt *route, err error) {
-	rt.metrics().rejected.Inc()
+	rt.metrics().Rejected.Inc()
 	state, retryAfter := "half-open", 1
 	switch {
 	case errors.Is(err, breaker.ErrForcedOpen):

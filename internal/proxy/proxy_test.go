@@ -20,6 +20,7 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/metrics"
 )
 
 // upstream is an httptest server that fails on command.
@@ -82,14 +83,14 @@ func (u *upstream) lastRequest() (*http.Request, string) {
 type fixture struct {
 	proxy   *httptest.Server
 	table   *Table
-	metrics *Metrics
+	metrics *metrics.Breakers
 	reg     *prometheus.Registry
 	clock   *clocktesting.FakeClock
 }
 
 func newFixture(t *testing.T) *fixture {
 	reg := prometheus.NewRegistry()
-	m := NewMetrics(reg)
+	m := metrics.NewBreakers(reg)
 	f := &fixture{table: NewTable(m), metrics: m, reg: reg, clock: clocktesting.NewFakeClock(time.Now())}
 	f.proxy = httptest.NewServer(New(f.table, f.clock, Options{LoopToken: "test"}))
 	t.Cleanup(f.proxy.Close)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/metrics"
 	"github.com/circuitbreaker-io/operator/internal/readmostly"
 )
 
@@ -56,8 +57,8 @@ type route struct {
 	refusedStatus int
 	// series are the breaker's metric series, created on its first call:
 	// a breaker that never sees traffic (or a transition) has none.
-	series   atomic.Pointer[routeMetrics]
-	registry *Metrics
+	series   atomic.Pointer[metrics.Route]
+	registry *metrics.Breakers
 	// inFlight counts the calls being forwarded through this breaker's
 	// route; a reconfigured route takes it over, so that calls in flight
 	// through the old one still count against the cap.
@@ -67,13 +68,13 @@ type route struct {
 // Table holds the routes by breaker key. Reads are lock-free, as every
 // request reads it and only resource changes write it.
 type Table struct {
-	metrics *Metrics
+	metrics *metrics.Breakers
 	routes  readmostly.Map[breaker.Key, *route]
 }
 
-// NewTable returns an empty table whose routes count into metrics.
-func NewTable(metrics *Metrics) *Table {
-	return &Table{metrics: metrics}
+// NewTable returns an empty table whose routes count into series.
+func NewTable(series *metrics.Breakers) *Table {
+	return &Table{metrics: series}
 }
 
 // Set routes key through b as cfg says.
@@ -101,11 +102,11 @@ func (t *Table) Set(key breaker.Key, b *breaker.Breaker, cfg RouteConfig) {
 
 // metrics returns the route's series, creating them (and the state series)
 // on first use.
-func (rt *route) metrics() *routeMetrics {
+func (rt *route) metrics() *metrics.Route {
 	if m := rt.series.Load(); m != nil {
 		return m
 	}
-	m := rt.registry.forRoute(rt.key)
+	m := rt.registry.Route(rt.key)
 	if rt.series.CompareAndSwap(nil, &m) {
 		rt.registry.SetState(rt.key, rt.breaker.Snapshot().State)
 	}

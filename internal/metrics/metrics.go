@@ -1,4 +1,6 @@
-package proxy
+// Package metrics holds the contract's Prometheus series of every breaker:
+// state, transitions, rates, and the proxy's request counts and durations.
+package metrics
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
@@ -6,8 +8,8 @@ import (
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 )
 
-// Metrics are the contract's Prometheus series.
-type Metrics struct {
+// Breakers are the contract's Prometheus series of all breakers.
+type Breakers struct {
 	state       *prometheus.GaugeVec
 	requests    *prometheus.CounterVec
 	transitions *prometheus.CounterVec
@@ -24,10 +26,10 @@ const (
 
 var allStates = []breaker.State{breaker.StateClosed, breaker.StateOpen, breaker.StateHalfOpen}
 
-// NewMetrics creates the series and registers them on reg (in the manager,
+// NewBreakers creates the series and registers them on reg (in the manager,
 // controller-runtime's registry, served on --metrics-bind-address).
-func NewMetrics(reg prometheus.Registerer) *Metrics {
-	m := &Metrics{
+func NewBreakers(reg prometheus.Registerer) *Breakers {
+	m := &Breakers{
 		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "circuitbreaker_state",
 			Help: "The breaker's state: 1 for the current state, 0 for the others.",
@@ -62,25 +64,26 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-// routeMetrics are one breaker's series, resolved once so that a request
+// Route is one breaker's request series, resolved once so that a request
 // does no label lookups.
-type routeMetrics struct {
-	success, failure, rejected prometheus.Counter
-	duration                   prometheus.Observer
+type Route struct {
+	Success, Failure, Rejected prometheus.Counter
+	Duration                   prometheus.Observer
 }
 
-func (m *Metrics) forRoute(key breaker.Key) routeMetrics {
+// Route resolves the request series of the breaker key.
+func (m *Breakers) Route(key breaker.Key) Route {
 	namespace, name := key.Split()
-	return routeMetrics{
-		success:  m.requests.WithLabelValues(namespace, name, "success"),
-		failure:  m.requests.WithLabelValues(namespace, name, "failure"),
-		rejected: m.requests.WithLabelValues(namespace, name, "rejected"),
-		duration: m.duration.WithLabelValues(namespace, name),
+	return Route{
+		Success:  m.requests.WithLabelValues(namespace, name, "success"),
+		Failure:  m.requests.WithLabelValues(namespace, name, "failure"),
+		Rejected: m.requests.WithLabelValues(namespace, name, "rejected"),
+		Duration: m.duration.WithLabelValues(namespace, name),
 	}
 }
 
 // SetState sets the state series of a breaker.
-func (m *Metrics) SetState(key breaker.Key, state breaker.State) {
+func (m *Breakers) SetState(key breaker.Key, state breaker.State) {
 	namespace, name := key.Split()
 	for _, s := range allStates {
 		v := 0.0
@@ -92,7 +95,7 @@ func (m *Metrics) SetState(key breaker.Key, state breaker.State) {
 }
 
 // RecordTransition counts a transition and sets the new state.
-func (m *Metrics) RecordTransition(key breaker.Key, t breaker.Transition) {
+func (m *Breakers) RecordTransition(key breaker.Key, t breaker.Transition) {
 	if t.From != t.To {
 		namespace, name := key.Split()
 		m.transitions.WithLabelValues(namespace, name, t.From.String(), t.To.String()).Inc()
@@ -103,7 +106,7 @@ func (m *Metrics) RecordTransition(key breaker.Key, t breaker.Transition) {
 // RecordRates sets the rate gauges of a breaker with a rate window. The
 // registry reports count changes at most once a second (CountsFlushInterval),
 // no more often than a window's bucket of at least 100 ms turns over.
-func (m *Metrics) RecordRates(key breaker.Key, s breaker.Snapshot) {
+func (m *Breakers) RecordRates(key breaker.Key, s breaker.Snapshot) {
 	if !s.Settings.Windowed() {
 		return
 	}
@@ -113,7 +116,7 @@ func (m *Metrics) RecordRates(key breaker.Key, s breaker.Snapshot) {
 }
 
 // Forget drops every series of a deleted breaker.
-func (m *Metrics) Forget(key breaker.Key) {
+func (m *Breakers) Forget(key breaker.Key) {
 	namespace, name := key.Split()
 	labels := prometheus.Labels{labelNamespace: namespace, labelName: name}
 	m.state.DeletePartialMatch(labels)
