@@ -61,6 +61,14 @@ tidy: ## Run go mod tidy.
 control-plane: ## Build kube-apiserver and etcd from the Go module proxy (cached outside the clone).
 	@hack/control-plane.sh
 
+# The packages whose tests need no API server: every one but the envtests
+# of internal/controller and the e2e.
+UNIT_PKGS = $(shell go list ./... | grep -v -e /internal/controller$$ -e /test/e2e$$)
+
+.PHONY: test-unit
+test-unit: fmt vet ## Run the unit tests (with -race): no API server, seconds.
+	go test -race -count 1 $(UNIT_PKGS)
+
 .PHONY: test
 test: manifests generate fmt vet ## Run unit and envtest tests (with -race) on a locally built API server.
 	KUBEBUILDER_ASSETS="$(ASSETS)" go test -race -count 1 -timeout $(TEST_TIMEOUT) ./... -coverprofile cover.out

@@ -4,22 +4,15 @@
 package main
 
 import (
-	"context"
-	"crypto/sha256"
-	"encoding/hex"
+	"crypto/tls"
+	"errors"
 	"flag"
-	"net/http"
+	"fmt"
 	"os"
-	"strconv"
 	"time"
 
-	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"k8s.io/apimachinery/pkg/runtime"
-	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
@@ -34,13 +27,10 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
-	"github.com/circuitbreaker-io/operator/internal/breaker"
 	"github.com/circuitbreaker-io/operator/internal/controller"
 	"github.com/circuitbreaker-io/operator/internal/leader"
-	"github.com/circuitbreaker-io/operator/internal/metrics"
 	"github.com/circuitbreaker-io/operator/internal/notify"
-	"github.com/circuitbreaker-io/operator/internal/proxy"
-	"github.com/circuitbreaker-io/operator/internal/restapi"
+	"github.com/circuitbreaker-io/operator/internal/operator"
 )
 
 // shutdownTimeout is how long in-flight calls get to finish on SIGTERM;
@@ -48,11 +38,20 @@ import (
 const shutdownTimeout = 20 * time.Second
 
 func main() {
+	if err := run(); err != nil {
+		ctrl.Log.WithName("setup").Error(err, "manager stopped")
+		os.Exit(1)
+	}
+}
+
+// run parses the flags, builds the operator and serves until a signal. Every
+// failure returns here, and main exits on it.
+func run() error {
 	var (
 		proxyAddr, apiAddr, metricsAddr, probeAddr string
 		notifyWebhook, clusterDomain               string
 		leaderElectionNamespace                    string
-		leaderElect, metricsSecure                 bool
+		leaderElect, metricsSecure, enableHTTP2    bool
 		allowURLUpstreams                          bool
 	)
 	flag.StringVar(&proxyAddr, "proxy-bind-address", ":8080", "address of the data plane: /<namespace>/<name>/<path>")
@@ -62,6 +61,8 @@ func main() {
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	flag.BoolVar(&metricsSecure, "metrics-secure", true,
 		"serve metrics over HTTPS with Kubernetes authentication and authorization; false for plain HTTP in development")
+	flag.BoolVar(&enableHTTP2, "enable-http2", false,
+		"serve HTTP/2 on the metrics server; off by default for the HTTP/2 Stream Cancellation and Rapid Reset CVEs")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect one replica to write status and Events (a Lease); losing it never stops the process")
 	flag.StringVar(&leaderElectionNamespace, "leader-election-namespace", "",
 		"namespace of the leader election Lease (default: the pod's namespace in a cluster; required outside one with --leader-elect)")
@@ -82,14 +83,14 @@ func main() {
 		var err error
 		webhook, err = notify.NewWebhook(notifyWebhook, notify.Options{Log: ctrl.Log.WithName("notify"), Registerer: ctrlmetrics.Registry})
 		if err != nil {
-			setupLog.Error(err, "invalid --notify-webhook")
-			os.Exit(1)
+			return fmt.Errorf("invalid --notify-webhook: %w", err)
 		}
 	}
 
 	scheme := runtime.NewScheme()
-	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
-	utilruntime.Must(cbv1.AddToScheme(scheme))
+	if err := errors.Join(clientgoscheme.AddToScheme(scheme), cbv1.AddToScheme(scheme)); err != nil {
+		return err
+	}
 
 	metricsOpts := metricsserver.Options{BindAddress: metricsAddr}
 	if metricsSecure {
@@ -98,31 +99,15 @@ func main() {
 		metricsOpts.SecureServing = true
 		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
-	restConfig := ctrl.GetConfigOrDie()
-	// Who writes status and Events: every replica serves, one leads; each
-	// writes its own view of each breaker under its own name.
-	clk := clock.RealClock{}
-	replicaName := replicaName()
-	elector := leader.Always()
-	fleet := controller.Alone(replicaName)
-	var members *leader.Members
-	if leaderElect {
-		var err error
-		elector, err = leader.New(restConfig, leader.Config{
-			Namespace: leaderElectionNamespace, Name: "circuit-breaker-operator.circuitbreaker.io", Log: ctrl.Log.WithName("leader"),
-		})
-		if err != nil {
-			setupLog.Error(err, "unable to set up leader election")
-			os.Exit(1)
-		}
-		members, err = leader.NewMembers(restConfig, elector.Namespace(), replicaName, clk, ctrl.Log.WithName("members"))
-		if err != nil {
-			setupLog.Error(err, "unable to set up replica membership")
-			os.Exit(1)
-		}
-		fleet = members
+	if !enableHTTP2 {
+		// As kubebuilder's scaffold: HTTP/1.1 only, so that the HTTP/2
+		// Stream Cancellation and Rapid Reset CVEs do not apply.
+		metricsOpts.TLSOpts = append(metricsOpts.TLSOpts, func(c *tls.Config) { c.NextProtos = []string{"http/1.1"} })
 	}
-
+	restConfig, err := ctrl.GetConfig()
+	if err != nil {
+		return fmt.Errorf("no cluster to connect to: %w", err)
+	}
 	mgr, err := ctrl.NewManager(restConfig, ctrl.Options{
 		Scheme:  scheme,
 		Metrics: metricsOpts,
@@ -140,64 +125,44 @@ func main() {
 		GracefulShutdownTimeout: ptr.To(shutdownTimeout + 5*time.Second),
 	})
 	if err != nil {
-		setupLog.Error(err, "unable to create manager")
-		os.Exit(1)
+		return fmt.Errorf("unable to create manager: %w", err)
 	}
 
-	utilruntime.Must(mgr.Add(elector))
-
-	// The live breakers, and everyone who hears of their transitions.
-	registry := breaker.NewRegistry(clk)
-	series := metrics.NewBreakers(ctrlmetrics.Registry)
-	registry.OnTransition(series.RecordTransition)
-	registry.OnCountsChanged(func(key breaker.Key) {
-		if b, ok := registry.Get(key); ok {
-			series.RecordRates(key, b.Snapshot())
+	cfg := operator.Config{
+		ReplicaName: replicaName(),
+		Clock:       clock.RealClock{},
+		Registerer:  ctrlmetrics.Registry,
+		Log:         ctrl.Log,
+		Webhook:     webhook,
+		Controller:  controller.Options{AllowURLUpstreams: allowURLUpstreams, ClusterDomain: clusterDomain},
+		ProxyAddr:   proxyAddr,
+		APIAddr:     apiAddr,
+	}
+	if leaderElect {
+		cfg.LeaderElection = &leader.Config{
+			Namespace: leaderElectionNamespace, Name: "circuit-breaker-operator.circuitbreaker.io", Log: ctrl.Log.WithName("leader"),
 		}
-	})
-	if webhook != nil {
-		// Every replica follows the fleet's decisions, so the leader's
-		// transitions are the fleet's: notified once, not once per replica.
-		registry.OnTransition(func(key breaker.Key, t breaker.Transition) {
-			if elector.Leading() {
-				webhook.Notify(key, t)
-			}
-		})
-		utilruntime.Must(mgr.Add(manager.RunnableFunc(webhook.Run)))
 	}
-
-	// The controller keeps the registry and the proxy's routes in step with
-	// the resources.
-	routes := proxy.NewTable(series)
-	reconciler := controller.New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), registry, routes, elector,
-		controller.Options{AllowURLUpstreams: allowURLUpstreams, ClusterDomain: clusterDomain, Fleet: fleet, Clock: clk})
-	if err := reconciler.SetupWithManager(mgr); err != nil {
-		setupLog.Error(err, "unable to set up controller")
-		os.Exit(1)
+	op, err := operator.New(mgr, cfg)
+	if err != nil {
+		return err
 	}
-	if members != nil {
-		members.OnGone(reconciler.ReplicaGone)
-		utilruntime.Must(mgr.Add(members))
+	if err := mgr.Add(&manager.Server{Name: "proxy", Server: op.Proxy, ShutdownTimeout: ptr.To(shutdownTimeout)}); err != nil {
+		return err
 	}
-
-	// The data plane and the REST API.
-	token := loopToken(mgr.GetAPIReader(), setupLog)
-	for name, srv := range map[string]*http.Server{
-		"proxy": proxy.NewServer(proxyAddr, proxy.New(routes, clk, proxy.Options{LoopToken: token})),
-		"api": restapi.NewServer(apiAddr, restapi.New(registry, mgr.GetClient(), clk,
-			restapi.Options{BindAddress: apiAddr, Log: ctrl.Log.WithName("api")})),
-	} {
-		utilruntime.Must(mgr.Add(&manager.Server{Name: name, Server: srv, ShutdownTimeout: ptr.To(shutdownTimeout)}))
+	if err := mgr.Add(&manager.Server{Name: "api", Server: op.API, ShutdownTimeout: ptr.To(shutdownTimeout)}); err != nil {
+		return err
 	}
-	utilruntime.Must(mgr.AddHealthzCheck("healthz", healthz.Ping))
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
 	// Ready once every breaker that exists has its route.
-	utilruntime.Must(mgr.AddReadyzCheck("routes", controller.NewRoutesReady(mgr.GetCache(), routes).Check))
+	if err := mgr.AddReadyzCheck("routes", op.Ready.Check); err != nil {
+		return err
+	}
 
 	setupLog.Info("starting manager")
-	if err := mgr.Start(ctrl.SetupSignalHandler()); err != nil {
-		setupLog.Error(err, "manager stopped")
-		os.Exit(1)
-	}
+	return mgr.Start(ctrl.SetupSignalHandler())
 }
 
 // replicaName names this replica in the status: the pod's name (POD_NAME,
@@ -208,27 +173,4 @@ func replicaName() string {
 	}
 	host, _ := os.Hostname()
 	return host
-}
-
-// +kubebuilder:rbac:groups=apiextensions.k8s.io,resources=customresourcedefinitions,resourceNames=circuitbreakers.circuitbreaker.io,verbs=get
-
-// loopToken names this installation in the Via entries the proxy adds. It is
-// derived from the CircuitBreaker CRD's UID, which every replica in the
-// cluster reads alike, so a call that loops back through any replica is
-// caught at the first hop. Without it (the API server unreachable at start)
-// each replica uses a random token, and a loop is caught once it comes back
-// to a replica it passed.
-func loopToken(reader client.Reader, log logr.Logger) string {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	crd := &metav1.PartialObjectMetadata{}
-	crd.SetGroupVersionKind(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinition"))
-	err := reader.Get(ctx, client.ObjectKey{Name: "circuitbreakers." + cbv1.GroupVersion.Group}, crd)
-	seed := string(crd.UID)
-	if err != nil || seed == "" {
-		log.Error(err, "cannot read the CRD's UID: this replica marks what it forwards with a token of its own")
-		seed = strconv.FormatInt(time.Now().UnixNano(), 10) + strconv.Itoa(os.Getpid())
-	}
-	sum := sha256.Sum256([]byte(seed))
-	return hex.EncodeToString(sum[:6])
 }

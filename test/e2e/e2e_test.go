@@ -216,6 +216,7 @@ spec:
 		g.Expect(forged.body).NotTo(ContainSubstring("circuitbreaker_"))
 		g.Eventually(func() int { return c.scrape(g, nosy).status }).Should(Equal(http.StatusForbidden), "a token without metrics-reader")
 		g.Eventually(func() int { return c.scrape(g, reader).status }).Should(Equal(http.StatusOK))
+		g.Expect(c.scrape(g, reader).proto).To(Equal("HTTP/1.1"), "HTTP/2 is offered and refused: --enable-http2 is off by default")
 		resp, err := httpClient.Get("http://" + c.metrics + "/metrics")
 		if err == nil {
 			resp.Body.Close()
@@ -545,6 +546,8 @@ type response struct {
 	status int
 	header http.Header
 	body   string
+	// proto is the protocol the answer came over, e.g. HTTP/1.1.
+	proto string
 }
 
 var httpClient = &http.Client{Timeout: 5 * time.Second}
@@ -557,8 +560,11 @@ func (c *cluster) scrape(g Gomega, token string) response {
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
+	// The client offers HTTP/2, so that the answer's protocol shows what
+	// the server agreed to (--enable-http2 is off by default).
 	insecure := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // the manager's self-signed certificate
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, //nolint:gosec // the manager's self-signed certificate
+		ForceAttemptHTTP2: true,
 	}}
 	resp, err := insecure.Do(req)
 	if err != nil {
@@ -566,7 +572,7 @@ func (c *cluster) scrape(g Gomega, token string) response {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	return response{status: resp.StatusCode, header: resp.Header, body: string(body)}
+	return response{status: resp.StatusCode, header: resp.Header, body: string(body), proto: resp.Proto}
 }
 
 func httpDo(_ Gomega, url string) response {
