@@ -8,10 +8,8 @@ import (
 	_ "embed"
 	"encoding/json"
 	"fmt"
-	"mime"
 	"net"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -41,10 +39,6 @@ const (
 	// MaxHeaderBytes bounds a request's headers.
 	MaxHeaderBytes = 16 << 10
 )
-
-// ClientHeader is what the dashboard sends with a reset; a reset needs it or
-// a JSON content type, neither of which a cross-site form can send.
-const ClientHeader = "X-Circuit-Breaker-Client"
 
 // NewServer returns the API's HTTP server on addr with the limits above.
 func NewServer(addr string, handler http.Handler) *http.Server {
@@ -79,6 +73,10 @@ type Server struct {
 	opts     Options
 	bindHost string
 	mux      *http.ServeMux
+	// crossOrigin refuses state-changing requests that a browser sends
+	// from a page of another origin (Sec-Fetch-Site, else Origin against
+	// Host); requests without either header, from curl or kubectl, pass.
+	crossOrigin *http.CrossOriginProtection
 }
 
 // +kubebuilder:rbac:groups=circuitbreaker.io,resources=circuitbreakers,verbs=patch
@@ -88,7 +86,7 @@ func New(registry *breaker.Registry, c client.Client, clk clock.PassiveClock, op
 	if opts.ResetTimeout <= 0 {
 		opts.ResetTimeout = DefaultResetTimeout
 	}
-	s := &Server{registry: registry, client: c, clock: clk, opts: opts, mux: http.NewServeMux()}
+	s := &Server{registry: registry, client: c, clock: clk, opts: opts, mux: http.NewServeMux(), crossOrigin: http.NewCrossOriginProtection()}
 	if host, _, err := net.SplitHostPort(opts.BindAddress); err == nil {
 		if ip := net.ParseIP(host); host != "" && (ip == nil || !ip.IsUnspecified()) {
 			s.bindHost = strings.ToLower(host)
@@ -134,22 +132,10 @@ func (s *Server) hostAllowed(hostport string) bool {
 }
 
 // sameSite refuses a state-changing request that a page of another site
-// could have sent: it must carry a JSON content type or the dashboard's
-// header (which no form can), and no cross-site Origin or Sec-Fetch-Site.
-func sameSite(w http.ResponseWriter, r *http.Request) bool {
-	if site := r.Header.Get("Sec-Fetch-Site"); site != "" && site != "same-origin" && site != "none" {
-		writeError(w, http.StatusForbidden, "cross-site request refused")
-		return false
-	}
-	if origin := r.Header.Get("Origin"); origin != "" {
-		if u, err := url.Parse(origin); err != nil || !strings.EqualFold(u.Host, r.Host) {
-			writeError(w, http.StatusForbidden, "cross-origin request refused")
-			return false
-		}
-	}
-	mediaType, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if mediaType != "application/json" && r.Header.Get(ClientHeader) == "" {
-		writeError(w, http.StatusBadRequest, "a reset needs Content-Type: application/json")
+// could have sent, as the standard library's CrossOriginProtection decides.
+func (s *Server) sameSite(w http.ResponseWriter, r *http.Request) bool {
+	if err := s.crossOrigin.Check(r); err != nil {
+		writeError(w, http.StatusForbidden, "cross-site request refused: "+err.Error())
 		return false
 	}
 	return true
@@ -299,7 +285,7 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request) {
 // reset sets the reset annotation, as `kubectl annotate` would, and answers
 // once the controller has handled it.
 func (s *Server) reset(w http.ResponseWriter, r *http.Request) {
-	if !allowMethod(w, r, http.MethodPost) || !sameSite(w, r) {
+	if !allowMethod(w, r, http.MethodPost) || !s.sameSite(w, r) {
 		return
 	}
 	key, _, ok := s.lookup(w, r)

@@ -261,6 +261,20 @@ spec:
 			MatchRegexp(`Normal\s+Reset\s+.*breaker reset to Closed by annotation circuitbreaker.io/reset=`))
 	})
 
+	step("the README's plain curl -X POST resets it through the API; a cross-site page cannot", func(g Gomega) {
+		trip(g)
+		resetURL := "http://" + c.api + "/api/circuit-breakers/default/shop-api/reset"
+		refused, err := exec.Command("curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST",
+			"-H", "Sec-Fetch-Site: cross-site", "-H", "Content-Type: application/x-www-form-urlencoded", resetURL).CombinedOutput()
+		g.Expect(err).NotTo(HaveOccurred(), string(refused))
+		g.Expect(string(refused)).To(Equal("403"), "a browser's cross-site form post")
+		g.Expect(state()).To(Equal("Open"), "the refused reset changed nothing")
+		out, err := exec.Command("curl", "-sS", "-X", "POST", resetURL).CombinedOutput()
+		g.Expect(err).NotTo(HaveOccurred(), string(out))
+		g.Expect(string(out)).To(ContainSubstring(`"success":true`))
+		g.Eventually(state, 5*time.Second, 100*time.Millisecond).Should(Equal("Closed"))
+	})
+
 	step("recovery through half-open closes it", func(g Gomega) {
 		trip(g)
 		up.failing.Store(false)
