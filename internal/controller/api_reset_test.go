@@ -1,4 +1,4 @@
-package controller
+package controller_test
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/controller"
 	"github.com/circuitbreaker-io/operator/internal/restapi"
 )
 
@@ -33,8 +34,8 @@ func post(g Gomega, url string) (int, map[string]any) {
 func TestAPIResetRoundTripsThroughTheAnnotation(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
-	h := startManager(t, ns, Options{})
-	srv := httptest.NewServer(restapi.New(h.registry, k8sClient, clock.RealClock{}, restapi.Options{Log: logr.Discard()}))
+	h := startManager(t, ns, controller.Options{})
+	srv := httptest.NewServer(restapi.New(h.Registry, k8sClient, clock.RealClock{}, restapi.Options{Log: logr.Discard()}))
 	defer srv.Close()
 	openBreaker(g, h, ns, "order-api")
 
@@ -47,7 +48,7 @@ func TestAPIResetRoundTripsThroughTheAnnotation(t *testing.T) {
 	g.Expect(cb.Status.State).To(Equal(cbv1.StateClosed))
 	g.Expect(cb.Annotations).To(HaveKey(cbv1.ResetAnnotation))
 	g.Expect(cb.Status.LastHandledReset).To(Equal(cb.Annotations[cbv1.ResetAnnotation]))
-	b, _ := h.registry.Get(breaker.NewKey(ns, "order-api"))
+	b, _ := h.Registry.Get(breaker.NewKey(ns, "order-api"))
 	g.Expect(b.Snapshot().State).To(Equal(breaker.StateClosed))
 	g.Eventually(func() []string { return events(g, ns, "order-api") }).Should(
 		ContainElement(HavePrefix("Reset: breaker reset to Closed by annotation circuitbreaker.io/reset=")))
@@ -83,7 +84,7 @@ func TestAPIResetAnswersWithAnErrorWhenNotHandled(t *testing.T) {
 func TestStatusHistoryStaysAtTen(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
-	h := startManager(t, ns, Options{})
+	h := startManager(t, ns, controller.Options{})
 	g.Expect(k8sClient.Create(context.Background(), newCircuitBreaker(ns, "flappy", withThreshold(1), withRecovery(time.Hour)))).To(Succeed())
 	b := liveBreaker(g, h, ns, "flappy")
 	for i := range 8 { // 16 transitions: Closed→Open, then a reset

@@ -1,4 +1,4 @@
-package controller
+package controller_test
 
 import (
 	"context"
@@ -17,6 +17,7 @@ import (
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/controller"
 	"github.com/circuitbreaker-io/operator/internal/metrics"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
@@ -32,15 +33,15 @@ func TestReadyMeansEveryRoute(t *testing.T) {
 	for i := range n {
 		g.Expect(k8sClient.Create(context.Background(), urlBreaker(ns, fmt.Sprintf("b-%03d", i), upstream.URL, 5, time.Minute))).To(Succeed())
 	}
-	h := startManager(t, ns, Options{AllowURLUpstreams: true})
+	h := startManager(t, ns, controller.Options{AllowURLUpstreams: true})
 	px := proxyFor(t, h)
 
 	// The same check over routes nobody fills stays unready: it gates on routes.
-	idle := NewRoutesReady(h.ready.cache, proxy.NewTable(metrics.NewBreakers(prometheus.NewRegistry())))
+	idle := controller.NewRoutesReady(h.cache, proxy.NewTable(metrics.NewBreakers(prometheus.NewRegistry())))
 	g.Eventually(func() error { return idle.Check(httptest.NewRequest("GET", "/readyz", nil)) }).
 		Should(MatchError(fmt.Sprintf("%d CircuitBreakers have no route yet", n)))
 
-	g.Eventually(func() error { return h.ready.Check(httptest.NewRequest("GET", "/readyz", nil)) }, 60*time.Second, 10*time.Millisecond).
+	g.Eventually(func() error { return h.Ready.Check(httptest.NewRequest("GET", "/readyz", nil)) }, 60*time.Second, 10*time.Millisecond).
 		Should(Succeed())
 	notFound := 0
 	for i := range n {
@@ -67,8 +68,8 @@ func TestReadyMeansEveryRoute(t *testing.T) {
 func TestLostLeaseKeepsTheReplicaRunning(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
-	h := startManager(t, ns, Options{}, withLeaderElection(ns))
-	g.Eventually(h.elector.Leading).Should(BeTrue())
+	h := startManager(t, ns, controller.Options{}, withLeaderElection(ns))
+	g.Eventually(h.Elector.Leading).Should(BeTrue())
 	g.Expect(k8sClient.Create(context.Background(), newCircuitBreaker(ns, "order-api"))).To(Succeed())
 	b := liveBreaker(g, h, ns, "order-api")
 
@@ -84,14 +85,14 @@ func TestLostLeaseKeepsTheReplicaRunning(t *testing.T) {
 		lease.Spec.RenewTime = &metav1.MicroTime{Time: time.Now()}
 		return k8sClient.Update(context.Background(), &lease)
 	}).Should(Succeed())
-	g.Eventually(h.elector.Leading).Should(BeFalse(), "the lease is lost")
+	g.Eventually(h.Elector.Leading).Should(BeFalse(), "the lease is lost")
 	g.Expect(h.exited).NotTo(BeClosed(), "the replica runs on")
-	again, ok := h.registry.Get(breaker.NewKey(ns, "order-api"))
+	again, ok := h.Registry.Get(breaker.NewKey(ns, "order-api"))
 	g.Expect(ok).To(BeTrue())
 	g.Expect(again).To(BeIdenticalTo(b), "with the same live breaker")
-	g.Expect(h.routes.Has(breaker.NewKey(ns, "order-api"))).To(BeTrue(), "and its route")
+	g.Expect(h.Routes.Has(breaker.NewKey(ns, "order-api"))).To(BeTrue(), "and its route")
 
-	g.Eventually(h.elector.Leading, 20*time.Second).Should(BeTrue(), "it campaigns again and leads once the usurper's lease expires")
+	g.Eventually(h.Elector.Leading, 20*time.Second).Should(BeTrue(), "it campaigns again and leads once the usurper's lease expires")
 	g.Expect(h.exited).NotTo(BeClosed())
 	bumpAndObserve(g, ns, "order-api") // and writes status again
 }

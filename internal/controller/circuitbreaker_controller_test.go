@@ -1,4 +1,4 @@
-package controller
+package controller_test
 
 import (
 	"context"
@@ -21,6 +21,7 @@ import (
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/controller"
 )
 
 func newCircuitBreaker(namespace, name string, mutate ...func(*cbv1.CircuitBreaker)) *cbv1.CircuitBreaker {
@@ -49,7 +50,7 @@ func liveBreaker(g Gomega, r *harness, namespace, name string) *breaker.Breaker 
 	var b *breaker.Breaker
 	g.Eventually(func() bool {
 		var ok bool
-		b, ok = r.registry.Get(breaker.NewKey(namespace, name))
+		b, ok = r.Registry.Get(breaker.NewKey(namespace, name))
 		return ok
 	}).Should(BeTrue())
 	return b
@@ -129,7 +130,7 @@ func bumpAndObserve(g Gomega, namespace, name string) { //nolint:unparam // test
 func TestCreateIsClosedAndObserved(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
-	r := startManager(t, ns, Options{})
+	r := startManager(t, ns, controller.Options{})
 	g.Expect(k8sClient.Create(context.Background(), newCircuitBreaker(ns, "order-api"))).To(Succeed())
 
 	g.Eventually(func(g Gomega) {
@@ -141,7 +142,7 @@ func TestCreateIsClosedAndObserved(t *testing.T) {
 		ready := meta.FindStatusCondition(cb.Status.Conditions, cbv1.ConditionReady)
 		g.Expect(ready).NotTo(BeNil())
 		g.Expect(ready.Status).To(Equal(metav1.ConditionTrue))
-		g.Expect(ready.Reason).To(Equal(ReasonActive))
+		g.Expect(ready.Reason).To(Equal(controller.ReasonActive))
 	}).Should(Succeed())
 
 	cb := getBreaker(g, ns, "order-api")
@@ -169,7 +170,7 @@ func TestCreateIsClosedAndObserved(t *testing.T) {
 func TestTrafficTransitionsReachTheStatus(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
-	r := startManager(t, ns, Options{})
+	r := startManager(t, ns, controller.Options{})
 	g.Expect(k8sClient.Create(context.Background(), newCircuitBreaker(ns, "order-api", withThreshold(3), withRecovery(2*time.Second)))).To(Succeed())
 	b := liveBreaker(g, r, ns, "order-api")
 
@@ -217,7 +218,7 @@ func TestTrafficTransitionsReachTheStatus(t *testing.T) {
 func TestResetAnnotationResetsOncePerValue(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
-	r := startManager(t, ns, Options{})
+	r := startManager(t, ns, controller.Options{})
 	ctx := context.Background()
 	b := openBreaker(g, r, ns, "order-api")
 
@@ -265,7 +266,7 @@ func TestResetAnnotationResetsOncePerValue(t *testing.T) {
 func TestSpecChangeKeepsState(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
-	r := startManager(t, ns, Options{})
+	r := startManager(t, ns, controller.Options{})
 	ctx := context.Background()
 	b := openBreaker(g, r, ns, "order-api")
 
@@ -285,14 +286,14 @@ func TestSpecChangeKeepsState(t *testing.T) {
 func TestDeleteRemovesTheBreaker(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
-	r := startManager(t, ns, Options{})
+	r := startManager(t, ns, controller.Options{})
 	ctx := context.Background()
 	cb := newCircuitBreaker(ns, "order-api")
 	g.Expect(k8sClient.Create(ctx, cb)).To(Succeed())
 	liveBreaker(g, r, ns, "order-api")
 	g.Expect(k8sClient.Delete(ctx, cb)).To(Succeed())
 	g.Eventually(func() bool {
-		_, ok := r.registry.Get(breaker.NewKey(ns, "order-api"))
+		_, ok := r.Registry.Get(breaker.NewKey(ns, "order-api"))
 		return ok
 	}).Should(BeFalse())
 }
@@ -301,7 +302,7 @@ func TestRestoreAfterRestart(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
 	ctx := context.Background()
-	first := startManager(t, ns, Options{})
+	first := startManager(t, ns, controller.Options{})
 	g.Expect(k8sClient.Create(ctx, newCircuitBreaker(ns, "open", withThreshold(2), withRecovery(time.Hour)))).To(Succeed())
 	g.Expect(k8sClient.Create(ctx, newCircuitBreaker(ns, "counting", withThreshold(5)))).To(Succeed())
 	failCalls(g, liveBreaker(g, first, ns, "open"), 2)
@@ -313,7 +314,7 @@ func TestRestoreAfterRestart(t *testing.T) {
 	openUntil := getBreaker(g, ns, "open").Status.OpenUntil
 
 	// A second manager with an empty registry stands in for a restart.
-	second := startManager(t, ns, Options{})
+	second := startManager(t, ns, controller.Options{})
 	restored := liveBreaker(g, second, ns, "open")
 	g.Expect(restored).NotTo(BeIdenticalTo(liveBreaker(g, first, ns, "open")))
 	s := restored.Snapshot()
@@ -340,16 +341,16 @@ func TestURLUpstreams(t *testing.T) {
 		message string
 		live    bool
 	}{
-		{name: "refused without the flag", status: metav1.ConditionFalse, reason: ReasonUpstreamNotAllowed,
+		{name: "refused without the flag", status: metav1.ConditionFalse, reason: controller.ReasonUpstreamNotAllowed,
 			message: "spec.upstream.url is refused: the manager runs without --allow-url-upstreams"},
-		{name: "allowed with the flag", allow: true, status: metav1.ConditionTrue, reason: ReasonActive,
+		{name: "allowed with the flag", allow: true, status: metav1.ConditionTrue, reason: controller.ReasonActive,
 			message: "forwarding to https://api.example.com/v1", live: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			g := NewWithT(t)
 			ns := newNamespace(t)
-			r := startManager(t, ns, Options{AllowURLUpstreams: tt.allow})
+			r := startManager(t, ns, controller.Options{AllowURLUpstreams: tt.allow})
 			g.Expect(k8sClient.Create(context.Background(), newCircuitBreaker(ns, "ext", withURL))).To(Succeed())
 			g.Eventually(func(g Gomega) {
 				cb := getBreaker(g, ns, "ext")
@@ -360,7 +361,7 @@ func TestURLUpstreams(t *testing.T) {
 				g.Expect(ready.Message).To(Equal(tt.message))
 				g.Expect(cb.Status.ObservedGeneration).To(Equal(cb.Generation))
 			}).Should(Succeed())
-			_, ok := r.registry.Get(breaker.NewKey(ns, "ext"))
+			_, ok := r.Registry.Get(breaker.NewKey(ns, "ext"))
 			g.Expect(ok).To(Equal(tt.live))
 		})
 	}

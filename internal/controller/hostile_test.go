@@ -1,4 +1,4 @@
-package controller
+package controller_test
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/controller"
 )
 
 // A Service upstream is read from the API server: a missing Service is
@@ -27,8 +28,8 @@ func TestServiceUpstreamsAreRead(t *testing.T) {
 		code    int
 		message string
 	}{
-		{name: "missing", reason: ReasonServiceNotFound, code: 503, message: "Service %s/backend not found"},
-		{name: "ExternalName", reason: ReasonUpstreamNotAllowed, stalled: true, code: 403,
+		{name: "missing", reason: controller.ReasonServiceNotFound, code: 503, message: "Service %s/backend not found"},
+		{name: "ExternalName", reason: controller.ReasonUpstreamNotAllowed, stalled: true, code: 403,
 			message: "Service %s/backend is an ExternalName Service",
 			service: &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "backend"},
 				Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "localhost"}}},
@@ -37,7 +38,7 @@ func TestServiceUpstreamsAreRead(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			g := NewWithT(t)
 			ns := newNamespace(t)
-			h := startManager(t, ns, Options{})
+			h := startManager(t, ns, controller.Options{})
 			px := proxyFor(t, h)
 			if tt.service != nil {
 				tt.service.Namespace = ns
@@ -57,7 +58,7 @@ func TestServiceUpstreamsAreRead(t *testing.T) {
 				g.Expect(meta.IsStatusConditionTrue(cb.Status.Conditions, cbv1.ConditionStalled)).To(Equal(tt.stalled))
 			}).Should(Succeed())
 			g.Eventually(func() int { return call(g, px.URL+"/"+ns+"/cb/x") }).Should(Equal(tt.code))
-			_, live := h.registry.Get(breaker.NewKey(ns, "cb"))
+			_, live := h.Registry.Get(breaker.NewKey(ns, "cb"))
 			g.Expect(live).To(BeFalse())
 
 			if tt.service == nil {
@@ -78,7 +79,7 @@ func TestServiceUpstreamsAreRead(t *testing.T) {
 func TestOverlongResetValueIsRefused(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
-	h := startManager(t, ns, Options{})
+	h := startManager(t, ns, controller.Options{})
 	b := openBreaker(g, h, ns, "order-api")
 	long := strings.Repeat("9", 1000)
 	annotateReset(g, ns, "order-api", long)
@@ -110,7 +111,7 @@ func TestOverlongResetValueIsRefused(t *testing.T) {
 func TestLoopThroughTheProxyIsAnswered508(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
-	h := startManager(t, ns, Options{AllowURLUpstreams: true})
+	h := startManager(t, ns, controller.Options{AllowURLUpstreams: true})
 	px := proxyFor(t, h)
 	g.Expect(k8sClient.Create(context.Background(), urlBreaker(ns, "loop", px.URL+"/"+ns+"/loop", 1, time.Hour))).To(Succeed())
 	g.Eventually(func() int { return call(g, px.URL+"/"+ns+"/loop/x") }).Should(Equal(508))

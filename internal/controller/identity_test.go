@@ -1,4 +1,4 @@
-package controller
+package controller_test
 
 import (
 	"context"
@@ -21,6 +21,7 @@ import (
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/controller"
 	"github.com/circuitbreaker-io/operator/internal/leader"
 	"github.com/circuitbreaker-io/operator/internal/metrics"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
@@ -28,14 +29,14 @@ import (
 
 // directReconciler is a leading Reconciler with no manager: the test calls
 // Reconcile itself, so it decides exactly what each reconcile sees.
-func directReconciler() (*Reconciler, *breaker.Registry) {
+func directReconciler() (*controller.Reconciler, *breaker.Registry) {
 	registry := breaker.NewRegistry(clock.RealClock{})
-	r := New(k8sClient, clientevents.NewFakeRecorder(100), registry, proxy.NewTable(metrics.NewBreakers(prometheus.NewRegistry())),
-		leader.Always(), Options{})
+	r := controller.New(k8sClient, clientevents.NewFakeRecorder(100), registry, proxy.NewTable(metrics.NewBreakers(prometheus.NewRegistry())),
+		leader.Always(), controller.Options{})
 	return r, registry
 }
 
-func reconcileOnce(g Gomega, r *Reconciler, namespace, name string) ctrl.Result {
+func reconcileOnce(g Gomega, r *controller.Reconciler, namespace, name string) ctrl.Result {
 	res, err := r.Reconcile(context.Background(), ctrl.Request{NamespacedName: client.ObjectKey{Namespace: namespace, Name: name}})
 	g.Expect(err).NotTo(HaveOccurred())
 	return res
@@ -76,7 +77,7 @@ func TestRecreatedResourceStartsFresh(t *testing.T) {
 func TestCallEndingAfterDeleteLeavesNoSeries(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
-	h := startManager(t, ns, Options{AllowURLUpstreams: true})
+	h := startManager(t, ns, controller.Options{AllowURLUpstreams: true})
 	var arrived atomic.Bool
 	release := make(chan struct{})
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -148,7 +149,7 @@ func TestOpenUntilCloseAheadReachesHalfOpenWithoutTraffic(t *testing.T) {
 
 	// The manager's clock reads openUntil-50ms as it starts.
 	shifted := &shiftedClock{offset: time.Until(openUntil.Add(-50 * time.Millisecond))}
-	startManager(t, ns, Options{}, withClock(shifted))
+	startManager(t, ns, controller.Options{}, withClock(shifted))
 	g.Eventually(func(g Gomega) {
 		st := getBreaker(g, ns, "order-api").Status
 		g.Expect(st.State).To(Equal(cbv1.StateHalfOpen))
@@ -172,7 +173,7 @@ func (c *shiftedClock) Since(t time.Time) time.Duration { return c.Now().Sub(t) 
 func TestRefusedSpecIsStalledUntilFixed(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
-	h := startManager(t, ns, Options{})
+	h := startManager(t, ns, controller.Options{})
 	ctx := context.Background()
 	g.Expect(k8sClient.Create(ctx, urlBreaker(ns, "ext", "https://api.example.com", 3, time.Second))).To(Succeed())
 	g.Eventually(func(g Gomega) {
@@ -181,13 +182,13 @@ func TestRefusedSpecIsStalledUntilFixed(t *testing.T) {
 		for _, kind := range []string{cbv1.ConditionReady, cbv1.ConditionStalled} {
 			c := meta.FindStatusCondition(cb.Status.Conditions, kind)
 			g.Expect(c).NotTo(BeNil(), kind)
-			g.Expect(c.Reason).To(Equal(ReasonUpstreamNotAllowed), kind)
+			g.Expect(c.Reason).To(Equal(controller.ReasonUpstreamNotAllowed), kind)
 			g.Expect(c.Message).To(Equal("spec.upstream.url is refused: the manager runs without --allow-url-upstreams"), kind)
 		}
 		g.Expect(meta.IsStatusConditionFalse(cb.Status.Conditions, cbv1.ConditionReady)).To(BeTrue())
 		g.Expect(meta.IsStatusConditionTrue(cb.Status.Conditions, cbv1.ConditionStalled)).To(BeTrue())
 	}).Should(Succeed())
-	_, live := h.registry.Get(breaker.NewKey(ns, "ext"))
+	_, live := h.Registry.Get(breaker.NewKey(ns, "ext"))
 	g.Expect(live).To(BeFalse(), "a refused breaker has no live state")
 
 	createService(t, ns, "ext")

@@ -1,4 +1,4 @@
-package controller
+package controller_test
 
 import (
 	"context"
@@ -16,6 +16,7 @@ import (
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/controller"
 )
 
 // policyUpstream answers as told: "ok", "fail" (500), "slow" (200 after
@@ -59,7 +60,7 @@ type policyFixture struct {
 func startPolicy(t *testing.T, name string, threshold int32, recovery time.Duration, spec func(*cbv1.CircuitBreaker)) policyFixture {
 	g := NewWithT(t)
 	p := policyFixture{ns: newNamespace(t)}
-	p.h = startManager(t, p.ns, Options{AllowURLUpstreams: true})
+	p.h = startManager(t, p.ns, controller.Options{AllowURLUpstreams: true})
 	upstream, mode, hits := policyUpstream(t)
 	p.mode, p.hits = mode, hits
 	p.cb = urlBreaker(p.ns, name, upstream.URL, threshold, recovery)

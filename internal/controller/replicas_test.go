@@ -1,4 +1,4 @@
-package controller
+package controller_test
 
 import (
 	"context"
@@ -11,11 +11,12 @@ import (
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/controller"
 )
 
 // entryOf returns replica name's entry in the status, if there is one.
 func entryOf(cb *cbv1.CircuitBreaker, name string) (cbv1.ReplicaStatus, bool) {
-	return findEntry(cb.Status.Replicas, name)
+	return controller.FindEntry(cb.Status.Replicas, name)
 }
 
 // Each replica counts for itself, but what one decides, all do: an opening
@@ -25,9 +26,9 @@ func entryOf(cb *cbv1.CircuitBreaker, name string) (cbv1.ReplicaStatus, bool) {
 func TestReplicasFollowEachOther(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
-	leader := startManager(t, ns, Options{}, withLeaderElection(ns))
-	g.Eventually(leader.elector.Leading).Should(BeTrue())
-	follower := startManager(t, ns, Options{}, withLeaderElection(ns))
+	leader := startManager(t, ns, controller.Options{}, withLeaderElection(ns))
+	g.Eventually(leader.Elector.Leading).Should(BeTrue())
+	follower := startManager(t, ns, controller.Options{}, withLeaderElection(ns))
 	g.Expect(k8sClient.Create(context.Background(), newCircuitBreaker(ns, "order-api", withThreshold(2), withRecovery(time.Hour)))).To(Succeed())
 	fromLeader := liveBreaker(g, leader, ns, "order-api")
 	fromFollower := liveBreaker(g, follower, ns, "order-api")
@@ -99,7 +100,7 @@ func TestReplicasFollowEachOther(t *testing.T) {
 	patchSpec(g, ns, "order-api", func(cb *cbv1.CircuitBreaker) { cb.Spec.RecoveryTimeout.Duration = time.Hour })
 	g.Eventually(func() time.Duration { return fromFollower.Snapshot().Settings.RecoveryTimeout }).Should(Equal(time.Hour))
 	leader.stop()
-	g.Eventually(follower.elector.Leading, 20*time.Second).Should(BeTrue())
+	g.Eventually(follower.Elector.Leading, 20*time.Second).Should(BeTrue())
 	failCalls(g, fromFollower, 2)
 	g.Eventually(func(g Gomega) {
 		cb := getBreaker(g, ns, "order-api")
@@ -125,9 +126,9 @@ func patchSpec(g Gomega, namespace, name string, change func(*cbv1.CircuitBreake
 func TestStatusWritesStayBoundedUnderATwoReplicaStorm(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
-	first := startManager(t, ns, Options{AllowURLUpstreams: true}, withLeaderElection(ns))
-	g.Eventually(first.elector.Leading).Should(BeTrue())
-	second := startManager(t, ns, Options{AllowURLUpstreams: true}, withLeaderElection(ns))
+	first := startManager(t, ns, controller.Options{AllowURLUpstreams: true}, withLeaderElection(ns))
+	g.Eventually(first.Elector.Leading).Should(BeTrue())
+	second := startManager(t, ns, controller.Options{AllowURLUpstreams: true}, withLeaderElection(ns))
 	upstream, failing := failingUpstream(t)
 	g.Expect(k8sClient.Create(context.Background(), urlBreaker(ns, "flappy", upstream.URL, 5, time.Second))).To(Succeed())
 	var routes []string
@@ -142,7 +143,7 @@ func TestStatusWritesStayBoundedUnderATwoReplicaStorm(t *testing.T) {
 	entriesBefore := []int64{first.entryWrites.Load(), second.entryWrites.Load()}
 	var transitions [2]atomic.Int64
 	for i, h := range []*harness{first, second} {
-		h.registry.OnTransition(func(breaker.Key, breaker.Transition) { transitions[i].Add(1) })
+		h.Registry.OnTransition(func(breaker.Key, breaker.Transition) { transitions[i].Add(1) })
 	}
 	requests := stormThrough(failing, storm, routes...)
 	g.Expect(requests).To(BeNumerically(">", 1000), "a storm")
@@ -151,11 +152,11 @@ func TestStatusWritesStayBoundedUnderATwoReplicaStorm(t *testing.T) {
 		writes := patches + entries
 		n := transitions[i].Load()
 		t.Logf("replica %s (leading: %t): %d requests through both in %s; %d transitions; %d status writes: %d top-level, %d of its entry (%.1f/s in all)",
-			h.name, h.elector.Leading(), requests, storm, n, writes, patches, entries, float64(writes)/storm.Seconds())
+			h.name, h.Elector.Leading(), requests, storm, n, writes, patches, entries, float64(writes)/storm.Seconds())
 		// Per second: one count flush of the entry, and as the leader one
 		// of the top-level status; every transition may add one of each.
 		perSecond := int64(1)
-		if h.elector.Leading() {
+		if h.Elector.Leading() {
 			perSecond = 2
 		}
 		g.Expect(writes).To(BeNumerically("<=", perSecond*(int64(storm/time.Second)+n+2)))

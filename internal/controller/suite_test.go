@@ -1,4 +1,4 @@
-package controller
+package controller_test
 
 import (
 	"context"
@@ -30,11 +30,10 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
-	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/controller"
 	"github.com/circuitbreaker-io/operator/internal/controlplane"
 	"github.com/circuitbreaker-io/operator/internal/leader"
-	"github.com/circuitbreaker-io/operator/internal/metrics"
-	"github.com/circuitbreaker-io/operator/internal/proxy"
+	"github.com/circuitbreaker-io/operator/internal/operator"
 )
 
 var (
@@ -100,16 +99,14 @@ func createService(t *testing.T, namespace, name string) {
 	NewWithT(t).Expect(k8sClient.Create(context.Background(), svc)).To(Succeed())
 }
 
-// harness is a running manager with a fresh Reconciler, wired as
-// cmd/manager wires it.
+// harness is a running manager with a fresh operator, built by the
+// constructor cmd/manager uses.
 type harness struct {
-	*Reconciler
-	registry *breaker.Registry
-	routes   *proxy.Table
-	elector  *leader.Elector
+	*operator.Operator
+	// cache is the manager's cache.
+	cache cache.Cache
 	// exited is closed when the manager's Start returns.
 	exited  chan struct{}
-	ready   *RoutesReady
 	metrics *prometheus.Registry
 	// statusPatches counts the status writes the Reconciler made as the
 	// leader; entryWrites those of this replica's own entry.
@@ -142,7 +139,7 @@ func withLeaderElection(namespace string) harnessOption {
 
 // startManager runs a manager with a fresh Reconciler that sees only namespace,
 // as a restarted manager would start: with an empty registry.
-func startManager(t *testing.T, namespace string, opts Options, hopts ...harnessOption) *harness {
+func startManager(t *testing.T, namespace string, opts controller.Options, hopts ...harnessOption) *harness {
 	t.Helper()
 	g := NewWithT(t)
 	h := &harness{metrics: prometheus.NewRegistry()}
@@ -172,39 +169,25 @@ func startManager(t *testing.T, namespace string, opts Options, hopts ...harness
 	}
 	mgr, err := ctrl.NewManager(restConfig, cfg.manager)
 	g.Expect(err).NotTo(HaveOccurred())
-	h.registry = breaker.NewRegistry(cfg.clock)
-	series := metrics.NewBreakers(h.metrics)
-	h.registry.OnTransition(series.RecordTransition)
-	h.registry.OnCountsChanged(func(key breaker.Key) {
-		if b, ok := h.registry.Get(key); ok {
-			series.RecordRates(key, b.Snapshot())
-		}
-	})
-	h.routes = proxy.NewTable(series)
 	h.name = fmt.Sprintf("replica-%d", replicaCounter.Add(1))
-	h.elector = leader.Always()
-	var members *leader.Members
+	h.cache = mgr.GetCache()
+	// Built as cmd/manager builds it; the test leaves out the servers and
+	// serves the proxy's handler where it needs one.
+	ocfg := operator.Config{
+		ReplicaName: h.name,
+		Clock:       cfg.clock,
+		Registerer:  h.metrics,
+		Log:         log.Log.WithName(h.name),
+		Controller:  opts,
+	}
 	if cfg.leaseNamespace != "" {
-		h.elector, err = leader.New(restConfig, leader.Config{
+		ocfg.LeaderElection = &leader.Config{
 			Namespace: cfg.leaseNamespace, Name: "circuit-breaker-operator-test", Identity: h.name,
 			LeaseDuration: 2 * time.Second, RenewDeadline: time.Second, RetryPeriod: 200 * time.Millisecond,
-		})
-		g.Expect(err).NotTo(HaveOccurred())
-		members, err = leader.NewMembers(restConfig, cfg.leaseNamespace, h.name, clock.RealClock{}, log.Log.WithName(h.name))
-		g.Expect(err).NotTo(HaveOccurred())
-		opts.Fleet = members
+		}
 	}
-	if opts.Fleet == nil {
-		opts.Fleet = Alone(h.name)
-	}
-	g.Expect(mgr.Add(h.elector)).To(Succeed())
-	h.Reconciler = New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), h.registry, h.routes, h.elector, opts)
-	h.ready = NewRoutesReady(mgr.GetCache(), h.routes)
-	g.Expect(h.SetupWithManager(mgr)).To(Succeed())
-	if members != nil {
-		members.OnGone(h.ReplicaGone)
-		g.Expect(mgr.Add(members)).To(Succeed())
-	}
+	h.Operator, err = operator.New(mgr, ocfg)
+	g.Expect(err).NotTo(HaveOccurred())
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	h.exited = make(chan struct{})

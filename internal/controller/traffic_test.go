@@ -1,4 +1,4 @@
-package controller
+package controller_test
 
 import (
 	"context"
@@ -12,10 +12,9 @@ import (
 
 	. "github.com/onsi/gomega"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/utils/clock"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
-	"github.com/circuitbreaker-io/operator/internal/proxy"
+	"github.com/circuitbreaker-io/operator/internal/controller"
 )
 
 // failingUpstream answers 200, or 500 while failing is set.
@@ -34,7 +33,7 @@ func failingUpstream(t *testing.T) (*httptest.Server, *atomic.Bool) {
 
 // proxyFor serves the harness's routes like the manager's proxy does.
 func proxyFor(t *testing.T, h *harness) *httptest.Server {
-	srv := httptest.NewServer(proxy.New(h.routes, clock.RealClock{}, proxy.Options{LoopToken: "test"}))
+	srv := httptest.NewServer(h.Proxy.Handler)
 	t.Cleanup(srv.Close)
 	return srv
 }
@@ -58,7 +57,7 @@ func urlBreaker(namespace, name, target string, threshold int32, recovery time.D
 func TestTrafficThroughTheProxyDrivesTheStatus(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
-	h := startManager(t, ns, Options{AllowURLUpstreams: true})
+	h := startManager(t, ns, controller.Options{AllowURLUpstreams: true})
 	upstream, failing := failingUpstream(t)
 	px := proxyFor(t, h)
 	ctx := context.Background()
@@ -103,7 +102,7 @@ func TestTrafficThroughTheProxyDrivesTheStatus(t *testing.T) {
 func TestRefusedURLUpstreamAnswers403(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
-	h := startManager(t, ns, Options{})
+	h := startManager(t, ns, controller.Options{})
 	px := proxyFor(t, h)
 	g.Expect(k8sClient.Create(context.Background(), urlBreaker(ns, "ext", "https://api.example.com", 3, time.Second))).To(Succeed())
 	g.Eventually(func() int { return call(g, px.URL+"/"+ns+"/ext/x") }).Should(Equal(403))
@@ -114,7 +113,7 @@ func TestRefusedURLUpstreamAnswers403(t *testing.T) {
 func TestStatusWritesStayBoundedUnderAStorm(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
-	h := startManager(t, ns, Options{AllowURLUpstreams: true})
+	h := startManager(t, ns, controller.Options{AllowURLUpstreams: true})
 	upstream, failing := failingUpstream(t)
 	px := proxyFor(t, h)
 	g.Expect(k8sClient.Create(context.Background(), urlBreaker(ns, "flappy", upstream.URL, 5, time.Second))).To(Succeed())
