@@ -55,10 +55,10 @@ func replicaFieldManager(name string) string {
 	return replicaFieldManagerPrefix + hex.EncodeToString(sum[:16])
 }
 
-// replicaWriter writes this replica's own entry of status.replicas: when
+// replicaEntryWriter writes this replica's own entry of status.replicas: when
 // its view changes, never per request (transitions at once, counts as
 // coalesced by the registry), and on every replica, leader or not.
-type replicaWriter struct {
+type replicaEntryWriter struct {
 	client client.Client
 	fleet  Fleet
 	clock  clock.PassiveClock
@@ -126,7 +126,7 @@ func hasView(snap breaker.Snapshot) bool {
 // write applies this replica's entry for snap, unless the status (or, while
 // the cache lags behind it, the last write) already says the same. A
 // breaker this replica never saw a call or transition for gets no entry.
-func (w *replicaWriter) write(ctx context.Context, key breaker.Key, cb *cbv1.CircuitBreaker, snap breaker.Snapshot) error {
+func (w *replicaEntryWriter) write(ctx context.Context, key breaker.Key, cb *cbv1.CircuitBreaker, snap breaker.Snapshot) error {
 	entry := replicaEntry(w.fleet.Self(), snap)
 	current, has := findEntry(cb.Status.Replicas, entry.Name)
 	switch {
@@ -152,7 +152,7 @@ func (w *replicaWriter) write(ctx context.Context, key breaker.Key, cb *cbv1.Cir
 
 // apply writes as replica name's field manager: its own entry, or none
 // (nil), which removes the entry of a replica that is gone.
-func (w *replicaWriter) apply(ctx context.Context, cb *cbv1.CircuitBreaker, name string, entry *cbv1.ReplicaStatus) error {
+func (w *replicaEntryWriter) apply(ctx context.Context, cb *cbv1.CircuitBreaker, name string, entry *cbv1.ReplicaStatus) error {
 	status := map[string]any{}
 	if entry != nil {
 		m, err := runtime.DefaultUnstructuredConverter.ToUnstructured(entry)
@@ -172,9 +172,9 @@ func (w *replicaWriter) apply(ctx context.Context, cb *cbv1.CircuitBreaker, name
 }
 
 // forget drops what was written for a deleted resource.
-func (w *replicaWriter) forget(key breaker.Key) { w.written.Delete(key) }
+func (w *replicaEntryWriter) forget(key breaker.Key) { w.written.Delete(key) }
 
-func (w *replicaWriter) live(e cbv1.ReplicaStatus) bool {
+func (w *replicaEntryWriter) live(e cbv1.ReplicaStatus) bool {
 	return w.fleet.Live(e.Name, e.LastUpdate.Time)
 }
 
@@ -185,7 +185,7 @@ const followReasonPrefix = "following replica "
 // decision is the newest opening or closing among the other live
 // replicas' entries: the one this replica follows. A HalfOpen entry is no
 // decision: each replica reaches HalfOpen by itself at the shared openUntil.
-func (w *replicaWriter) decision(cb *cbv1.CircuitBreaker) (breaker.Decision, bool) {
+func (w *replicaEntryWriter) decision(cb *cbv1.CircuitBreaker) (breaker.Decision, bool) {
 	var newest *cbv1.ReplicaStatus
 	for i := range cb.Status.Replicas {
 		e := &cb.Status.Replicas[i]
@@ -216,7 +216,7 @@ func (w *replicaWriter) decision(cb *cbv1.CircuitBreaker) (breaker.Decision, boo
 // fleetView is what the leader writes of the fleet: "<open>/<replicas>"
 // over the live entries, this replica's as it is now; and the replicas
 // whose entries have expired.
-func (w *replicaWriter) fleetView(cb *cbv1.CircuitBreaker, snap breaker.Snapshot) (openReplicas string, gone []string) {
+func (w *replicaEntryWriter) fleetView(cb *cbv1.CircuitBreaker, snap breaker.Snapshot) (openReplicas string, gone []string) {
 	self := w.fleet.Self()
 	var open, total int
 	if _, has := findEntry(cb.Status.Replicas, self); has || hasView(snap) {

@@ -34,8 +34,9 @@ const (
 var defaultFailureStatusCodes = []string{"5xx"}
 
 // runtimeConfig is a CircuitBreaker's spec translated into the plain values
-// the breaker and the proxy run with. This file is the only place a spec is
-// read.
+// the breaker and the proxy run with. translate is where a spec becomes
+// runtime values; elsewhere only the name of the upstream's Service is read,
+// to fetch and index the Service.
 type runtimeConfig struct {
 	settings breaker.Settings
 	route    proxy.RouteConfig
@@ -116,12 +117,6 @@ const (
 	defaultMinimumRequests = 20
 	defaultMaxOpenDuration = 10 * time.Minute
 )
-
-// modes maps the spec's modes to the breaker's.
-var modes = map[string]breaker.Mode{
-	"": breaker.ModeEnforce, cbv1.ModeEnforce: breaker.ModeEnforce, cbv1.ModeObserve: breaker.ModeObserve,
-	cbv1.ModeForcedOpen: breaker.ModeForcedOpen, cbv1.ModeDisabled: breaker.ModeDisabled,
-}
 
 // policy translates the rate rules, the open duration and the mode.
 func policy(spec *cbv1.CircuitBreakerSpec, s *breaker.Settings) {

@@ -18,11 +18,12 @@ import (
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 )
 
-// statusWriter is the one place the status is written. Only the leader
-// writes; an unchanged status is not written; each write is one merge patch
+// leaderStatusWriter writes the status but for the replicas' entries (which
+// each replica writes itself, replicaEntryWriter in replicas.go). Only the
+// leader writes; an unchanged status is not written; each write is one merge patch
 // against the status this writer last wrote, because the cache can lag
 // behind our own writes (the model is fluxcd/pkg's runtime/patch).
-type statusWriter struct {
+type leaderStatusWriter struct {
 	client  client.Client
 	leading func() bool
 	// written holds, by key, the writtenStatus last patched.
@@ -41,7 +42,7 @@ type writtenStatus struct {
 // when it wrote none for this resource (a new uid under the same name is a
 // new resource). Once the cache has caught up with the write, the copy is
 // dropped: at rest nothing but the cache holds a breaker's status.
-func (w *statusWriter) base(key breaker.Key, cb *cbv1.CircuitBreaker) cbv1.CircuitBreakerStatus {
+func (w *leaderStatusWriter) base(key breaker.Key, cb *cbv1.CircuitBreaker) cbv1.CircuitBreakerStatus {
 	if v, ok := w.written.Load(key); ok {
 		last := v.(writtenStatus)
 		switch {
@@ -57,7 +58,7 @@ func (w *statusWriter) base(key breaker.Key, cb *cbv1.CircuitBreaker) cbv1.Circu
 
 // patch writes status over base, and does nothing when they are equal or
 // this replica does not lead.
-func (w *statusWriter) patch(ctx context.Context, key breaker.Key, cb *cbv1.CircuitBreaker, base, status *cbv1.CircuitBreakerStatus) error {
+func (w *leaderStatusWriter) patch(ctx context.Context, key breaker.Key, cb *cbv1.CircuitBreaker, base, status *cbv1.CircuitBreakerStatus) error {
 	if !w.leading() || equality.Semantic.DeepEqual(base, status) {
 		return nil
 	}
@@ -94,23 +95,7 @@ type statusOnly struct {
 }
 
 // forget drops what was written for a deleted resource.
-func (w *statusWriter) forget(key breaker.Key) { w.written.Delete(key) }
-
-// statusStates spells breaker states as the resource's status does.
-var statusStates = map[breaker.State]string{
-	breaker.StateClosed:   cbv1.StateClosed,
-	breaker.StateOpen:     cbv1.StateOpen,
-	breaker.StateHalfOpen: cbv1.StateHalfOpen,
-}
-
-func parseStatusState(s string) (breaker.State, bool) {
-	for state, spelled := range statusStates {
-		if spelled == s {
-			return state, true
-		}
-	}
-	return 0, false
-}
+func (w *leaderStatusWriter) forget(key breaker.Key) { w.written.Delete(key) }
 
 // maxReasonLength is the schema's bound on a history entry's reason.
 const maxReasonLength = 1024

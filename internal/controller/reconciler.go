@@ -1,0 +1,126 @@
+// Package controller reconciles CircuitBreaker resources into the live
+// breaker registry and the proxy's routes, and writes each breaker's state
+// back into its status.
+package controller
+
+import (
+	"context"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/clock"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+
+	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/proxy"
+)
+
+// Event reasons, as the contract names them.
+const (
+	ReasonOpened     = "Opened"
+	ReasonHalfOpened = "HalfOpened"
+	ReasonClosed     = "Closed"
+	ReasonReset      = "Reset"
+)
+
+// Ready (and Stalled) condition reasons.
+const (
+	ReasonActive             = "Active"
+	ReasonInvalidUpstream    = "InvalidUpstream"
+	ReasonUpstreamNotAllowed = "UpstreamNotAllowed"
+	ReasonInvalidSpec        = "InvalidSpec"
+	ReasonServiceNotFound    = "ServiceNotFound"
+)
+
+// CountsFlushInterval is how often failure counts that changed without a
+// transition are written to the status: often enough to watch, rare enough
+// that traffic never turns into API writes.
+const CountsFlushInterval = time.Second
+
+// minRequeue keeps the requeue for an Open breaker positive: controller-runtime
+// ignores a zero or negative RequeueAfter.
+const minRequeue = 10 * time.Millisecond
+
+// maxRetryDelay bounds the backoff of a failing reconcile.
+const maxRetryDelay = 5 * time.Second
+
+// maxEventNote is the API server's bound on an Event's note.
+const maxEventNote = 1024
+
+// Options configure the Reconciler.
+type Options struct {
+	// AllowURLUpstreams permits spec.upstream.url.
+	AllowURLUpstreams bool
+	// ClusterDomain is the cluster's DNS domain; default DefaultClusterDomain.
+	ClusterDomain string
+	// Fleet is this replica among the others; default Alone(host name).
+	Fleet Fleet
+	// Clock stamps the replica's status entries; default the real clock.
+	Clock clock.PassiveClock
+}
+
+// Reconciler keeps the registry and the proxy's routes in step with the
+// CircuitBreaker resources and writes each breaker's live state into its
+// status. Every replica reconciles, so that each one's proxy serves; only
+// the leader writes status and Events.
+type Reconciler struct {
+	client   client.Client
+	recorder recorder.EventRecorder
+	registry *breaker.Registry
+	routes   *proxy.Table
+	opts     Options
+	// leaderStatus writes the status, on the leader; entries writes
+	// this replica's own entry of status.replicas, on every replica.
+	leaderStatus leaderStatusWriter
+	entries      replicaEntryWriter
+
+	// announced holds, by key, the last transition logged and recorded as
+	// an Event, so each one is announced once.
+	announced sync.Map
+	// refusedResets holds, by key, the reset value last refused, so each
+	// refused value is reported once.
+	refusedResets sync.Map
+
+	// leader says whether this replica leads, and runs the leader's work.
+	leader Leader
+
+	// queue is the controller's work queue, captured when it starts, so
+	// breaker changes enqueue their resource without a channel in between.
+	queue atomic.Pointer[workqueue.TypedRateLimitingInterface[reconcile.Request]]
+}
+
+// announcement is the last transition of breaker that was announced.
+type announcement struct {
+	breaker *breaker.Breaker
+	seq     uint64
+}
+
+// Leader is the replica's part in leader election (internal/leader).
+type Leader interface {
+	// Leading reports whether this replica leads now.
+	Leading() bool
+	// OnElected runs fn at the start of every term, with a context that
+	// ends with the term.
+	OnElected(fn func(ctx context.Context))
+}
+
+// New returns a Reconciler that keeps registry and routes in step with the
+// resources, writing status and Events while leader leads.
+func New(c client.Client, rec recorder.EventRecorder, registry *breaker.Registry, routes *proxy.Table, leader Leader, opts Options) *Reconciler {
+	if opts.Fleet == nil {
+		host, _ := os.Hostname()
+		opts.Fleet = Alone(host)
+	}
+	if opts.Clock == nil {
+		opts.Clock = clock.RealClock{}
+	}
+	r := &Reconciler{client: c, recorder: rec, registry: registry, routes: routes, leader: leader, opts: opts}
+	r.leaderStatus = leaderStatusWriter{client: c, leading: leader.Leading}
+	r.entries = replicaEntryWriter{client: c, fleet: opts.Fleet, clock: opts.Clock}
+	return r
+}

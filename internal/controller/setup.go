@@ -1,0 +1,198 @@
+package controller
+
+import (
+	"context"
+	"time"
+
+	"golang.org/x/time/rate"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
+	"github.com/circuitbreaker-io/operator/internal/breaker"
+)
+
+// primeRoutes gives every breaker that exists its route as soon as the
+// cache has synced, ahead of the workers, which also write each status: a
+// restarted replica routes all its breakers (and is Ready) in seconds, not
+// after the last status write. Each reconcile later redoes the same, so a
+// breaker deleted meanwhile is forgotten again.
+func (r *Reconciler) primeRoutes(ctx context.Context, c cache.Cache) {
+	if !c.WaitForCacheSync(ctx) {
+		return
+	}
+	var list cbv1.CircuitBreakerList
+	if err := c.List(ctx, &list); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "listing CircuitBreakers to route them")
+		return
+	}
+	for i := range list.Items {
+		cb := &list.Items[i]
+		key := breaker.NewKey(cb.Namespace, cb.Name)
+		if r.routes.Has(key) {
+			continue // a worker got there first
+		}
+		if _, _, _, err := r.serve(ctx, key, cb, &cb.Status); err != nil {
+			ctrl.LoggerFrom(ctx).Error(err, "routing a CircuitBreaker", "namespace", cb.Namespace, "name", cb.Name)
+		}
+		r.enqueue(key)
+	}
+	ctrl.LoggerFrom(ctx).Info("routed every CircuitBreaker", "count", len(list.Items))
+}
+
+// everyReplica is a manager Runnable that runs on every replica, not only
+// the leader.
+type everyReplica func(ctx context.Context)
+
+func (f everyReplica) Start(ctx context.Context) error { f(ctx); return nil }
+func (everyReplica) NeedLeaderElection() bool          { return false }
+
+// serviceIndex indexes CircuitBreakers by the Service their upstream names.
+const serviceIndex = "spec.upstream.service.name"
+
+func (r *Reconciler) breakersOfService(ctx context.Context, svc client.Object) []reconcile.Request {
+	var list cbv1.CircuitBreakerList
+	if err := r.client.List(ctx, &list, client.InNamespace(svc.GetNamespace()), client.MatchingFields{serviceIndex: svc.GetName()}); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "listing the breakers of a Service", "namespace", svc.GetNamespace(), "service", svc.GetName())
+		return nil
+	}
+	requests := make([]reconcile.Request, 0, len(list.Items))
+	for _, cb := range list.Items {
+		requests = append(requests, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&cb)})
+	}
+	return requests
+}
+
+// replicaIndex indexes CircuitBreakers by the replicas that have entries in
+// their status, so the entries of a replica that is gone are found.
+const replicaIndex = "status.replicas.name"
+
+// ReplicaGone has the leader remove the entries of replica name, which is gone.
+func (r *Reconciler) ReplicaGone(name string) {
+	if !r.leading() {
+		return
+	}
+	ctx := context.Background()
+	var list cbv1.CircuitBreakerList
+	if err := r.client.List(ctx, &list, client.MatchingFields{replicaIndex: name}); err != nil {
+		return
+	}
+	for i := range list.Items {
+		r.enqueue(breaker.NewKey(list.Items[i].Namespace, list.Items[i].Name))
+	}
+}
+
+// othersChanged passes status updates that change another replica's entry
+// or remove this one's: what this replica follows, or must write again.
+func (r *Reconciler) othersChanged() predicate.Predicate {
+	self := r.opts.Fleet.Self()
+	others := func(o client.Object) ([]cbv1.ReplicaStatus, bool) {
+		var list []cbv1.ReplicaStatus
+		hasSelf := false
+		for _, e := range o.(*cbv1.CircuitBreaker).Status.Replicas {
+			if e.Name == self {
+				hasSelf = true
+				continue
+			}
+			list = append(list, e)
+		}
+		return list, hasSelf
+	}
+	return predicate.Funcs{
+		CreateFunc:  func(event.CreateEvent) bool { return false },
+		DeleteFunc:  func(event.DeleteEvent) bool { return false },
+		GenericFunc: func(event.GenericEvent) bool { return false },
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			before, hadSelf := others(e.ObjectOld)
+			after, hasSelf := others(e.ObjectNew)
+			return (hadSelf && !hasSelf) || !equality.Semantic.DeepEqual(before, after)
+		},
+	}
+}
+
+func (r *Reconciler) enqueue(key breaker.Key) {
+	if q := r.queue.Load(); q != nil {
+		namespace, name := key.Split()
+		(*q).Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: namespace, Name: name}})
+	}
+}
+
+// SetupWithManager registers the controller on every replica, subscribes it
+// to the registry's changes, and adds the leader's work: on election, write
+// every breaker's state as this replica sees it, then flush count changes.
+func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
+	r.registry.OnTransition(func(key breaker.Key, _ breaker.Transition) { r.enqueue(key) })
+	r.registry.OnCountsChanged(r.enqueue)
+	if err := mgr.Add(everyReplica(func(ctx context.Context) { r.primeRoutes(ctx, mgr.GetCache()) })); err != nil {
+		return err
+	}
+	// Every replica writes its own entry as its counts change.
+	if err := mgr.Add(everyReplica(func(ctx context.Context) { r.registry.Run(ctx, CountsFlushInterval) })); err != nil {
+		return err
+	}
+	r.leader.OnElected(func(context.Context) {
+		for _, key := range r.registry.Keys() {
+			r.enqueue(key)
+		}
+	})
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &cbv1.CircuitBreaker{}, serviceIndex, func(o client.Object) []string {
+		if svc := o.(*cbv1.CircuitBreaker).Spec.Upstream.Service; svc != nil {
+			return []string{svc.Name}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &cbv1.CircuitBreaker{}, replicaIndex, func(o client.Object) []string {
+		entries := o.(*cbv1.CircuitBreaker).Status.Replicas
+		names := make([]string, 0, len(entries))
+		for _, e := range entries {
+			names = append(names, e.Name)
+		}
+		return names
+	}); err != nil {
+		return err
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		// An annotation change (a reset) does not bump the generation.
+		// Another replica's entry changing is a decision to follow.
+		For(&cbv1.CircuitBreaker{}, builder.WithPredicates(predicate.Or[client.Object](
+			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, r.othersChanged()))).
+		// A Service appearing, going or changing its type changes what the
+		// breakers that name it may do.
+		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.breakersOfService)).
+		WatchesRawSource(source.Func(func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
+			r.queue.Store(&q)
+			return nil
+		})).
+		Named("circuitbreaker").
+		WithOptions(controller.Options{
+			// Breakers are independent, and a reconcile mostly waits for its
+			// status write: the write rate at scale is the workers' number
+			// over the API server's latency (docs/benchmarks.md, bench-scale).
+			MaxConcurrentReconciles: 32,
+			// Every replica's proxy needs live breakers, not just the leader's.
+			NeedLeaderElection: ptr.To(false),
+			// Failed status writes (an API server that went away) are retried
+			// at least every maxRetryDelay, so the status converges soon after
+			// it returns; the default would back off to 16 minutes.
+			RateLimiter: workqueue.NewTypedMaxOfRateLimiter(
+				workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](5*time.Millisecond, maxRetryDelay),
+				&workqueue.TypedBucketRateLimiter[reconcile.Request]{Limiter: rate.NewLimiter(rate.Limit(10), 100)},
+			),
+		}).
+		Complete(r)
+}
