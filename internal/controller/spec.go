@@ -14,6 +14,7 @@ import (
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/httpurl"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
 
@@ -180,10 +181,9 @@ func upstreamURL(cb *cbv1.CircuitBreaker, svc *corev1.Service, opts Options) (*u
 			return nil, &refusal{reason: ReasonUpstreamNotAllowed, stalled: true,
 				message: "spec.upstream.url is refused: the manager runs without --allow-url-upstreams"}
 		}
-		u, err := url.Parse(up.URL)
-		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, &refusal{reason: ReasonInvalidUpstream, stalled: true,
-				message: fmt.Sprintf("spec.upstream.url %q is not an absolute http(s) URL", up.URL)}
+		u, err := httpurl.Parse(up.URL)
+		if err != nil {
+			return nil, &refusal{reason: ReasonInvalidUpstream, stalled: true, message: "spec.upstream.url " + err.Error()}
 		}
 		return u, nil
 	}

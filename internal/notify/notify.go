@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/url"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/httpurl"
 )
 
 // Notification is the JSON document POSTed for each transition.
@@ -60,9 +60,8 @@ type Webhook struct {
 // NewWebhook returns a Webhook for rawURL, which must be an absolute http(s)
 // URL; Run delivers its queue.
 func NewWebhook(rawURL string, opts Options) (*Webhook, error) {
-	u, err := url.Parse(rawURL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("webhook URL %q is not an absolute http or https URL", rawURL)
+	if _, err := httpurl.Parse(rawURL); err != nil {
+		return nil, fmt.Errorf("webhook URL %w", err)
 	}
 	if opts.QueueSize <= 0 {
 		opts.QueueSize = 1024
