@@ -5,7 +5,6 @@ package breaker
 
 import (
 	"errors"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -37,88 +36,12 @@ func (s State) String() string {
 	return "State(" + strconv.Itoa(int(s)) + ")"
 }
 
-// modeNames spell modes as the resource does.
-var modeNames = map[Mode]string{ModeEnforce: "Enforce", ModeObserve: "Observe", ModeForcedOpen: "ForcedOpen", ModeDisabled: "Disabled"}
-
-// String returns the mode's name, as the resource spells it.
-func (m Mode) String() string { return modeNames[m] }
-
 var (
 	// ErrOpen rejects a call while the circuit is open.
 	ErrOpen = errors.New("circuit breaker is open")
 	// ErrProbeLimit rejects a call while half-open with every probe slot taken.
 	ErrProbeLimit = errors.New("circuit breaker is half-open and all probe slots are taken")
 )
-
-// Settings configure a Breaker. A zero field takes the documented default.
-type Settings struct {
-	// FailureThreshold is the number of consecutive failures that open the circuit. Default 5.
-	FailureThreshold uint32
-	// RecoveryTimeout is how long the circuit stays open before probes are admitted. Default 30s.
-	RecoveryTimeout time.Duration
-	// HalfOpenMaxRequests is how many probes may be in flight at once while half-open. Default 1.
-	HalfOpenMaxRequests uint32
-	// SuccessThreshold is the number of successful probes in a row that close the circuit. Default 1.
-	SuccessThreshold uint32
-	// ConsecutiveRuleOff switches the FailureThreshold rule off, leaving
-	// the rate rules.
-	ConsecutiveRuleOff bool
-
-	// Window is the time the rate rules look back over, kept in
-	// WindowBuckets buckets; the rates are judged once it holds
-	// MinimumRequests outcomes.
-	Window          time.Duration
-	MinimumRequests uint32
-	// FailureRateThreshold opens the circuit when failures are at least
-	// this percentage of the window's outcomes; 0 is off.
-	FailureRateThreshold uint32
-	// SlowCallDuration makes a call that takes longer slow (one whose
-	// caller left after waiting longer, too); SlowCallRateThreshold opens
-	// the circuit when slow calls are at least this percentage; 0 is off.
-	SlowCallDuration      time.Duration
-	SlowCallRateThreshold uint32
-
-	// OpenMultiplier lengthens each consecutive opening:
-	// RecoveryTimeout × OpenMultiplier^(n−1), at most MaxOpenDuration,
-	// plus up to OpenJitter percent at random. 0 or 1: a fixed time.
-	OpenMultiplier  uint32
-	MaxOpenDuration time.Duration
-	OpenJitter      uint32
-	// HonorRetryAfter keeps the circuit open as long as the failure that
-	// opened it asked in its Retry-After, within [RecoveryTimeout, MaxOpenDuration].
-	HonorRetryAfter bool
-
-	// Mode is how the breaker acts on calls.
-	Mode Mode
-}
-
-func (s Settings) plainClosed() bool {
-	return s.Mode != ModeDisabled && s.SlowCallRateThreshold == 0
-}
-
-// Defaults of Settings, the same as the CircuitBreaker resource's.
-const (
-	DefaultFailureThreshold    = 5
-	DefaultRecoveryTimeout     = 30 * time.Second
-	DefaultHalfOpenMaxRequests = 1
-	DefaultSuccessThreshold    = 1
-)
-
-func (s Settings) withDefaults() Settings {
-	if s.FailureThreshold == 0 {
-		s.FailureThreshold = DefaultFailureThreshold
-	}
-	if s.RecoveryTimeout <= 0 {
-		s.RecoveryTimeout = DefaultRecoveryTimeout
-	}
-	if s.HalfOpenMaxRequests == 0 {
-		s.HalfOpenMaxRequests = DefaultHalfOpenMaxRequests
-	}
-	if s.SuccessThreshold == 0 {
-		s.SuccessThreshold = DefaultSuccessThreshold
-	}
-	return s
-}
 
 // Failure describes why a call failed: an upstream status code, or the kind
 // of error (timeout, connection refused, ...) when there was no response.
@@ -155,52 +78,6 @@ type Transition struct {
 	OpenReason OpenReason
 }
 
-// HistoryLimit is how many transitions a breaker remembers.
-const HistoryLimit = 10
-
-// Snapshot is a consistent copy of a breaker's observable state.
-type Snapshot struct {
-	// At is when the snapshot was taken, by the breaker's clock.
-	At    time.Time
-	State State
-	// Failures counts consecutive failures in the current Closed period or,
-	// while Open or HalfOpen, the failures that opened the circuit.
-	Failures           uint32
-	LastFailure        time.Time
-	LastFailureCause   Failure
-	LastTransitionTime time.Time
-	// OpenUntil is when probing starts; zero unless Open.
-	OpenUntil time.Time
-	// LastResetID is the id of the last Reset performed.
-	LastResetID string
-	// History holds the last HistoryLimit transitions, oldest first.
-	History []Transition
-	// Allowed and Rejected count the calls admitted and refused since the
-	// breaker was created (not restored across restarts).
-	Allowed, Rejected uint64
-	Settings          Settings
-	// LastOpenReason is the rule that last opened the circuit.
-	LastOpenReason OpenReason
-	// ConsecutiveOpens counts the openings since the circuit last closed.
-	ConsecutiveOpens uint32
-	// WindowOutcomes, WindowFailures and WindowSlow are the rate window's
-	// counts (zero without one).
-	WindowOutcomes, WindowFailures, WindowSlow uint32
-}
-
-// FailureRate is the window's failure rate, 0..1 (0 while it is empty).
-func (s Snapshot) FailureRate() float64 { return rate(s.WindowFailures, s.WindowOutcomes) }
-
-// SlowCallRate is the window's slow call rate, 0..1 (0 while it is empty).
-func (s Snapshot) SlowCallRate() float64 { return rate(s.WindowSlow, s.WindowOutcomes) }
-
-func rate(n, of uint32) float64 {
-	if of == 0 {
-		return 0
-	}
-	return float64(n) / float64(of)
-}
-
 // Breaker is one circuit breaker. It is safe for concurrent use.
 //
 // A call asks Allow for permission and reports its outcome on the returned
@@ -216,6 +93,9 @@ type Breaker struct {
 	// can coalesce count updates instead of reacting to each call.
 	onChange func()
 
+	// mu guards the fields below. Every method locks it once, computes
+	// into locals what is to be delivered, unlocks it and then delivers to
+	// the hooks; helpers named ...Locked run with it held and never unlock.
 	mu       sync.Mutex
 	settings Settings
 	state    State
@@ -277,58 +157,49 @@ func New(settings Settings, clk clock.PassiveClock, opts Options) *Breaker {
 	}
 	b.plainClosed = b.settings.plainClosed()
 	if b.settings.Mode == ModeForcedOpen {
+		// b is not shared yet: no lock to take, nobody to tell.
 		b.forceOpenLocked(b.clock.Now())
 	}
 	return b
 }
 
-// Ticket is the permission for one call. Report exactly one of Success,
-// Failure or Cancel.
-//
-// A ticket without a breaker is inert and reports nothing: calls a
-// Disabled breaker passes, and calls an Observe breaker would have rejected.
-type Ticket struct {
-	breaker    *Breaker
-	generation uint64
-	// start is the coarse time the call began, for the slow-call rule.
-	start int64
-	probe bool
-}
-
 // Allow asks permission for a call. It returns ErrOpen or ErrProbeLimit when
 // the call must not reach the upstream.
 func (b *Breaker) Allow() (Ticket, error) {
+	var (
+		t     Ticket
+		fired *Transition
+		err   error
+	)
 	b.mu.Lock()
 	if b.state == StateClosed && b.plainClosed {
 		b.allowed++
-		generation := b.generation
-		b.mu.Unlock()
-		return Ticket{breaker: b, generation: generation}, nil
+		t = Ticket{breaker: b, generation: b.generation}
+	} else {
+		t, fired, err = b.allowLocked()
 	}
-	return b.allowLocked()
+	b.mu.Unlock()
+	b.notify(fired)
+	return t, err
 }
 
-// allowLocked is Allow for everything but a plain Closed breaker.
-func (b *Breaker) allowLocked() (Ticket, error) {
+// allowLocked is Allow for everything but a plain Closed breaker. It returns
+// the ticket, the transition to deliver and the error to return.
+func (b *Breaker) allowLocked() (Ticket, *Transition, error) {
 	switch {
 	case b.settings.Mode == ModeDisabled:
 		b.allowed++
-		b.mu.Unlock()
-		return Ticket{}, nil
+		return Ticket{}, nil, nil
 	case b.state == StateClosed:
 		b.allowed++
 		t := Ticket{breaker: b, generation: b.generation}
 		if b.settings.SlowCallRateThreshold > 0 {
 			t.start = b.coarseNow()
 		}
-		b.mu.Unlock()
-		return t, nil
-	}
-	switch b.settings.Mode {
-	case ModeForcedOpen:
+		return t, nil, nil
+	case b.settings.Mode == ModeForcedOpen:
 		b.rejected++
-		b.mu.Unlock()
-		return Ticket{}, ErrForcedOpen
+		return Ticket{}, nil, ErrForcedOpen
 	}
 	var fired *Transition
 	var err error
@@ -344,172 +215,11 @@ func (b *Breaker) allowLocked() (Ticket, error) {
 	}
 	if err != nil {
 		b.rejected++
-		b.mu.Unlock()
-		b.notify(fired)
-		if b.settings.Mode == ModeObserve {
-			return Ticket{}, nil // what it would reject passes
-		}
-		return Ticket{}, err
+		return Ticket{}, fired, b.settings.Mode.rejection(err)
 	}
 	b.allowed++
 	b.probesInFlight++
-	t := Ticket{breaker: b, generation: b.generation, probe: true}
-	b.mu.Unlock()
-	b.notify(fired)
-	return t, nil
-}
-
-// Success reports that the call succeeded.
-func (t Ticket) Success() {
-	b := t.breaker
-	if b == nil {
-		return
-	}
-	b.mu.Lock()
-	if t.generation == b.generation && b.state == StateClosed && b.failures == 0 && b.window == nil {
-		b.mu.Unlock()
-		return
-	}
-	t.successLocked()
-}
-
-// successLocked is Success for everything but a plain Closed breaker
-// without failures to forget.
-func (t Ticket) successLocked() {
-	b := t.breaker
-	if t.generation != b.generation {
-		b.mu.Unlock()
-		return
-	}
-	switch b.state {
-	case StateClosed:
-		if b.window != nil {
-			fired := b.recordLocked(t, false)
-			b.failures = 0
-			b.mu.Unlock()
-			if fired == nil {
-				b.changed()
-			}
-			b.notify(fired)
-			return
-		}
-		if b.failures == 0 {
-			b.mu.Unlock()
-			return
-		}
-		b.failures = 0
-		b.mu.Unlock()
-		b.changed()
-		return
-	case StateHalfOpen:
-		b.probesInFlight--
-		b.probeSuccesses++
-		if b.probeSuccesses < b.settings.SuccessThreshold {
-			b.mu.Unlock()
-			return
-		}
-		fired := b.setStateLocked(StateClosed, b.clock.Now(),
-			pluralize(b.probeSuccesses, "successful probe")+" in a row")
-		b.mu.Unlock()
-		b.notify(fired)
-		return
-	}
-	b.mu.Unlock()
-}
-
-// Failure reports that the call failed, and why.
-func (t Ticket) Failure(cause Failure) {
-	b := t.breaker
-	if b == nil {
-		return
-	}
-	b.mu.Lock()
-	if t.generation != b.generation {
-		b.mu.Unlock()
-		return
-	}
-	now := b.clock.Now()
-	b.lastFailure = now
-	b.lastFailureCause = cause
-	var fired *Transition
-	switch b.state {
-	case StateClosed:
-		b.failures++
-		if !b.settings.ConsecutiveRuleOff && b.failures >= b.settings.FailureThreshold {
-			fired = b.openLocked(now, OpenConsecutiveFailures,
-				pluralize(b.failures, "consecutive failure")+", last: "+cause.String(), cause.RetryAfter)
-		} else if b.window != nil {
-			fired = b.recordLocked(t, true)
-		}
-	case StateHalfOpen:
-		fired = b.openLocked(now, OpenProbeFailed, "probe failed: "+cause.String(), cause.RetryAfter)
-	}
-	b.mu.Unlock()
-	if fired == nil {
-		b.changed()
-	}
-	b.notify(fired)
-}
-
-// Cancel reports that the call ended with no verdict (the caller went away).
-// It only gives back a probe slot.
-func (t Ticket) Cancel() {
-	b := t.breaker
-	if b == nil {
-		return
-	}
-	if !t.probe {
-		if t.start == 0 {
-			return
-		}
-		// A caller that left after waiting longer than the slow-call
-		// threshold saw a slow call, though no failure.
-		b.mu.Lock()
-		var fired *Transition
-		if t.generation == b.generation && b.state == StateClosed && b.window != nil &&
-			b.coarseNow()-t.start > int64(b.settings.SlowCallDuration) {
-			fired = b.recordLocked(t, false)
-		}
-		b.mu.Unlock()
-		b.notify(fired)
-		return
-	}
-	b.mu.Lock()
-	if t.generation == b.generation && b.state == StateHalfOpen {
-		b.probesInFlight--
-	}
-	b.mu.Unlock()
-}
-
-// recordLocked counts a Closed call's outcome in the window, and opens the
-// circuit when a rate rule trips.
-func (b *Breaker) recordLocked(t Ticket, failed bool) *Transition {
-	now := b.coarseNow()
-	slow := t.start != 0 && now-t.start > int64(b.settings.SlowCallDuration)
-	b.window.add(now, failed, slow)
-	reason, message := b.rateTripLocked()
-	if reason == "" {
-		return nil
-	}
-	if reason == OpenFailureRate && b.lastFailureCause != (Failure{}) {
-		message += ", last: " + b.lastFailureCause.String()
-	}
-	var retryAfter time.Duration
-	if failed {
-		retryAfter = b.lastFailureCause.RetryAfter
-	}
-	return b.openLocked(b.clock.Now(), reason, message, retryAfter)
-}
-
-// forceOpenLocked opens the circuit for ForcedOpen: no probing time, no
-// automatic way out.
-func (b *Breaker) forceOpenLocked(now time.Time) *Transition {
-	t := b.setStateLocked(StateOpen, now, "mode ForcedOpen")
-	b.openUntil = time.Time{}
-	b.lastOpenReason = OpenForced
-	t.OpenReason = OpenForced
-	b.history[len(b.history)-1].OpenReason = OpenForced
-	return t
+	return Ticket{breaker: b, generation: b.generation, probe: true}, fired, nil
 }
 
 // Reset closes the breaker and clears its counts, once per id: a request to
@@ -518,66 +228,29 @@ func (b *Breaker) forceOpenLocked(now time.Time) *Transition {
 // reports whether it reset.
 func (b *Breaker) Reset(id, reason string) bool {
 	b.mu.Lock()
+	fired := b.resetLocked(id, reason)
+	b.mu.Unlock()
+	b.notify(fired)
+	return fired != nil
+}
+
+// resetLocked is Reset; it returns the transition, nil when it did not reset.
+func (b *Breaker) resetLocked(id, reason string) *Transition {
 	if id == b.lastResetID {
-		b.mu.Unlock()
-		return false
+		return nil
 	}
 	b.lastResetID = id
 	if b.settings.Mode == ModeForcedOpen {
 		// Forced open stays open until the mode changes; the reset is
 		// handled, and changes nothing.
-		b.mu.Unlock()
-		return false
+		return nil
 	}
 	fired := b.setStateLocked(StateClosed, b.clock.Now(), reason)
 	fired.Reset = true
 	b.history[len(b.history)-1].Reset = true
 	b.lastFailure = time.Time{}
 	b.lastFailureCause = Failure{}
-	b.mu.Unlock()
-	b.notify(fired)
-	return true
-}
-
-// Snapshot returns the current state. It also performs the time-driven
-// Open → HalfOpen transition, so a breaker with no traffic still shows
-// HalfOpen once its recovery timeout has passed.
-func (b *Breaker) Snapshot() Snapshot {
-	b.mu.Lock()
-	var fired *Transition
-	if b.state == StateOpen {
-		fired = b.halfOpenIfDueLocked()
-	}
-	s := b.snapshotLocked()
-	s.At = b.clock.Now()
-	b.mu.Unlock()
-	b.notify(fired)
-	return s
-}
-
-func (b *Breaker) snapshotLocked() Snapshot {
-	s := Snapshot{
-		State:              b.state,
-		Failures:           b.failures,
-		LastFailure:        b.lastFailure,
-		LastFailureCause:   b.lastFailureCause,
-		LastTransitionTime: b.lastTransition,
-		LastResetID:        b.lastResetID,
-		History:            slices.Clone(b.history),
-		Allowed:            b.allowed,
-		Rejected:           b.rejected,
-		Settings:           b.settings,
-		LastOpenReason:     b.lastOpenReason,
-		ConsecutiveOpens:   b.consecutiveOpens,
-	}
-	if w := b.window; w != nil {
-		w.advance(b.coarseNow())
-		s.WindowOutcomes, s.WindowFailures, s.WindowSlow = w.outcomes, w.failures, w.slow
-	}
-	if b.state == StateOpen {
-		s.OpenUntil = b.openUntil
-	}
-	return s
+	return fired
 }
 
 // Update applies new settings and keeps the current state and counts. A
@@ -586,9 +259,14 @@ func (b *Breaker) snapshotLocked() Snapshot {
 func (b *Breaker) Update(settings Settings) {
 	settings = settings.withDefaults()
 	b.mu.Lock()
+	e := b.updateLocked(settings)
+	b.mu.Unlock()
+	b.deliver(e)
+}
+
+func (b *Breaker) updateLocked(settings Settings) effects {
 	if b.settings == settings {
-		b.mu.Unlock()
-		return
+		return effects{}
 	}
 	old := b.settings
 	b.settings = settings
@@ -599,20 +277,10 @@ func (b *Breaker) Update(settings Settings) {
 			b.window = newWindow(settings.Window)
 		}
 	}
-	var fired *Transition
 	if old.Mode != settings.Mode {
-		// Leaving a mode starts afresh: Closed, with an empty window.
-		now := b.clock.Now()
-		if settings.Mode == ModeForcedOpen {
-			fired = b.forceOpenLocked(now)
-		} else {
-			fired = b.setStateLocked(StateClosed, now, "mode "+modeNames[settings.Mode])
-			b.failures = 0
-		}
-		b.mu.Unlock()
-		b.notify(fired)
-		return
+		return effects{fired: b.enterModeLocked(b.clock.Now())}
 	}
+	var fired *Transition
 	switch b.state {
 	case StateClosed:
 		if !settings.ConsecutiveRuleOff && b.failures > 0 && b.failures >= settings.FailureThreshold {
@@ -630,87 +298,19 @@ func (b *Breaker) Update(settings Settings) {
 				pluralize(b.probeSuccesses, "successful probe")+" reach the new threshold of "+strconv.Itoa(int(settings.SuccessThreshold)))
 		}
 	}
-	b.mu.Unlock()
-	if fired == nil {
-		b.changed()
-	}
-	b.notify(fired)
+	return effects{fired: fired, changed: true}
 }
 
 // OpenUntil is when probing starts; zero unless Open. It is the cheap
 // question for a rejected call's Retry-After.
 func (b *Breaker) OpenUntil() time.Time {
+	var until time.Time
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.state != StateOpen {
-		return time.Time{}
-	}
-	return b.openUntil
-}
-
-// Decision is the state another replica's breaker reached, for this one to
-// follow: counting stays per replica, the decision is the fleet's.
-type Decision struct {
-	State State
-	// At is when the other replica's state changed.
-	At time.Time
-	// OpenUntil is, for Open, when the other replica starts probing.
-	OpenUntil time.Time
-	// Reason says why, and who decided.
-	Reason string
-	// OpenReason is the rule that opened the other replica's circuit.
-	OpenReason OpenReason
-}
-
-// MaxFollowSkew bounds how far in this replica's future a decision may lie:
-// one further ahead (a clock far off, a status written by hand) is not
-// followed, since nothing newer could ever overrule it.
-const MaxFollowSkew = 30 * time.Second
-
-// Follow adopts d when it opens or closes the breaker later than this one
-// last opened or closed, and reports whether that changed the state. An
-// Open decision is followed with its openUntil (no later than its time plus
-// the longest opening the settings allow), so every replica probes at the
-// same moment. A
-// HalfOpen is no decision to follow: each replica reaches it by itself at
-// that shared openUntil. Calls allowed before are ignored, as after any
-// transition.
-func (b *Breaker) Follow(d Decision) bool {
-	b.mu.Lock()
-	now := b.clock.Now()
-	if d.State == StateHalfOpen || !d.At.After(b.lastDecision) || d.At.After(now.Add(MaxFollowSkew)) ||
-		b.settings.Mode == ModeForcedOpen || b.settings.Mode == ModeDisabled {
-		b.mu.Unlock()
-		return false
-	}
-	openUntil := d.OpenUntil
-	// No opening lasts longer than this breaker's own longest could.
-	longest := max(b.settings.MaxOpenDuration, b.settings.RecoveryTimeout)
-	longest += longest * time.Duration(b.settings.OpenJitter) / 100
-	if latest := d.At.Add(longest); openUntil.IsZero() || openUntil.After(latest) {
-		openUntil = latest
-	}
-	var fired *Transition
-	switch {
-	case d.State == b.state && d.State == StateOpen:
-		// Both open: probe when the newer opening says.
-		b.lastTransition, b.lastDecision = d.At, d.At
-		b.openUntil = openUntil
-	case d.State == b.state:
-		// Already closed: nothing to follow.
-	default:
-		fired = b.setStateLocked(d.State, d.At, d.Reason)
-		if d.State == StateOpen {
-			b.openUntil = openUntil
-			b.consecutiveOpens++
-			b.lastOpenReason = d.OpenReason
-			fired.OpenReason = d.OpenReason
-			b.history[len(b.history)-1].OpenReason = d.OpenReason
-		}
+	if b.state == StateOpen {
+		until = b.openUntil
 	}
 	b.mu.Unlock()
-	b.notify(fired)
-	return fired != nil
+	return until
 }
 
 // WholeSecondsUntil is the time from now until t in whole seconds, rounded
@@ -722,42 +322,6 @@ func WholeSecondsUntil(t, now time.Time) int64 {
 		return 0
 	}
 	return int64((d + time.Second - 1) / time.Second)
-}
-
-// restore puts the breaker into a state recorded earlier, e.g. in a
-// resource's status before a manager restart. An Open breaker whose
-// openUntil has passed becomes HalfOpen on its next call.
-func (b *Breaker) restore(s Snapshot) {
-	b.mu.Lock()
-	b.generation++
-	b.state = s.State
-	b.failures = s.Failures
-	b.lastFailure = s.LastFailure
-	b.lastFailureCause = s.LastFailureCause
-	b.lastTransition = s.LastTransitionTime
-	b.lastDecision = s.LastTransitionTime
-	b.openUntil = s.OpenUntil
-	b.lastResetID = s.LastResetID
-	b.history = slices.Clone(s.History)
-	for i := range b.history {
-		b.history[i].Seq = 0 // handled before the restart
-	}
-	if s.State == StateOpen && s.OpenUntil.IsZero() {
-		b.openUntil = s.LastTransitionTime.Add(b.settings.RecoveryTimeout)
-	}
-	b.lastOpenReason = s.LastOpenReason
-	b.consecutiveOpens = s.ConsecutiveOpens
-	b.probesInFlight = 0
-	b.probeSuccesses = 0
-	if b.settings.Mode == ModeForcedOpen {
-		if s.State == StateOpen && s.LastOpenReason == OpenForced {
-			// Forced open before the restart: still, with no probing time.
-			b.openUntil = time.Time{}
-		} else {
-			b.forceOpenLocked(b.clock.Now())
-		}
-	}
-	b.mu.Unlock()
 }
 
 // halfOpenIfDueLocked moves an Open breaker whose recovery timeout has
@@ -808,6 +372,30 @@ func (b *Breaker) setStateLocked(to State, now time.Time, reason string) *Transi
 func (b *Breaker) notify(t *Transition) {
 	if t != nil && b.onTransition != nil {
 		b.onTransition(*t)
+	}
+}
+
+// effects is what a locked section leaves to deliver once the lock is
+// released: a transition for OnTransition or, without one, a change of
+// counts for OnChange.
+type effects struct {
+	fired   *Transition
+	changed bool
+}
+
+// deliver tells the hooks about e; the lock must not be held. It inlines,
+// so that the common case of nothing to deliver costs no call.
+func (b *Breaker) deliver(e effects) {
+	if e.fired != nil || e.changed {
+		b.deliverHooks(e)
+	}
+}
+
+func (b *Breaker) deliverHooks(e effects) {
+	if e.fired != nil {
+		b.notify(e.fired)
+	} else {
+		b.changed()
 	}
 }
 

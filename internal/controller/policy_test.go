@@ -12,6 +12,7 @@ import (
 	. "github.com/onsi/gomega"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	testingclock "k8s.io/utils/clock/testing"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
@@ -57,10 +58,10 @@ type policyFixture struct {
 
 // startPolicy creates breaker name (shaped by spec) and waits until its
 // route answers.
-func startPolicy(t *testing.T, name string, threshold int32, recovery time.Duration, spec func(*cbv1.CircuitBreaker)) policyFixture {
+func startPolicy(t *testing.T, name string, threshold int32, recovery time.Duration, spec func(*cbv1.CircuitBreaker), hopts ...harnessOption) policyFixture {
 	g := NewWithT(t)
 	p := policyFixture{ns: newNamespace(t)}
-	p.h = startManager(t, p.ns, controller.Options{AllowURLUpstreams: true})
+	p.h = startManager(t, p.ns, controller.Options{AllowURLUpstreams: true}, hopts...)
 	upstream, mode, hits := policyUpstream(t)
 	p.mode, p.hits = mode, hits
 	p.cb = urlBreaker(p.ns, name, upstream.URL, threshold, recovery)
@@ -151,16 +152,20 @@ func TestPolicyRulesReachStatusAndEvents(t *testing.T) {
 	}
 }
 
-// A probe failing reopens with reason ProbeFailed, each opening longer.
+// A probe failing reopens with reason ProbeFailed, each opening longer. The
+// breakers' time is a fake clock the test steps past the recovery timeout.
 func TestProbeFailureOpensLonger(t *testing.T) {
 	g := NewWithT(t)
+	clk := testingclock.NewFakeClock(time.Now())
 	p := startPolicy(t, "growing", 1, time.Second, func(cb *cbv1.CircuitBreaker) {
 		cb.Spec.OpenDuration = &cbv1.OpenDuration{Multiplier: 3, Max: &metav1.Duration{Duration: time.Minute}}
-	})
+	}, withClock(clk))
 	ns, h, route, mode := p.ns, p.h, p.route, p.mode
 	mode.Store("fail")
 	g.Expect(call(g, route)).To(Equal(500))
 	b := liveBreaker(g, h, ns, "growing")
+	g.Expect(b.Snapshot().State).To(Equal(breaker.StateOpen))
+	clk.Step(time.Second)
 	g.Eventually(func() breaker.State { return b.Snapshot().State }, 5*time.Second).Should(Equal(breaker.StateHalfOpen))
 	g.Expect(call(g, route)).To(Equal(500), "the probe fails")
 	g.Eventually(func(g Gomega) {
