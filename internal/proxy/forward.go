@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"errors"
 	"io"
 	"mime"
 	"net"
@@ -62,23 +61,23 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 		defer c.body.end()
 	}
 
-	res, err := p.reverse.Transport.RoundTrip(out)
+	res, err := p.transport.RoundTrip(out)
 	c.headersMu.Lock()
 	c.answered = true // no 1xx may touch the caller's headers any more
 	c.headersMu.Unlock()
 	if err != nil {
-		handleError(w, out, err)
+		c.fail(w, err)
 		return
 	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
 		// Nobody asked to switch protocols.
-		_ = classifyResponse(res)
+		c.answer(res)
 		_ = res.Body.Close()
-		handleError(w, out, errUnaskedUpgrade)
+		c.fail(w, errUnaskedUpgrade)
 		return
 	}
 	removeHopByHop(res.Header)
-	_ = classifyResponse(res)
+	c.answer(res)
 
 	dst := w.Header()
 	for k, vv := range res.Header {
@@ -140,8 +139,8 @@ func (p *Proxy) copyBody(w http.ResponseWriter, res *http.Response) error {
 		rc = http.NewResponseController(w)
 		_ = rc.Flush()
 	}
-	buf := p.reverse.BufferPool.Get()
-	defer p.reverse.BufferPool.Put(buf)
+	buf := p.buffers.Get()
+	defer p.buffers.Put(buf)
 	for {
 		n, rerr := res.Body.Read(buf)
 		if n > 0 {
@@ -263,15 +262,4 @@ func cleanQuery(s string) string {
 
 func isHex(c byte) bool {
 	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
-}
-
-// errUnaskedUpgrade is an upstream's 101 to a call that asked for none.
-var errUnaskedUpgrade = errors.New("the upstream switched protocols unasked")
-
-// upgradeType is the protocol a call asks to switch to, "" for none.
-func upgradeType(h http.Header) string {
-	if !httpguts.HeaderValuesContainsToken(h["Connection"], "Upgrade") {
-		return ""
-	}
-	return h.Get("Upgrade")
 }

@@ -1,0 +1,172 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/metrics"
+)
+
+// Sentinel causes of a call's cancellation.
+var (
+	errRequestTimeout = errors.New("no response headers within the request timeout")
+	errStreamIdle     = errors.New("stream idle for longer than the stream idle timeout")
+)
+
+// call is one proxied request's state. It is also the request's context,
+// which carries it through ReverseProxy's hooks and the transport without
+// another allocation.
+type call struct {
+	context.Context // the caller's context, cancelled by the timeouts
+	callerCtx       context.Context
+	cancel          context.CancelCauseFunc
+	// timer cancels the call: first after the route's request timeout, then,
+	// once the headers are in, after each idle stretch of a stream.
+	timer   *time.Timer
+	route   *route
+	metrics *metrics.Route
+	ticket  breaker.Ticket
+	// w answers the caller; body is the caller's request body, if any.
+	w    http.ResponseWriter
+	body *callerBody
+	// target is the upstream URL the call goes to; trace passes 1xx
+	// answers on until the final one (answered, under headersMu).
+	target    url.URL
+	trace     httptrace.ClientTrace
+	headersMu sync.Mutex
+	answered  bool
+	// streaming is set once the response headers are in: from then on the
+	// timer is the stream idle timeout.
+	streaming atomic.Bool
+	// rest is the escaped path after /<namespace>/<name>.
+	rest     string
+	start    time.Time
+	reported bool
+}
+
+type callKey struct{}
+
+func (c *call) Value(key any) any {
+	if key == (callKey{}) {
+		return c
+	}
+	return c.Context.Value(key)
+}
+
+func callOf(r *http.Request) *call {
+	return r.Context().Value(callKey{}).(*call)
+}
+
+// expire ends the call when its timer fires: the request timeout before
+// the response headers, the stream idle timeout after them.
+func (c *call) expire() {
+	if c.streaming.Load() {
+		c.cancel(errStreamIdle)
+		return
+	}
+	if c.body.awaited() {
+		// The transport is still waiting for the caller's body (one that
+		// was promised and never sent), and will not give up the call until
+		// that read returns: end the read, the caller's doing.
+		_ = http.NewResponseController(c.w).SetReadDeadline(time.Now())
+	}
+	c.cancel(errRequestTimeout)
+}
+
+// moved restarts the stream idle timeout when n bytes went by.
+func (c *call) moved(n int) {
+	if n > 0 {
+		c.timer.Reset(c.route.StreamIdleTimeout)
+	}
+}
+
+// settle gives the call's verdict to its breaker, and counts it.
+func (c *call) settle(o outcome, f breaker.Failure) {
+	switch o {
+	case failure:
+		c.ticket.Failure(f)
+		c.metrics.Failure.Inc()
+	case success:
+		c.ticket.Success()
+		c.metrics.Success.Inc()
+	default:
+		c.ticket.Cancel()
+	}
+}
+
+// ending is what the call knows of its end, for classifyError.
+func (c *call) ending() callEnd {
+	return callEnd{
+		judged:     c.reported,
+		bodyBroke:  c.body.broke(),
+		callerGone: c.callerCtx.Err() != nil,
+		cause:      context.Cause(c),
+	}
+}
+
+// answer gives the upstream's answer its verdict; the answer goes back to
+// the caller whatever it is. From here on the call is a stream: it lives as
+// long as bytes move, under the route's stream idle timeout. Both paths
+// call it: forward directly, upgrades through answerUpgrade.
+func (c *call) answer(resp *http.Response) {
+	c.reported = true
+	c.streaming.Store(true)
+	c.timer.Reset(c.route.StreamIdleTimeout)
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		if rwc, ok := resp.Body.(io.ReadWriteCloser); ok {
+			resp.Body = &idleConn{ReadWriteCloser: rwc, c: c}
+		}
+	} else {
+		resp.Body = &idleBody{ReadCloser: resp.Body, c: c}
+	}
+	c.metrics.Duration.Observe(time.Since(c.start).Seconds())
+	o := classifyAnswer(resp, &c.route.FailureCodes)
+	var f breaker.Failure
+	if o == failure {
+		f = breaker.Failure{StatusCode: resp.StatusCode, RetryAfter: retryAfter(resp, time.Now)}
+	}
+	c.settle(o, f)
+}
+
+// fail ends a call that got no response (err is why): it gives the verdict
+// classifyError reaches, if any, to the breaker and answers the caller.
+// Both paths call it: forward directly, upgrades through failUpgrade.
+func (c *call) fail(w http.ResponseWriter, err error) {
+	v := classifyError(err, c.ending())
+	if v.class != classUpgradeBroke { // otherwise answer gave the verdict already
+		c.reported = true
+		o := v.class.outcome()
+		c.settle(o, breaker.Failure{Kind: v.class.kind()})
+		if o == failure {
+			c.metrics.Duration.Observe(time.Since(c.start).Seconds())
+		}
+	}
+	writeVerdict(w, v, c.route.key)
+}
+
+// writeVerdict tells the caller of key's call what v says went wrong.
+func writeVerdict(w http.ResponseWriter, v errorVerdict, key breaker.Key) {
+	switch v.class {
+	case classUpgradeBroke:
+		writeError(w, v.status, "upstream of circuit breaker '"+string(key)+"' broke the upgrade")
+	case classBodyBroke:
+		w.Header().Set("Connection", "close")
+		writeError(w, v.status, "the request body did not arrive whole")
+	case classCallerGone:
+		w.WriteHeader(v.status) // nobody reads it: the caller is gone
+	case classDialRefused:
+		writeError(w, v.status, "upstream of circuit breaker '"+string(key)+"' is not allowed: "+v.detail)
+	case classMalformed:
+		writeError(w, v.status, "malformed request: "+v.detail)
+	default:
+		writeError(w, v.status, "upstream of circuit breaker '"+string(key)+"' failed: "+v.class.kind())
+	}
+}
