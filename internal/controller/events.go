@@ -31,14 +31,14 @@ func (r *Reconciler) announce(ctx context.Context, cb *cbv1.CircuitBreaker, key 
 			r.event(cb, corev1.EventTypeNormal, ReasonReset, "Reset", t.Reason)
 			continue
 		}
-		log.Info("breaker transition", "from", from, "to", to, "reason", t.Reason, "openReason", t.OpenReason, "mode", snap.Settings.Mode.String())
+		log.Info("breaker transition", "from", from, "to", to, "reason", t.Reason, "openReason", t.OpenReason, "mode", specModes[snap.Settings.Mode])
 		eventType := corev1.EventTypeNormal
 		if t.To == breaker.StateOpen {
 			eventType = corev1.EventTypeWarning
 		}
 		note := t.Reason
 		if snap.Settings.Mode == breaker.ModeObserve {
-			note += " (mode Observe: no call is rejected)"
+			note += " (mode " + specModes[breaker.ModeObserve] + ": no call is rejected)"
 		}
 		r.event(cb, eventType, transitionReason(t.To), "Transition", note)
 	}

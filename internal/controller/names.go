@@ -33,3 +33,14 @@ var modes = map[string]breaker.Mode{
 	"": breaker.ModeEnforce, cbv1.ModeEnforce: breaker.ModeEnforce, cbv1.ModeObserve: breaker.ModeObserve,
 	cbv1.ModeForcedOpen: breaker.ModeForcedOpen, cbv1.ModeDisabled: breaker.ModeDisabled,
 }
+
+// specModes spells breaker modes as the resource's spec does, derived from modes.
+var specModes = func() map[breaker.Mode]string {
+	spelled := make(map[breaker.Mode]string, len(modes))
+	for name, mode := range modes {
+		if name != "" {
+			spelled[mode] = name
+		}
+	}
+	return spelled
+}()

@@ -24,7 +24,9 @@ import (
 
 // Reconcile puts one CircuitBreaker into the registry and the routes,
 // announces its new transitions, and writes its status (deferred, once),
-// in these steps.
+// in these steps: serve (the data plane) or refuse, handleReset,
+// followFleet, announce, recordServing, writeOwnEntry, writeFleetView
+// (leader only) and requeueAfter.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
 	log := ctrl.LoggerFrom(ctx)
 	key := breaker.NewKey(req.Namespace, req.Name)
@@ -58,9 +60,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 	r.followFleet(&cb, b)
 	snap := b.Snapshot()
 	r.announce(ctx, &cb, key, b, snap)
-	applySnapshot(status, snap)
-	status.Upstream = cfg.route.Target.String()
-	setServing(status, cb.Generation, resetRefused)
+	recordServing(status, &cb, cfg, snap, resetRefused)
 	if err := r.writeOwnEntry(ctx, key, &cb, snap); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -89,6 +89,15 @@ func (r *Reconciler) followFleet(cb *cbv1.CircuitBreaker, b *breaker.Breaker) {
 	if d, ok := r.entries.decision(cb); ok {
 		b.Follow(d)
 	}
+}
+
+// recordServing puts the breaker's state, its upstream and Ready=True into
+// status, which the deferred patch of Reconcile writes; resetRefused, when
+// set, is added to the Ready message.
+func recordServing(status *cbv1.CircuitBreakerStatus, cb *cbv1.CircuitBreaker, cfg runtimeConfig, snap breaker.Snapshot, resetRefused string) {
+	applySnapshot(status, snap)
+	status.Upstream = cfg.route.Target.String()
+	setServing(status, cb.Generation, resetRefused)
 }
 
 // writeOwnEntry writes this replica's entry of status.replicas, on every

@@ -66,16 +66,19 @@ type Options struct {
 
 // Reconciler keeps the registry and the proxy's routes in step with the
 // CircuitBreaker resources and writes each breaker's live state into its
-// status. Every replica reconciles, so that each one's proxy serves; only
-// the leader writes status and Events.
+// status. Every replica reconciles, so that each one's proxy serves, and
+// writes its own entry of status.replicas; only the leader writes the rest
+// of the status, and Events.
 type Reconciler struct {
 	client   client.Client
 	recorder recorder.EventRecorder
 	registry *breaker.Registry
 	routes   *proxy.Table
 	opts     Options
-	// leaderStatus writes the status, on the leader; entries writes
-	// this replica's own entry of status.replicas, on every replica.
+	// leaderStatus writes the per-object status patch (all but the
+	// replicas' entries), on the leader only; entries applies this
+	// replica's own entry of status.replicas on every replica, and on the
+	// leader removes the entries of replicas that are gone.
 	leaderStatus leaderStatusWriter
 	entries      replicaEntryWriter
 

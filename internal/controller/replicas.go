@@ -55,9 +55,14 @@ func replicaFieldManager(name string) string {
 	return replicaFieldManagerPrefix + hex.EncodeToString(sum[:16])
 }
 
-// replicaEntryWriter writes this replica's own entry of status.replicas: when
-// its view changes, never per request (transitions at once, counts as
-// coalesced by the registry), and on every replica, leader or not.
+// replicaEntryWriter writes entries of status.replicas by server-side apply,
+// one field manager per replica. On every replica, leader or not, it writes
+// this replica's own entry when its view changes, never per request
+// (transitions at once, counts as coalesced by the registry). On the
+// leader it also removes the entries of replicas that are gone (apply with
+// nil). It reads the entries too: the decision to follow, and the fleet
+// view whose summary leaderStatusWriter (status.go) writes. The rest of the
+// status is leaderStatusWriter's.
 type replicaEntryWriter struct {
 	client client.Client
 	fleet  Fleet

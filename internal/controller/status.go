@@ -18,11 +18,12 @@ import (
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 )
 
-// leaderStatusWriter writes the status but for the replicas' entries (which
-// each replica writes itself, replicaEntryWriter in replicas.go). Only the
-// leader writes; an unchanged status is not written; each write is one merge patch
-// against the status this writer last wrote, because the cache can lag
-// behind our own writes (the model is fluxcd/pkg's runtime/patch).
+// leaderStatusWriter writes the per-object status patch: every field of the
+// status but the entries of status.replicas (which replicaEntryWriter in
+// replicas.go applies). Only the leader writes, at most once per reconcile;
+// an unchanged status is not written; each write is one merge patch against
+// the status this writer last wrote, because the cache can lag behind our
+// own writes (the model is fluxcd/pkg's runtime/patch).
 type leaderStatusWriter struct {
 	client  client.Client
 	leading func() bool
