@@ -118,7 +118,7 @@ docker-build: ## Build the manager image (needs a Docker engine).
 build-installer: manifests kustomize ## Write dist/install.yaml (namespace, CRD, RBAC, manager) for image IMG, and the optional dist/network-policy.yaml.
 	mkdir -p dist
 	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
-	$(KUSTOMIZE) build config/default > dist/install.yaml
+	$(KUSTOMIZE) build config/install > dist/install.yaml
 	$(KUSTOMIZE) build config/network-policy > dist/network-policy.yaml
 
 ##@ Deployment

@@ -171,7 +171,8 @@ type ServiceUpstream struct {
 	// +kubebuilder:validation:Maximum=65535
 	Port int32 `json:"port"`
 
-	// Scheme is http or https.
+	// Scheme is http or https. An https Service upstream is refused (Stalled,
+	// InvalidUpstream) until the upstream can name the CA to trust.
 	// +kubebuilder:default=http
 	// +kubebuilder:validation:Enum=http;https
 	// +optional

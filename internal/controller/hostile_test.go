@@ -23,6 +23,7 @@ func TestServiceUpstreamsAreRead(t *testing.T) {
 	tests := []struct {
 		name    string
 		service *corev1.Service // created before the breaker; nil: none
+		scheme  string          // spec.upstream.service.scheme
 		reason  string
 		stalled bool
 		code    int
@@ -33,6 +34,12 @@ func TestServiceUpstreamsAreRead(t *testing.T) {
 			message: "Service %s/backend is an ExternalName Service",
 			service: &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "backend"},
 				Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "localhost"}}},
+		// No trust for a cluster CA yet, and the name checked would be the
+		// dialled FQDN: every call would fail and hold the breaker Open.
+		{name: "https", scheme: "https", reason: controller.ReasonInvalidUpstream, stalled: true, code: 403,
+			message: "Service %s/backend with scheme https is not supported yet",
+			service: &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "backend"},
+				Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 8080}}}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -46,6 +53,7 @@ func TestServiceUpstreamsAreRead(t *testing.T) {
 			}
 			g.Expect(k8sClient.Create(context.Background(), newCircuitBreaker(ns, "cb", func(cb *cbv1.CircuitBreaker) {
 				cb.Spec.Upstream.Service.Name = "backend"
+				cb.Spec.Upstream.Service.Scheme = tt.scheme
 			}))).To(Succeed())
 			g.Eventually(func(g Gomega) {
 				cb := getBreaker(g, ns, "cb")

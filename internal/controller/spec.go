@@ -170,6 +170,14 @@ func upstreamURL(cb *cbv1.CircuitBreaker, svc *corev1.Service, opts Options) (*u
 		if scheme == "" {
 			scheme = "http"
 		}
+		if scheme == "https" {
+			// The proxy has no trust for a cluster's CA, and would check the
+			// certificate against the dialled name: every call would fail.
+			return nil, &refusal{reason: ReasonInvalidUpstream, stalled: true,
+				message: fmt.Sprintf("Service %s/%s with scheme https is not supported yet: the proxy has no trust configuration "+
+					"for a cluster CA, so every call would fail; use scheme http, or a URL upstream with --allow-url-upstreams",
+					cb.Namespace, up.Service.Name)}
+		}
 		domain := strings.Trim(opts.ClusterDomain, ".")
 		if domain == "" {
 			domain = DefaultClusterDomain

@@ -110,11 +110,39 @@ func TestE2E(t *testing.T) {
 			{[]string{"delete", "circuitbreakers.circuitbreaker.io", "-A"}, "no"},
 			{[]string{"list", "secrets", "-A"}, "no"},
 			{[]string{"create", "pods", "-n", "default"}, "no"},
+			{[]string{"update", "circuitbreakers.circuitbreaker.io", "--subresource=status", "-A"}, "no"},
+			{[]string{"watch", "leases.coordination.k8s.io", "-n", operatorNamespace}, "no"},
+			{[]string{"patch", "leases.coordination.k8s.io", "-n", operatorNamespace}, "no"},
+			{[]string{"create", "events", "-n", operatorNamespace}, "no"},
 		} {
-			out, _ := c.kubectlErr(append([]string{"auth", "can-i", "--as", serviceAccount}, check.args...)...)
-			// The answer is the last line; kubectl may warn before it.
-			lines := strings.Split(strings.TrimSpace(out), "\n")
-			g.Expect(lines[len(lines)-1]).To(Equal(check.want), "can-i %v", check.args)
+			g.Expect(c.canI(serviceAccount, check.args...)).To(Equal(check.want), "can-i %v", check.args)
+		}
+	})
+
+	step("tenants' ClusterRoles: editors change breakers, viewers read them, neither writes status", func(g Gomega) {
+		for _, role := range []string{"editor", "viewer"} {
+			c.kubectl(g, "create", "serviceaccount", "tenant-"+role, "-n", "default")
+			c.kubectl(g, "create", "rolebinding", "tenant-"+role, "--clusterrole=circuitbreaker-"+role,
+				"--serviceaccount=default:tenant-"+role, "-n", "default")
+		}
+		g.Expect(c.kubectl(g, "get", "clusterrole", "circuitbreaker-editor", "-o", `jsonpath={.metadata.labels.rbac\.authorization\.k8s\.io/aggregate-to-edit}`)).To(Equal("true"))
+		g.Expect(c.kubectl(g, "get", "clusterrole", "circuitbreaker-viewer", "-o", `jsonpath={.metadata.labels.rbac\.authorization\.k8s\.io/aggregate-to-view}`)).To(Equal("true"))
+		editor, viewer := "system:serviceaccount:default:tenant-editor", "system:serviceaccount:default:tenant-viewer"
+		for _, check := range []struct {
+			who  string
+			args []string
+			want string
+		}{
+			{editor, []string{"create", "circuitbreakers.circuitbreaker.io", "-n", "default"}, "yes"},
+			{editor, []string{"patch", "circuitbreakers.circuitbreaker.io", "-n", "default"}, "yes"},
+			{editor, []string{"delete", "circuitbreakers.circuitbreaker.io", "-n", "default"}, "yes"},
+			{editor, []string{"patch", "circuitbreakers.circuitbreaker.io", "--subresource=status", "-n", "default"}, "no"},
+			{editor, []string{"create", "circuitbreakers.circuitbreaker.io", "-n", operatorNamespace}, "no"},
+			{viewer, []string{"list", "circuitbreakers.circuitbreaker.io", "-n", "default"}, "yes"},
+			{viewer, []string{"patch", "circuitbreakers.circuitbreaker.io", "-n", "default"}, "no"},
+			{viewer, []string{"update", "circuitbreakers.circuitbreaker.io", "--subresource=status", "-n", "default"}, "no"},
+		} {
+			g.Expect(c.canI(check.who, check.args...)).To(Equal(check.want), "%s can-i %v", check.who, check.args)
 		}
 	})
 
@@ -472,6 +500,14 @@ func (c *cluster) stopManager(g Gomega) {
 	_ = c.manager.Process.Signal(syscall.SIGTERM)
 	g.Eventually(c.managerExited, 20*time.Second).Should(BeClosed())
 	c.manager = nil
+}
+
+// canI is kubectl auth can-i's answer for who: "yes" or "no".
+func (c *cluster) canI(who string, args ...string) string {
+	out, _ := c.kubectlErr(append([]string{"auth", "can-i", "--as", who}, args...)...)
+	// The answer is the last line; kubectl may warn before it.
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	return lines[len(lines)-1]
 }
 
 func (c *cluster) kubectlErr(args ...string) (string, error) {
