@@ -8,7 +8,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -49,7 +51,7 @@ func main() {
 func run() error {
 	var (
 		proxyAddr, apiAddr, metricsAddr, probeAddr string
-		notifyWebhook, clusterDomain               string
+		notifyWebhook, clusterDomain, denyCIDRs    string
 		leaderElectionNamespace                    string
 		leaderElect, metricsSecure, enableHTTP2    bool
 		allowURLUpstreams                          bool
@@ -68,6 +70,8 @@ func run() error {
 		"namespace of the leader election Lease (default: the pod's namespace in a cluster; required outside one with --leader-elect)")
 	flag.BoolVar(&allowURLUpstreams, "allow-url-upstreams", false,
 		"allow spec.upstream.url: a development or single-tenant switch, since a URL can point anywhere")
+	flag.StringVar(&denyCIDRs, "upstream-deny-cidrs", "",
+		"comma-separated ranges no Service upstream may reach, besides loopback, link-local, metadata and the API server (e.g. the node and pod ranges)")
 	flag.StringVar(&clusterDomain, "cluster-domain", controller.DefaultClusterDomain,
 		"the cluster's DNS domain: Service upstreams are dialled as <name>.<namespace>.svc.<cluster-domain>.")
 	zapOpts := zap.Options{Development: true}
@@ -85,6 +89,11 @@ func run() error {
 		if err != nil {
 			return fmt.Errorf("invalid --notify-webhook: %w", err)
 		}
+	}
+
+	deny, err := parseCIDRs(denyCIDRs)
+	if err != nil {
+		return fmt.Errorf("invalid --upstream-deny-cidrs: %w", err)
 	}
 
 	scheme := runtime.NewScheme()
@@ -129,14 +138,15 @@ func run() error {
 	}
 
 	cfg := operator.Config{
-		ReplicaName: replicaName(),
-		Clock:       clock.RealClock{},
-		Registerer:  ctrlmetrics.Registry,
-		Log:         ctrl.Log,
-		Webhook:     webhook,
-		Controller:  controller.Options{AllowURLUpstreams: allowURLUpstreams, ClusterDomain: clusterDomain},
-		ProxyAddr:   proxyAddr,
-		APIAddr:     apiAddr,
+		ReplicaName:  replicaName(),
+		Clock:        clock.RealClock{},
+		Registerer:   ctrlmetrics.Registry,
+		Log:          ctrl.Log,
+		Webhook:      webhook,
+		Controller:   controller.Options{AllowURLUpstreams: allowURLUpstreams, ClusterDomain: clusterDomain},
+		ProxyAddr:    proxyAddr,
+		APIAddr:      apiAddr,
+		DenyNetworks: deny,
 	}
 	if leaderElect {
 		cfg.LeaderElection = &leader.Config{
@@ -173,4 +183,20 @@ func replicaName() string {
 	}
 	host, _ := os.Hostname()
 	return host
+}
+
+// parseCIDRs reads a comma-separated list of CIDR ranges; empty is none.
+func parseCIDRs(list string) ([]*net.IPNet, error) {
+	var networks []*net.IPNet
+	for _, field := range strings.Split(list, ",") {
+		if field = strings.TrimSpace(field); field == "" {
+			continue
+		}
+		_, n, err := net.ParseCIDR(field)
+		if err != nil {
+			return nil, err
+		}
+		networks = append(networks, n)
+	}
+	return networks, nil
 }

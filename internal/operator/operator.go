@@ -11,13 +11,18 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"time"
 
 	"github.com/go-logr/logr"
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
@@ -57,6 +62,10 @@ type Config struct {
 	// ProxyAddr and APIAddr are where the data plane and the REST API
 	// listen.
 	ProxyAddr, APIAddr string
+	// DenyNetworks are ranges no Service upstream may reach besides the
+	// dial guard's own (--upstream-deny-cidrs); the API server's addresses
+	// are added to them here.
+	DenyNetworks []*net.IPNet
 }
 
 // Operator is the built operator. New adds its internal runnables (the
@@ -144,10 +153,60 @@ func New(mgr manager.Manager, cfg Config) (*Operator, error) {
 
 	// The data plane and the REST API.
 	token := loopToken(mgr.GetAPIReader(), cfg.Log)
-	op.Proxy = proxy.NewServer(cfg.ProxyAddr, proxy.New(op.Routes, cfg.Clock, proxy.Options{LoopToken: token}))
+	deny := append(slices.Clip(cfg.DenyNetworks), apiServerNetworks(mgr.GetConfig().Host, mgr.GetAPIReader(), cfg.Log)...)
+	op.Proxy = proxy.NewServer(cfg.ProxyAddr, proxy.New(op.Routes, cfg.Clock, proxy.Options{LoopToken: token, DenyNetworks: deny}))
 	op.API = restapi.NewServer(cfg.APIAddr, restapi.New(op.Registry, mgr.GetClient(), cfg.Clock,
 		restapi.Options{BindAddress: cfg.APIAddr, Log: cfg.Log.WithName("api")}))
 	return op, nil
+}
+
+// +kubebuilder:rbac:groups=discovery.k8s.io,resources=endpointslices,verbs=get;list;watch
+
+// apiServerNetworks are the API server's own addresses, which a Service
+// upstream must never reach (its credentials are the manager's): the
+// address the manager dials, the kubernetes Service's cluster IPs and the
+// addresses of its EndpointSlices, as they are at start. What cannot be
+// read is logged and left out; the other guards still hold.
+func apiServerNetworks(host string, reader client.Reader, log logr.Logger) []*net.IPNet {
+	var ips []net.IP
+	if u, err := url.Parse(host); err == nil {
+		if ip := net.ParseIP(u.Hostname()); ip != nil {
+			ips = append(ips, ip)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var svc corev1.Service
+	if err := reader.Get(ctx, client.ObjectKey{Namespace: metav1.NamespaceDefault, Name: "kubernetes"}, &svc); err != nil {
+		log.Error(err, "cannot read the kubernetes Service: its cluster IP is not in the dial guard")
+	}
+	for _, ip := range svc.Spec.ClusterIPs {
+		ips = append(ips, net.ParseIP(ip))
+	}
+	var endpointSlices discoveryv1.EndpointSliceList
+	if err := reader.List(ctx, &endpointSlices, client.InNamespace(metav1.NamespaceDefault),
+		client.MatchingLabels{discoveryv1.LabelServiceName: "kubernetes"}); err != nil {
+		log.Error(err, "cannot read the kubernetes Service's EndpointSlices: the API server's endpoints are not in the dial guard")
+	}
+	for _, s := range endpointSlices.Items {
+		for _, e := range s.Endpoints {
+			for _, a := range e.Addresses {
+				ips = append(ips, net.ParseIP(a))
+			}
+		}
+	}
+	var networks []*net.IPNet
+	for _, ip := range ips {
+		if ip == nil {
+			continue
+		}
+		bits := 128
+		if ip.To4() != nil {
+			ip, bits = ip.To4(), 32
+		}
+		networks = append(networks, &net.IPNet{IP: ip, Mask: net.CIDRMask(bits, bits)})
+	}
+	return networks
 }
 
 // +kubebuilder:rbac:groups=apiextensions.k8s.io,resources=customresourcedefinitions,resourceNames=circuitbreakers.circuitbreaker.io,verbs=get

@@ -17,12 +17,13 @@ func (e *errDialRefused) Error() string {
 }
 
 // dialGuard refuses the addresses a Service upstream must never reach:
-// loopback (the manager's own REST API and metrics), link-local (cloud
-// metadata endpoints), unspecified and multicast addresses, and the
-// manager's own addresses. A Service name that resolves there (through DNS
-// the resource author does not control, or by a trick) is refused at the
-// dial, whatever the name.
-func dialGuard(own []net.IP) func(network, address string, c syscall.RawConn) error {
+// loopback (the manager's own REST API and metrics), link-local and the
+// cloud metadata endpoints outside it, unspecified and multicast addresses,
+// the manager's own addresses, any of them wrapped in NAT64, and the ranges
+// in deny (--upstream-deny-cidrs, and the API server's own addresses). A
+// Service name that resolves there (through DNS the resource author does
+// not control, or by a trick) is refused at the dial, whatever the name.
+func dialGuard(own []net.IP, deny []*net.IPNet) func(network, address string, c syscall.RawConn) error {
 	return func(_, address string, _ syscall.RawConn) error {
 		host, _, err := net.SplitHostPort(address)
 		if err != nil {
@@ -35,8 +36,42 @@ func dialGuard(own []net.IP) func(network, address string, c syscall.RawConn) er
 		if why := refusedAddress(ip, own); why != "" {
 			return &errDialRefused{ip: ip, why: why}
 		}
+		for _, candidate := range []net.IP{ip, nat64Embedded(ip)} {
+			for _, n := range deny {
+				if candidate != nil && n.Contains(candidate) {
+					return &errDialRefused{ip: ip, why: "denied range " + n.String()}
+				}
+			}
+		}
 		return nil
 	}
+}
+
+// metadataAddresses are cloud metadata and credential endpoints outside the
+// link-local ranges: AWS's IPv6 instance metadata, EKS Pod Identity, and
+// Alibaba Cloud's metadata.
+var metadataAddresses = []net.IP{
+	net.ParseIP("fd00:ec2::254"), net.ParseIP("fd00:ec2::23"), net.ParseIP("100.100.100.200"),
+}
+
+// nat64Prefixes translate an IPv4 address in their last 32 bits: the
+// well-known prefix (RFC 6052) and the local-use one (RFC 8215).
+var nat64Prefixes = []*net.IPNet{
+	{IP: net.ParseIP("64:ff9b::"), Mask: net.CIDRMask(96, 128)},
+	{IP: net.ParseIP("64:ff9b:1::"), Mask: net.CIDRMask(48, 128)},
+}
+
+// nat64Embedded returns the IPv4 address a NAT64 address reaches, or nil.
+func nat64Embedded(ip net.IP) net.IP {
+	if ip.To4() != nil {
+		return nil
+	}
+	for _, p := range nat64Prefixes {
+		if p.Contains(ip) {
+			return net.IPv4(ip[12], ip[13], ip[14], ip[15])
+		}
+	}
+	return nil
 }
 
 func refusedAddress(ip net.IP, own []net.IP) string {
@@ -50,9 +85,19 @@ func refusedAddress(ip net.IP, own []net.IP) string {
 	case ip.IsMulticast():
 		return "multicast"
 	}
+	for _, m := range metadataAddresses {
+		if m.Equal(ip) {
+			return "a cloud metadata endpoint"
+		}
+	}
 	for _, o := range own {
 		if o.Equal(ip) {
 			return "the manager's own address"
+		}
+	}
+	if v4 := nat64Embedded(ip); v4 != nil {
+		if why := refusedAddress(v4, own); why != "" {
+			return "NAT64 of " + v4.String() + ": " + why
 		}
 	}
 	return ""

@@ -270,6 +270,41 @@ func TestDialGuard(t *testing.T) {
 	}
 }
 
+// The guard's second round: NAT64 wrapping a refused IPv4 address, cloud
+// metadata endpoints outside link-local, and the ranges the operator denies.
+func TestDialGuardRefusesWrappedAndDeniedAddresses(t *testing.T) {
+	own := []net.IP{net.ParseIP("10.1.2.3")}
+	_, nodes, _ := net.ParseCIDR("192.168.0.0/16")
+	_, apiServer, _ := net.ParseCIDR("10.96.0.1/32")
+	guard := dialGuard(own, []*net.IPNet{nodes, apiServer})
+	for _, tc := range []struct {
+		address, want string // want: part of the refusal; "" allowed
+	}{
+		{"[64:ff9b::7f00:1]:80", "NAT64 of 127.0.0.1: loopback"},
+		{"[64:ff9b::a9fe:a9fe]:80", "NAT64 of 169.254.169.254: link-local"},
+		{"[64:ff9b:1::a01:203]:80", "NAT64 of 10.1.2.3: the manager's own address"},
+		{"[64:ff9b::c0a8:101]:80", "denied range 192.168.0.0/16"},
+		{"[64:ff9b::a01:204]:80", ""},
+		{"[fd00:ec2::254]:80", "a cloud metadata endpoint"},
+		{"[fd00:ec2::23]:80", "a cloud metadata endpoint"},
+		{"100.100.100.200:80", "a cloud metadata endpoint"},
+		{"192.168.7.7:8080", "denied range 192.168.0.0/16"},
+		{"10.96.0.1:443", "denied range 10.96.0.1/32"},
+		{"10.96.0.2:443", ""},
+		{"[fd00:ec2::1]:80", ""},
+	} {
+		t.Run(tc.address, func(t *testing.T) {
+			g := NewWithT(t)
+			err := guard("tcp", tc.address, nil)
+			if tc.want == "" {
+				g.Expect(err).NotTo(HaveOccurred())
+				return
+			}
+			g.Expect(err).To(MatchError(ContainSubstring(tc.want)))
+		})
+	}
+}
+
 // Fallbacks of 204 and 304 carry no body.
 func TestBodylessFallbacks(t *testing.T) {
 	for _, status := range []int{204, 304} {

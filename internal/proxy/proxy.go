@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"strconv"
@@ -27,6 +28,10 @@ type Options struct {
 	// forwards. Every replica must use the same one: a call that comes back
 	// carrying it, through whichever replica, is a loop.
 	LoopToken string
+	// DenyNetworks are ranges the dial guard refuses besides its own:
+	// --upstream-deny-cidrs (node and pod ranges) and the API server's
+	// addresses.
+	DenyNetworks []*net.IPNet
 }
 
 // Proxy is the data plane's http.Handler. It owns the transport and the
@@ -51,7 +56,7 @@ func New(table *Table, clk clock.PassiveClock, opts Options) *Proxy {
 	p := &Proxy{
 		table:     table,
 		clock:     clk,
-		transport: &splitTransport{open: NewTransport(), guarded: newTransport(dialGuard(ownAddresses()))},
+		transport: &splitTransport{open: NewTransport(), guarded: newTransport(dialGuard(ownAddresses(), opts.DenyNetworks))},
 		buffers:   NewBufferPool(),
 		via:       "1.1 circuit-breaker-" + opts.LoopToken,
 	}

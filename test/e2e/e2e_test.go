@@ -102,6 +102,7 @@ func TestE2E(t *testing.T) {
 			{[]string{"create", "events.events.k8s.io", "-n", "default"}, "yes"},
 			{[]string{"update", "leases.coordination.k8s.io", "-n", operatorNamespace}, "yes"},
 			{[]string{"watch", "services", "-A"}, "yes"},
+			{[]string{"list", "endpointslices.discovery.k8s.io", "-n", "default"}, "yes"},
 			{[]string{"create", "tokenreviews.authentication.k8s.io"}, "yes"},
 			{[]string{"create", "subjectaccessreviews.authorization.k8s.io"}, "yes"},
 			{[]string{"get", "customresourcedefinitions.apiextensions.k8s.io/circuitbreakers.circuitbreaker.io"}, "yes"},
@@ -156,6 +157,7 @@ func TestE2E(t *testing.T) {
 			{[]string{"--notify-webhook", "ftp://hooks.example.com"}, 1, `webhook URL \"ftp://hooks.example.com\" is not an absolute http or https URL`},
 			{[]string{"--proxy-bind-address", "127.0.0.1:99999"}, 1, "invalid port"},
 			{[]string{"--leader-elect"}, 1, "--leader-election-namespace is required outside a cluster"},
+			{[]string{"--upstream-deny-cidrs", "10.0.0.0/8,192.168.0.0/33"}, 1, "invalid --upstream-deny-cidrs: invalid CIDR address: 192.168.0.0/33"},
 		} {
 			args := append([]string{"--kubeconfig", c.managerKubeconfig, "--health-probe-bind-address", freeAddr(g),
 				"--api-bind-address", freeAddr(g), "--metrics-bind-address", "0", "--proxy-bind-address", freeAddr(g)}, bad.args...)
