@@ -194,7 +194,7 @@ func TestRefusedSpecIsStalledUntilFixed(t *testing.T) {
 	createService(t, ns, "ext")
 	cb := getBreaker(g, ns, "ext")
 	patch := client.MergeFrom(cb.DeepCopy())
-	cb.Spec.Upstream = cbv1.Upstream{Service: &cbv1.ServiceUpstream{Name: "ext", Port: 443, Scheme: "https"}}
+	cb.Spec.Upstream = cbv1.Upstream{Service: &cbv1.ServiceUpstream{Name: "ext", Port: 8443, Scheme: "http"}}
 	g.Expect(k8sClient.Patch(ctx, cb, patch)).To(Succeed())
 	g.Eventually(func(g Gomega) {
 		cb := getBreaker(g, ns, "ext")

@@ -126,8 +126,10 @@ func TestE2E(t *testing.T) {
 			c.kubectl(g, "create", "rolebinding", "tenant-"+role, "--clusterrole=circuitbreaker-"+role,
 				"--serviceaccount=default:tenant-"+role, "-n", "default")
 		}
-		g.Expect(c.kubectl(g, "get", "clusterrole", "circuitbreaker-editor", "-o", `jsonpath={.metadata.labels.rbac\.authorization\.k8s\.io/aggregate-to-edit}`)).To(Equal("true"))
-		g.Expect(c.kubectl(g, "get", "clusterrole", "circuitbreaker-viewer", "-o", `jsonpath={.metadata.labels.rbac\.authorization\.k8s\.io/aggregate-to-view}`)).To(Equal("true"))
+		g.Expect(c.kubectl(g, "get", "clusterrole", "circuitbreaker-editor",
+			"-o", `jsonpath={.metadata.labels.rbac\.authorization\.k8s\.io/aggregate-to-edit}`)).To(Equal("true"))
+		g.Expect(c.kubectl(g, "get", "clusterrole", "circuitbreaker-viewer",
+			"-o", `jsonpath={.metadata.labels.rbac\.authorization\.k8s\.io/aggregate-to-view}`)).To(Equal("true"))
 		editor, viewer := "system:serviceaccount:default:tenant-editor", "system:serviceaccount:default:tenant-viewer"
 		for _, check := range []struct {
 			who  string
