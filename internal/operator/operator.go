@@ -39,6 +39,10 @@ import (
 	"github.com/circuitbreaker-io/operator/internal/restapi"
 )
 
+// startReadTimeout bounds the API server reads New makes: the loop token's
+// CRD and the API server's addresses.
+const startReadTimeout = 10 * time.Second
+
 // Config is what the operator is built from: cmd/manager fills it from its
 // flags, the tests from their cases.
 type Config struct {
@@ -152,8 +156,12 @@ func New(mgr manager.Manager, cfg Config) (*Operator, error) {
 	op.Ready = controller.NewRoutesReady(mgr.GetCache(), op.Routes)
 
 	// The data plane and the REST API.
-	token := loopToken(mgr.GetAPIReader(), cfg.Log)
-	deny := append(slices.Clip(cfg.DenyNetworks), apiServerNetworks(mgr.GetConfig().Host, mgr.GetAPIReader(), cfg.Log)...)
+	// What the proxy reads from the API server at start shares one bound,
+	// so an API server that is away delays the start once, not per read.
+	ctx, cancel := context.WithTimeout(context.Background(), startReadTimeout)
+	defer cancel()
+	token := loopToken(ctx, mgr.GetAPIReader(), cfg.Log)
+	deny := append(slices.Clip(cfg.DenyNetworks), apiServerNetworks(ctx, mgr.GetConfig().Host, mgr.GetAPIReader(), cfg.Log)...)
 	op.Proxy = proxy.NewServer(cfg.ProxyAddr, proxy.New(op.Routes, cfg.Clock, proxy.Options{LoopToken: token, DenyNetworks: deny}))
 	op.API = restapi.NewServer(cfg.APIAddr, restapi.New(op.Registry, mgr.GetClient(), cfg.Clock,
 		restapi.Options{BindAddress: cfg.APIAddr, Log: cfg.Log.WithName("api")}))
@@ -167,15 +175,13 @@ func New(mgr manager.Manager, cfg Config) (*Operator, error) {
 // address the manager dials, the kubernetes Service's cluster IPs and the
 // addresses of its EndpointSlices, as they are at start. What cannot be
 // read is logged and left out; the other guards still hold.
-func apiServerNetworks(host string, reader client.Reader, log logr.Logger) []*net.IPNet {
+func apiServerNetworks(ctx context.Context, host string, reader client.Reader, log logr.Logger) []*net.IPNet {
 	var ips []net.IP
 	if u, err := url.Parse(host); err == nil {
 		if ip := net.ParseIP(u.Hostname()); ip != nil {
 			ips = append(ips, ip)
 		}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	var svc corev1.Service
 	if err := reader.Get(ctx, client.ObjectKey{Namespace: metav1.NamespaceDefault, Name: "kubernetes"}, &svc); err != nil {
 		log.Error(err, "cannot read the kubernetes Service: its cluster IP is not in the dial guard")
@@ -217,9 +223,7 @@ func apiServerNetworks(host string, reader client.Reader, log logr.Logger) []*ne
 // caught at the first hop. Without it (the API server unreachable at start)
 // each replica uses a random token, and a loop is caught once it comes back
 // to a replica it passed.
-func loopToken(reader client.Reader, log logr.Logger) string {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+func loopToken(ctx context.Context, reader client.Reader, log logr.Logger) string {
 	crd := &metav1.PartialObjectMetadata{}
 	crd.SetGroupVersionKind(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinition"))
 	err := reader.Get(ctx, client.ObjectKey{Name: "circuitbreakers." + cbv1.GroupVersion.Group}, crd)
