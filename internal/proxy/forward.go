@@ -70,10 +70,10 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 		return
 	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
-		// Nobody asked to switch protocols.
-		c.answer(res)
+		// Nobody asked to switch protocols: the upstream broke HTTP, a
+		// failure of its own.
 		_ = res.Body.Close()
-		c.fail(w, errUnaskedUpgrade)
+		c.fail(w, &upstreamError{errUnaskedUpgrade})
 		return
 	}
 	removeHopByHop(res.Header)

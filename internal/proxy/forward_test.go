@@ -260,7 +260,8 @@ func TestStreamsAreFlushedAsTheyCome(t *testing.T) {
 }
 
 // An upstream that switches protocols on a call that asked for no switch
-// gets no connection to the caller: the caller gets 502.
+// gets no connection to the caller: the caller gets 502, and the upstream,
+// which broke the protocol, a failure.
 func TestUnaskedUpgradeIsRefused(t *testing.T) {
 	g := NewWithT(t)
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -274,9 +275,10 @@ func TestUnaskedUpgradeIsRefused(t *testing.T) {
 	}))
 	t.Cleanup(up.Close)
 	f := newFixture(t)
-	f.add(t, "x", up.URL, breaker.Settings{})
+	b := f.add(t, "x", up.URL, breaker.Settings{FailureThreshold: 1})
 
 	resp, body := f.get(t, "/shop/x/")
 	g.Expect(resp.StatusCode).To(Equal(http.StatusBadGateway))
 	g.Expect(jsonError(g, body)).To(ContainSubstring("upstream of circuit breaker 'shop/x'"))
+	g.Expect(b.Snapshot().State).To(Equal(breaker.StateOpen), "an unasked 101 is the upstream's failure")
 }

@@ -5,12 +5,15 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"strconv"
 	"strings"
 	"time"
 
 	"k8s.io/utils/clock"
+
+	"github.com/circuitbreaker-io/operator/internal/breaker"
 )
 
 // Headers the proxy sets on what it answers.
@@ -85,6 +88,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusLoopDetected, "circuit breaker '"+string(key)+"': this call already passed through this proxy (a loop)")
 		return
 	}
+	upgrade := upgradeType(r.Header)
+	if upgrade != "" && !strings.EqualFold(upgrade, "websocket") {
+		// Another protocol (h2c above all) would become a tunnel whose
+		// calls the breaker never sees.
+		writeError(w, http.StatusBadRequest, "circuit breaker '"+string(key)+"' passes on only WebSocket upgrades, not "+strconv.Quote(upgrade))
+		return
+	}
 	if rt.inFlight.Add(1) > rt.MaxConcurrent {
 		rt.inFlight.Add(-1)
 		w.Header().Set(StateHeader, "saturated")
@@ -104,17 +114,18 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.body = &callerBody{ReadCloser: r.Body}
 		r.Body = c.body
 	}
+	c.trace.GotConn, c.trace.WroteHeaders, c.trace.WroteRequest = c.gotConn, c.wroteHeaders, c.wroteRequest
 	c.timer = time.AfterFunc(rt.Timeout, c.expire)
 	defer func() {
 		c.timer.Stop()
 		cancel(nil)
 		if !c.reported {
 			// No verdict was reached (e.g. a panic): give a probe slot back.
-			c.ticket.Cancel()
+			c.settle(noVerdict, breaker.Failure{})
 		}
 	}()
-	if upgradeType(r.Header) != "" {
-		p.upgrades.ServeHTTP(w, r.WithContext(c))
+	if upgrade != "" {
+		p.upgrades.ServeHTTP(w, r.WithContext(httptrace.WithClientTrace(c, &c.trace)))
 		return
 	}
 	p.forward(w, r, c)
