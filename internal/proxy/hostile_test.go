@@ -182,7 +182,7 @@ func TestStreamsOutliveTheRequestTimeout(t *testing.T) {
 	}))
 	defer sse.Close()
 	echo := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "echo" {
+		if r.Header.Get("Upgrade") != "websocket" {
 			w.WriteHeader(400)
 			return
 		}
@@ -191,7 +191,7 @@ func TestStreamsOutliveTheRequestTimeout(t *testing.T) {
 			return
 		}
 		defer conn.Close()
-		_, _ = io.WriteString(rw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		_, _ = io.WriteString(rw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 		_ = rw.Flush()
 		_, _ = io.Copy(conn, rw)
 	}))
@@ -333,7 +333,7 @@ func TestBodylessFallbacks(t *testing.T) {
 func upgrade(g Gomega, f *fixture, path string) (net.Conn, *bufio.Reader) {
 	conn, err := net.Dial("tcp", strings.TrimPrefix(f.proxy.URL, "http://"))
 	g.Expect(err).NotTo(HaveOccurred())
-	_, _ = io.WriteString(conn, "GET "+path+" HTTP/1.1\r\nHost: p\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	_, _ = io.WriteString(conn, "GET "+path+" HTTP/1.1\r\nHost: p\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
 	g.Expect(err).NotTo(HaveOccurred())
