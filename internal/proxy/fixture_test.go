@@ -87,11 +87,15 @@ type fixture struct {
 	clock   *clocktesting.FakeClock
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureWith(t, Options{}) }
+
+// newFixtureWith is newFixture with a proxy made with opts (its loop token "test").
+func newFixtureWith(t *testing.T, opts Options) *fixture {
 	reg := prometheus.NewRegistry()
 	m := metrics.NewBreakers(reg)
 	f := &fixture{table: NewTable(m), metrics: m, reg: reg, clock: clocktesting.NewFakeClock(time.Now())}
-	f.proxy = httptest.NewServer(New(f.table, f.clock, Options{LoopToken: "test"}))
+	opts.LoopToken = "test"
+	f.proxy = httptest.NewServer(New(f.table, f.clock, opts))
 	t.Cleanup(f.proxy.Close)
 	return f
 }

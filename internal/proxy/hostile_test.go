@@ -2,10 +2,12 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -515,4 +517,135 @@ func TestHTTP2RefusalsAreNoVerdict(t *testing.T) {
 			g.Expect(hits.Load()).To(Equal(int32(1)), "the upstream got only the first call")
 		})
 	}
+}
+
+// A caller that stops reading its answer holds its call, and its slot
+// under maxConcurrentRequests, for one stream idle timeout, not for ever:
+// every write to it has a deadline, on an upgraded connection too.
+func TestCallersThatStopReadingLetGo(t *testing.T) {
+	flood := bytes.Repeat([]byte("x"), 64<<10)
+	tests := []struct {
+		name string
+		// upgrade: the call is a WebSocket upgrade, flooded after the 101.
+		upgrade bool
+	}{
+		{name: "an 8 MiB answer"},
+		{name: "an upgraded connection", upgrade: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/shop/a/x" {
+					_, _ = io.WriteString(w, "ok")
+					return
+				}
+				if r.Header.Get("Upgrade") == "" {
+					w.Header().Set("Content-Length", strconv.Itoa(128*len(flood)))
+					for range 128 {
+						if _, err := w.Write(flood); err != nil {
+							return
+						}
+					}
+					return
+				}
+				conn, rw, err := w.(http.Hijacker).Hijack()
+				if err != nil {
+					return
+				}
+				defer conn.Close()
+				_, _ = io.WriteString(rw, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+				for range 1024 { // 64 MiB at most, until the proxy lets go
+					if _, err := rw.Write(flood); err != nil || rw.Flush() != nil {
+						return
+					}
+				}
+			}))
+			defer up.Close()
+			f := newFixture(t)
+			f.add(t, "a", up.URL, breaker.Settings{}, withMaxConcurrent(2), withStreamIdle(300*time.Millisecond))
+			addr := realServer(t, f)
+			request := "GET /shop/a/big HTTP/1.1\r\nHost: p\r\n\r\n"
+			if tt.upgrade {
+				request = "GET /shop/a/ws HTTP/1.1\r\nHost: p\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+			}
+			for range 2 {
+				conn, err := net.Dial("tcp", addr)
+				g.Expect(err).NotTo(HaveOccurred())
+				defer conn.Close() // open, and never read
+				_, err = io.WriteString(conn, request)
+				g.Expect(err).NotTo(HaveOccurred())
+			}
+			rt, _ := f.table.get("shop/a")
+			g.Eventually(rt.inFlight.Load).Should(Equal(int64(2)))
+			g.Eventually(rt.inFlight.Load).WithTimeout(30*time.Second).Should(BeZero(), "both calls let go")
+			resp, body := f.get(t, "/shop/a/x")
+			g.Expect(resp.StatusCode).To(Equal(200), body)
+		})
+	}
+}
+
+// The process-wide cap counts every route's calls: beyond it callers get
+// 503 saturated, and the breaker whose call was refused sees nothing.
+func TestProcessWideConcurrencyCap(t *testing.T) {
+	g := NewWithT(t)
+	up := newUpstream(t)
+	up.mode.Store("block")
+	f := newFixtureWith(t, Options{MaxConcurrentRequests: 2})
+	f.add(t, "a", up.URL, breaker.Settings{})
+	b := f.add(t, "b", up.URL, breaker.Settings{FailureThreshold: 1})
+	done := holdCalls(g, f, up, "/shop/a/x", 2)
+	resp, body := f.get(t, "/shop/b/x")
+	g.Expect(resp.StatusCode).To(Equal(503))
+	g.Expect(resp.Header.Get(StateHeader)).To(Equal("saturated"))
+	g.Expect(jsonError(g, body)).To(Equal("the proxy has 2 calls in flight already"))
+	g.Expect(b.Snapshot().State).To(Equal(breaker.StateClosed), "no verdict")
+	close(up.release)
+	g.Expect([]int{<-done, <-done}).To(Equal([]int{200, 200}))
+	resp, _ = f.get(t, "/shop/b/x")
+	g.Expect(resp.StatusCode).To(Equal(200), "the slots came back")
+}
+
+// Listen's bound on connections: a caller beyond it is accepted only once
+// another connection closes, so at most that many are ever open.
+func TestListenBoundsConnections(t *testing.T) {
+	g := NewWithT(t)
+	l, err := Listen("127.0.0.1:0", 1)
+	g.Expect(err).NotTo(HaveOccurred())
+	var open, most atomic.Int32
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") }),
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			switch s {
+			case http.StateNew:
+				n := open.Add(1)
+				for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+				}
+			case http.StateClosed, http.StateHijacked:
+				open.Add(-1)
+			}
+		},
+	}
+	go func() { _ = srv.Serve(l) }()
+	defer srv.Close()
+	const request = "GET / HTTP/1.1\r\nHost: p\r\n\r\n"
+	first, err := net.Dial("tcp", l.Addr().String())
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = io.WriteString(first, request)
+	g.Expect(err).NotTo(HaveOccurred())
+	resp, err := http.ReadResponse(bufio.NewReader(first), nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	resp.Body.Close()
+	// The first stays open (keep-alive) while the second asks.
+	second, err := net.Dial("tcp", l.Addr().String())
+	g.Expect(err).NotTo(HaveOccurred())
+	defer second.Close()
+	_, err = io.WriteString(second, request)
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(first.Close()).To(Succeed())
+	resp, err = http.ReadResponse(bufio.NewReader(second), nil)
+	g.Expect(err).NotTo(HaveOccurred(), "the second is served once the first closed")
+	resp.Body.Close()
+	g.Expect(resp.StatusCode).To(Equal(200))
+	g.Expect(most.Load()).To(Equal(int32(1)), "never two open at once")
 }
