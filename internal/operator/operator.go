@@ -163,10 +163,10 @@ func New(mgr manager.Manager, cfg Config) (*Operator, error) {
 	// so an API server that is away delays the start once, not per read.
 	ctx, cancel := context.WithTimeout(context.Background(), startReadTimeout)
 	defer cancel()
-	token := loopToken(ctx, mgr.GetAPIReader(), cfg.Log)
+	token, secret := loopToken(ctx, mgr.GetAPIReader(), cfg.Log)
 	deny := append(slices.Clip(cfg.DenyNetworks), apiServerNetworks(ctx, mgr.GetConfig().Host, mgr.GetAPIReader(), cfg.Log)...)
 	op.Proxy = proxy.NewServer(cfg.ProxyAddr, proxy.New(op.Routes, cfg.Clock, proxy.Options{
-		LoopToken: token, DenyNetworks: deny, MaxConcurrentRequests: cfg.MaxConcurrentRequests,
+		LoopToken: token, LoopSecret: secret, DenyNetworks: deny, MaxConcurrentRequests: cfg.MaxConcurrentRequests,
 	}))
 	op.API = restapi.NewServer(cfg.APIAddr, restapi.New(op.Registry, mgr.GetClient(), cfg.Clock,
 		restapi.Options{BindAddress: cfg.APIAddr, Log: cfg.Log.WithName("api")}))
@@ -222,13 +222,15 @@ func apiServerNetworks(ctx context.Context, host string, reader client.Reader, l
 
 // +kubebuilder:rbac:groups=apiextensions.k8s.io,resources=customresourcedefinitions,resourceNames=circuitbreakers.circuitbreaker.io,verbs=get
 
-// loopToken names this installation in the Via entries the proxy adds. It is
-// derived from the CircuitBreaker CRD's UID, which every replica in the
-// cluster reads alike, so a call that loops back through any replica is
-// caught at the first hop. Without it (the API server unreachable at start)
-// each replica uses a random token, and a loop is caught once it comes back
-// to a replica it passed.
-func loopToken(ctx context.Context, reader client.Reader, log logr.Logger) string {
+// loopToken names this installation in the Via entries the proxy adds, and
+// secret keys its loop marks. Both are derived from the CircuitBreaker
+// CRD's UID, which every replica in the cluster reads alike, so a call that
+// loops back through any replica is caught at the first hop; the token is
+// sent upstream, the secret never is, and one cannot be had from the other.
+// Without the UID (the API server unreachable at start) each replica uses a
+// random seed, and a loop is caught once it comes back to a replica it
+// passed.
+func loopToken(ctx context.Context, reader client.Reader, log logr.Logger) (token string, secret []byte) {
 	crd := &metav1.PartialObjectMetadata{}
 	crd.SetGroupVersionKind(apiextensionsv1.SchemeGroupVersion.WithKind("CustomResourceDefinition"))
 	err := reader.Get(ctx, client.ObjectKey{Name: "circuitbreakers." + cbv1.GroupVersion.Group}, crd)
@@ -241,5 +243,6 @@ func loopToken(ctx context.Context, reader client.Reader, log logr.Logger) strin
 		seed = strconv.FormatInt(time.Now().UnixNano(), 10) + strconv.Itoa(os.Getpid())
 	}
 	sum := sha256.Sum256([]byte(seed))
-	return hex.EncodeToString(sum[:6])
+	key := sha256.Sum256([]byte("circuit-breaker loop secret " + seed))
+	return hex.EncodeToString(sum[:6]), key[:]
 }

@@ -46,6 +46,15 @@ type call struct {
 	// streaming is set once the response headers are in: from then on the
 	// timer is the stream idle timeout.
 	streaming atomic.Bool
+	// marks make and check the loop marks (loop.go); outHeader is the
+	// outbound request's header, which gets the hop mark once the
+	// connection is known; localAddr is that connection's local address;
+	// callerHop is the caller's address when the caller is a hop of this
+	// proxy (a loop answer is passed on to it re-marked).
+	marks     *marks
+	outHeader http.Header
+	localAddr atomic.Pointer[string]
+	callerHop string
 	// connected and sentHeaders are set once the transport has a
 	// connection, and once it wrote the request's headers to it: an error
 	// between the two that is not the connection's is the transport
@@ -98,7 +107,16 @@ func (c *call) moved(n int) {
 }
 
 // gotConn and wroteHeaders are the trace's GotConn and WroteHeaders.
-func (c *call) gotConn(httptrace.GotConnInfo) { c.connected.Store(true) }
+func (c *call) gotConn(info httptrace.GotConnInfo) {
+	c.connected.Store(true)
+	local := info.Conn.LocalAddr().String()
+	c.localAddr.Store(&local)
+	// The transport writes the headers after GotConn, on this goroutine's
+	// say (and again after a new GotConn, on a retry).
+	if c.outHeader != nil {
+		c.outHeader[hopHeader] = []string{c.marks.mark(hopLabel, local)}
+	}
+}
 func (c *call) wroteHeaders()                 { c.sentHeaders.Store(true) }
 
 // wroteRequest is the trace's WroteRequest: the request, body included,
@@ -152,12 +170,27 @@ func (c *call) answer(resp *http.Response) {
 		resp.Body = &idleBody{ReadCloser: resp.Body, c: c}
 	}
 	c.metrics.Duration.Observe(time.Since(c.start).Seconds())
-	o := classifyAnswer(resp, &c.route.FailureCodes)
+	o := classifyAnswer(resp, &c.route.FailureCodes, c.ownLoop(resp))
+	// What an upstream says of breakers is not ours to pass on: a loop
+	// answer goes back re-marked, and only to a caller that is a hop.
+	delete(resp.Header, StateHeader)
+	delete(resp.Header, loopHeader)
+	if o == noVerdict && c.callerHop != "" {
+		resp.Header[loopHeader] = []string{c.marks.mark(loopLabel, c.callerHop)}
+	}
 	var f breaker.Failure
 	if o == failure {
 		f = breaker.Failure{StatusCode: resp.StatusCode, RetryAfter: retryAfter(resp, time.Now)}
 	}
 	c.settle(o, f)
+}
+
+// ownLoop reports whether resp is this proxy's loop answer to this call,
+// over the connection it went out on.
+func (c *call) ownLoop(resp *http.Response) bool {
+	local := c.localAddr.Load()
+	return resp.StatusCode == http.StatusLoopDetected && local != nil &&
+		c.marks.valid(resp.Header.Get(loopHeader), loopLabel, *local)
 }
 
 // fail ends a call that got no response (err is why): it gives the verdict

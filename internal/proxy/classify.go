@@ -172,12 +172,13 @@ func connectionError(err error) bool {
 }
 
 // classifyAnswer is the breaker's verdict on an upstream's answer, which
-// goes back to the caller whatever it is. It has no side effects.
-func classifyAnswer(resp *http.Response, failureCodes *StatusCodes) outcome {
+// goes back to the caller whatever it is; ownLoop says the answer is this
+// proxy's own loop answer (a verified mark, loop.go). It has no side effects.
+func classifyAnswer(resp *http.Response, failureCodes *StatusCodes, ownLoop bool) outcome {
 	switch {
-	case resp.StatusCode == http.StatusLoopDetected && resp.Header.Get(loopHeader) != "":
-		// Our own loop answer, from the hop this call looped into: the
-		// upstream was never asked, so there is no verdict.
+	case ownLoop:
+		// From the hop this call looped into: the upstream was never
+		// asked, so there is no verdict.
 		return noVerdict
 	case failureCodes.Contains(resp.StatusCode):
 		return failure

@@ -33,8 +33,11 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 		// Tell the upstream we pass trailers on, as the caller asked.
 		h["Te"] = teTrailers
 	}
-	// What the caller claims about earlier hops is not passed on: ours replaces it.
+	// What the caller claims about earlier hops is not passed on: ours
+	// replaces it (the hop mark once the connection is known).
 	delete(h, "Forwarded")
+	delete(h, hopHeader)
+	c.outHeader = h
 	if clientIP, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
 		h["X-Forwarded-For"] = []string{clientIP}
 	} else {

@@ -87,8 +87,8 @@ func (u *recordingUpstream) seen() seen {
 // TestForwardsAsReverseProxyDoes sends the same calls through the proxy
 // and through a bare httputil.ReverseProxy (Rewrite with SetXForwarded, the
 // same transport) to one recording upstream. The upstream and the caller
-// must see the same, but for what is the proxy's own (its Via entry) and
-// what differs by address (X-Forwarded-Host).
+// must see the same, but for what is the proxy's own (its Via entry and
+// hop mark) and what differs by address (X-Forwarded-Host).
 func TestForwardsAsReverseProxyDoes(t *testing.T) {
 	up := newRecordingUpstream(t)
 	target, _ := url.Parse(up.URL)
@@ -187,8 +187,10 @@ func TestForwardsAsReverseProxyDoes(t *testing.T) {
 			}
 			ours, theirs := upstreamSaw[0], upstreamSaw[1]
 			g.Expect(ours.header["Via"]).To(Equal([]string{"1.1 circuit-breaker-test"}))
+			g.Expect(ours.header[hopHeader]).To(ConsistOf(HaveLen(22)), "one hop mark")
 			for _, h := range []http.Header{ours.header, theirs.header} {
 				h.Del("Via")
+				h.Del(hopHeader)
 				h.Del("X-Forwarded-Host")
 			}
 			g.Expect(ours).To(Equal(theirs), "the upstream saw the same from both")

@@ -649,3 +649,72 @@ func TestListenBoundsConnections(t *testing.T) {
 	g.Expect(resp.StatusCode).To(Equal(200))
 	g.Expect(most.Load()).To(Equal(int32(1)), "never two open at once")
 }
+
+// An upstream's answer cannot steer the proxy: its state header does not
+// reach the caller, its 508 is judged whatever loop header it carries, and
+// a service that copies incoming headers onto its own calls through the
+// proxy is forwarded, not taken for a loop.
+func TestUpstreamsCannotSteerTheProxy(t *testing.T) {
+	t.Run("a state header of the upstream's", func(t *testing.T) {
+		g := NewWithT(t)
+		up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set(StateHeader, "open")
+			w.Header().Set(loopHeader, "1")
+		}))
+		defer up.Close()
+		f := newFixture(t)
+		f.add(t, "a", up.URL, breaker.Settings{})
+		resp, _ := f.get(t, "/shop/a/")
+		g.Expect(resp.StatusCode).To(Equal(200))
+		g.Expect(resp.Header).NotTo(HaveKey(StateHeader))
+		g.Expect(resp.Header).NotTo(HaveKey(loopHeader))
+	})
+
+	for _, forged := range []struct {
+		name string
+		mark func(r *http.Request) string
+	}{
+		{"a plain loop header", func(*http.Request) string { return "1" }},
+		{"the hop mark echoed", func(r *http.Request) string { return r.Header.Get(hopHeader) }},
+	} {
+		t.Run("a 508 with "+forged.name, func(t *testing.T) {
+			g := NewWithT(t)
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set(loopHeader, forged.mark(r))
+				w.WriteHeader(http.StatusLoopDetected)
+			}))
+			defer up.Close()
+			f := newFixture(t)
+			b := f.add(t, "a", up.URL, breaker.Settings{FailureThreshold: 1})
+			resp, _ := f.get(t, "/shop/a/")
+			g.Expect(resp.StatusCode).To(Equal(http.StatusLoopDetected))
+			g.Expect(resp.Header).NotTo(HaveKey(loopHeader))
+			g.Expect(b.Snapshot().State).To(Equal(breaker.StateOpen), "the upstream's own 508 is a failure")
+		})
+	}
+
+	t.Run("a service that copies incoming headers onto its calls", func(t *testing.T) {
+		g := NewWithT(t)
+		last := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "end") }))
+		defer last.Close()
+		f := newFixture(t)
+		copying := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			req, _ := http.NewRequest(http.MethodGet, f.proxy.URL+"/shop/b/", nil)
+			req.Header = r.Header.Clone() // Via and hop mark included
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				w.WriteHeader(http.StatusBadGateway)
+				return
+			}
+			defer resp.Body.Close()
+			w.WriteHeader(resp.StatusCode)
+			_, _ = io.Copy(w, resp.Body)
+		}))
+		defer copying.Close()
+		f.add(t, "a", copying.URL, breaker.Settings{})
+		f.add(t, "b", last.URL, breaker.Settings{})
+		resp, body := f.get(t, "/shop/a/")
+		g.Expect(resp.StatusCode).To(Equal(200), body)
+		g.Expect(body).To(Equal("end"))
+	})
+}

@@ -22,9 +22,6 @@ import (
 const (
 	// StateHeader says why a call was not forwarded: open, half-open, saturated.
 	StateHeader = "X-Circuit-Breaker-State"
-	// loopHeader marks a 508 this installation answered, so that the hop
-	// that forwarded the looping call does not count it as a failure.
-	loopHeader = "X-Circuit-Breaker-Loop"
 )
 
 // Options configure a Proxy.
@@ -33,6 +30,10 @@ type Options struct {
 	// forwards. Every replica must use the same one: a call that comes back
 	// carrying it, through whichever replica, is a loop.
 	LoopToken string
+	// LoopSecret keys the hop and loop marks (loop.go): the same on every
+	// replica, and never sent to an upstream. Empty: derived from
+	// LoopToken, which upstreams see (tests only).
+	LoopSecret []byte
 	// DenyNetworks are ranges the dial guard refuses besides its own:
 	// --upstream-deny-cidrs (node and pod ranges) and the API server's
 	// addresses.
@@ -58,6 +59,7 @@ type Proxy struct {
 	// every such call (its capacity is its length: an append copies it).
 	via     string
 	viaOnly []string
+	marks   *marks
 	// inFlight counts the calls being forwarded, against maxInFlight.
 	inFlight    atomic.Int64
 	maxInFlight int64
@@ -73,6 +75,11 @@ func New(table *Table, clk clock.PassiveClock, opts Options) *Proxy {
 		via:       "1.1 circuit-breaker-" + opts.LoopToken,
 	}
 	p.viaOnly = []string{p.via}
+	secret := opts.LoopSecret
+	if len(secret) == 0 {
+		secret = []byte("circuit-breaker-loop " + opts.LoopToken)
+	}
+	p.marks = newMarks(secret)
 	p.maxInFlight = opts.MaxConcurrentRequests
 	if p.maxInFlight <= 0 {
 		p.maxInFlight = math.MaxInt64
@@ -96,8 +103,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, rt.refusedStatus, "circuit breaker '"+string(key)+"' may not forward: "+rt.refused)
 		return
 	}
-	if p.looped(r) {
-		w.Header().Set(loopHeader, "1")
+	looped, fromHop := p.looped(r)
+	if looped {
+		if fromHop {
+			w.Header().Set(loopHeader, p.marks.mark(loopLabel, r.RemoteAddr))
+		}
 		writeError(w, http.StatusLoopDetected, "circuit breaker '"+string(key)+"': this call already passed through this proxy (a loop)")
 		return
 	}
@@ -130,7 +140,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx, cancel := context.WithCancelCause(r.Context())
-	c := &call{Context: ctx, callerCtx: r.Context(), cancel: cancel, route: rt, metrics: rt.metrics(), ticket: ticket, w: w, rest: rest, start: time.Now()}
+	c := &call{Context: ctx, callerCtx: r.Context(), cancel: cancel, route: rt, metrics: rt.metrics(), ticket: ticket, w: w, rest: rest, start: time.Now(),
+		marks: p.marks}
+	if fromHop {
+		c.callerHop = r.RemoteAddr
+	}
 	if r.Body != nil && r.Body != http.NoBody {
 		// The outbound request reads the caller's body through c.body; r
 		// keeps the server's own, which tells the server whether a caller
@@ -156,16 +170,6 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.forward(w, r, c)
-}
-
-// looped reports whether r already carries this installation's Via entry.
-func (p *Proxy) looped(r *http.Request) bool {
-	for _, v := range r.Header["Via"] {
-		if strings.Contains(v, p.via) {
-			return true
-		}
-	}
-	return false
 }
 
 // addVia adds this installation's Via entry to h.

@@ -49,6 +49,8 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL = &c.target
 	pr.Out.Host = ""
 	p.addVia(pr.Out.Header)
+	delete(pr.Out.Header, hopHeader)
+	c.outHeader = pr.Out.Header
 	pr.SetXForwarded()
 }
 

@@ -160,6 +160,7 @@ func TestE2E(t *testing.T) {
 			{[]string{"--proxy-bind-address", "127.0.0.1:99999"}, 1, "invalid port"},
 			{[]string{"--leader-elect"}, 1, "--leader-election-namespace is required outside a cluster"},
 			{[]string{"--upstream-deny-cidrs", "10.0.0.0/8,192.168.0.0/33"}, 1, "invalid --upstream-deny-cidrs: invalid CIDR address: 192.168.0.0/33"},
+			{[]string{"--max-connections", "-1"}, 1, "--max-concurrent-requests and --max-connections may not be negative"},
 		} {
 			args := append([]string{"--kubeconfig", c.managerKubeconfig, "--health-probe-bind-address", freeAddr(g),
 				"--api-bind-address", freeAddr(g), "--metrics-bind-address", "0", "--proxy-bind-address", freeAddr(g)}, bad.args...)
@@ -305,6 +306,10 @@ spec:
 		g.Expect(err).NotTo(HaveOccurred(), string(out))
 		g.Expect(string(out)).To(ContainSubstring(`"success":true`))
 		g.Eventually(state, 5*time.Second, 100*time.Millisecond).Should(Equal("Closed"))
+	})
+
+	step("callers that never read, or owe a body nobody wants, hold nothing for long", func(g Gomega) {
+		hostileCallersStep(t, g, c)
 	})
 
 	step("recovery through half-open closes it", func(g Gomega) {
