@@ -114,6 +114,22 @@ func TestOverlongResetValueIsRefused(t *testing.T) {
 	g.Expect(countPrefix(events(g, ns, "order-api"), "Reset: reset refused")).To(Equal(1), "reported once per value")
 }
 
+// The reset value reaches Events, history and webhooks with nothing a chat
+// renders as a link or a mention; lastHandledReset keeps it as written.
+func TestResetValueIsShownSanitised(t *testing.T) {
+	g := NewWithT(t)
+	ns := newNamespace(t)
+	h := startManager(t, ns, controller.Options{})
+	openBreaker(g, h, ns, "order-api")
+	const value = "<!channel> @here see https://evil.example.com/x?a=1"
+	const shown = "breaker reset to Closed by annotation circuitbreaker.io/reset=__channel___here_see_https___evil_example_com_x_a_1"
+	reset(g, ns, "order-api", value)
+	g.Eventually(func(g Gomega) {
+		g.Expect(getBreaker(g, ns, "order-api").Status.History).To(ContainElement(HaveField("Reason", shown)))
+	}).Should(Succeed())
+	g.Eventually(func() []string { return events(g, ns, "order-api") }).Should(ContainElement("Reset: " + shown))
+}
+
 // A breaker whose upstream is the proxy itself loops: the first hop back
 // into the proxy is answered 508, and the breaker records no failure.
 func TestLoopThroughTheProxyIsAnswered508(t *testing.T) {

@@ -78,7 +78,7 @@ func (r *Reconciler) handleReset(ctx context.Context, cb *cbv1.CircuitBreaker, k
 	case refused != "":
 		r.refuseReset(ctx, cb, key, value, refused)
 	case value != "":
-		b.Reset(value, "breaker reset to Closed by annotation "+cbv1.ResetAnnotation+"="+value)
+		b.Reset(value, "breaker reset to Closed by annotation "+cbv1.ResetAnnotation+"="+shownResetValue(value))
 	}
 	return refused
 }

@@ -209,6 +209,32 @@ func resetRequest(cb *cbv1.CircuitBreaker) (value, refused string) {
 	return value, ""
 }
 
+// maxShownResetValue bounds the reset value as Events, history and
+// webhooks show it.
+const maxShownResetValue = 64
+
+// shownResetValue is the reset annotation's value as Events, history and
+// webhooks show it: letters, digits, '-' and '_' kept, anything else '_',
+// at most maxShownResetValue characters ("..." after), so that no chat that
+// receives the webhook renders a link or a mention from it. The value
+// itself (lastHandledReset) is kept as written.
+func shownResetValue(value string) string {
+	var b strings.Builder
+	for i, r := range value {
+		if i >= maxShownResetValue {
+			b.WriteString("...")
+			break
+		}
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '-', r == '_':
+			b.WriteRune(r)
+		default:
+			b.WriteByte('_')
+		}
+	}
+	return b.String()
+}
+
 func durationOr(d *metav1.Duration, fallback time.Duration) time.Duration {
 	if d == nil || d.Duration <= 0 {
 		return fallback

@@ -43,6 +43,8 @@ type call struct {
 	trace     httptrace.ClientTrace
 	headersMu sync.Mutex
 	answered  bool
+	// informational counts the 1xx answers passed on (under headersMu).
+	informational int
 	// streaming is set once the response headers are in: from then on the
 	// timer is the stream idle timeout.
 	streaming atomic.Bool

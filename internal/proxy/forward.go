@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"io"
 	"mime"
 	"net"
@@ -178,6 +179,13 @@ func (p *Proxy) copyBody(w http.ResponseWriter, rc *http.ResponseController, idl
 	}
 }
 
+// maxInformational bounds the 1xx answers an upstream may send before its
+// final one (net/http's own bound, 5, applies only without a hook like
+// got1xx): beyond it the call fails, the upstream's doing.
+const maxInformational = 8
+
+var errTooManyInformational = errors.New("more than 8 informational (1xx) answers")
+
 // got1xx passes an informational answer (e.g. 103 Early Hints) on to the
 // caller while the final one is awaited.
 func (c *call) got1xx(code int, header textproto.MIMEHeader) error {
@@ -185,6 +193,9 @@ func (c *call) got1xx(code int, header textproto.MIMEHeader) error {
 	defer c.headersMu.Unlock()
 	if c.answered {
 		return nil
+	}
+	if c.informational++; c.informational > maxInformational {
+		return errTooManyInformational
 	}
 	h := c.w.Header()
 	for k, vv := range header {

@@ -3,10 +3,13 @@ package proxy
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -716,5 +719,75 @@ func TestUpstreamsCannotSteerTheProxy(t *testing.T) {
 		resp, body := f.get(t, "/shop/a/")
 		g.Expect(resp.StatusCode).To(Equal(200), body)
 		g.Expect(body).To(Equal("end"))
+	})
+}
+
+func TestClimbs(t *testing.T) {
+	for _, tt := range []struct {
+		path string
+		want bool
+	}{
+		{"", false}, {"/", false}, {"/orders/1", false}, {"/.well-known/x", false}, {"/a.b/c..d", false},
+		{"/...", false}, {"/a//b", false},
+		{"/..", true}, {"/../admin", true}, {"/a/../../admin", true}, {"/./x", true}, {"/a/.", true},
+		{"/%2e%2e/admin", true}, {"/%2E./admin", true}, {"/..%2fadmin", true}, {"/..%5Cadmin", true}, {`/..\admin`, true},
+		{"/%2e%2e%2e", false}, {"/%2f", false},
+	} {
+		NewWithT(t).Expect(climbs(tt.path)).To(Equal(tt.want), tt.path)
+	}
+}
+
+// A caller's path cannot climb out of a URL upstream's base path; an
+// upstream cannot flood the caller with informational answers.
+func TestPathsAndInformationalAnswersAreBounded(t *testing.T) {
+	t.Run("dot segments", func(t *testing.T) {
+		g := NewWithT(t)
+		up := newUpstream(t)
+		f := newFixture(t)
+		f.add(t, "a", up.URL+"/api", breaker.Settings{})
+		addr := realServer(t, f)
+		for _, path := range []string{"/shop/a/../../admin", "/shop/a/%2e%2e/admin", "/shop/a/x/..%2f..%2fadmin"} {
+			g.Expect(rawExchange(g, addr, "GET "+path+" HTTP/1.1\r\nHost: p\r\n\r\n", false)).To(Equal(400), path)
+		}
+		g.Expect(up.hits.Load()).To(BeZero())
+		resp, _ := f.get(t, "/shop/a/orders/1.json")
+		g.Expect(resp.StatusCode).To(Equal(200))
+		req, _ := up.lastRequest()
+		g.Expect(req.URL.Path).To(Equal("/api/orders/1.json"))
+	})
+
+	t.Run("informational answers", func(t *testing.T) {
+		tests := []struct {
+			hints  int
+			status int
+			state  breaker.State
+		}{
+			{hints: maxInformational, status: 200, state: breaker.StateClosed},
+			{hints: maxInformational + 1, status: 502, state: breaker.StateOpen},
+		}
+		for _, tt := range tests {
+			g := NewWithT(t)
+			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				for range tt.hints {
+					w.Header().Set("Link", "</a.css>; rel=preload")
+					w.WriteHeader(http.StatusEarlyHints)
+				}
+				_, _ = io.WriteString(w, "final")
+			}))
+			f := newFixture(t)
+			b := f.add(t, "a", up.URL, breaker.Settings{FailureThreshold: 1})
+			var hints int
+			ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+				Got1xxResponse: func(int, textproto.MIMEHeader) error { hints++; return nil },
+			})
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, f.proxy.URL+"/shop/a/", nil)
+			resp, err := http.DefaultClient.Do(req)
+			g.Expect(err).NotTo(HaveOccurred())
+			resp.Body.Close()
+			g.Expect(resp.StatusCode).To(Equal(tt.status), "%d hints", tt.hints)
+			g.Expect(hints).To(BeNumerically("<=", maxInformational))
+			g.Expect(b.Snapshot().State).To(Equal(tt.state))
+			up.Close()
+		}
 	})
 }

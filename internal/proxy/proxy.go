@@ -99,6 +99,10 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "circuit breaker '"+string(key)+"' not found")
 		return
 	}
+	if climbs(rest) {
+		writeError(w, http.StatusBadRequest, "circuit breaker '"+string(key)+"': a path may not have . or .. segments")
+		return
+	}
 	if rt.refused != "" {
 		writeError(w, rt.refusedStatus, "circuit breaker '"+string(key)+"' may not forward: "+rt.refused)
 		return

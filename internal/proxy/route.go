@@ -93,3 +93,38 @@ func splitPath(path string) (key breaker.Key, rest string, ok bool) {
 	}
 	return breaker.Key(path[1 : end+nameEnd]), path[end+nameEnd:], true
 }
+
+// climbs reports whether an escaped path has a "." or ".." segment, written
+// plainly or %-escaped (and with escaped slashes or backslashes as
+// separators, as some servers read them): forwarded, it would leave the
+// upstream's base path. It does not allocate.
+func climbs(escaped string) bool {
+	dots, other := 0, false
+	for i := 0; i <= len(escaped); i++ {
+		sep := i == len(escaped) || escaped[i] == '/' || escaped[i] == '\\'
+		if !sep && escaped[i] == '%' && i+2 < len(escaped) {
+			switch escaped[i+1 : i+3] {
+			case "2e", "2E":
+				dots++
+				i += 2
+				continue
+			case "2f", "2F", "5c", "5C":
+				sep = true
+				i += 2
+			}
+		}
+		if sep {
+			if !other && (dots == 1 || dots == 2) {
+				return true
+			}
+			dots, other = 0, false
+			continue
+		}
+		if escaped[i] == '.' {
+			dots++
+		} else {
+			other = true
+		}
+	}
+	return false
+}
