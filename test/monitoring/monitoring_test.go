@@ -3,6 +3,7 @@ package monitoring
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -234,4 +235,94 @@ func TestPromtoolRules(t *testing.T) {
 	g.Expect(os.WriteFile(filepath.Join(dir, "rules_test.yaml"), tests, 0o600)).To(Succeed())
 	runPromtool(t, dir, "check", "rules", "rule-groups.yaml")
 	runPromtool(t, dir, "test", "rules", "rules_test.yaml")
+}
+
+// unitVars are values for the dashboard's variables, for syntax checks.
+var unitVars = map[string]string{"namespace": ".*", "breaker": ".*", "__rate_interval": "1m", "__range": "1h"}
+
+func TestDashboard(t *testing.T) {
+	g := NewWithT(t)
+	d, err := LoadDashboard(DashboardPath)
+	g.Expect(err).NotTo(HaveOccurred())
+	// Pinned: Grafana migrates a dashboard of an older schema on load, and
+	// the panels' options are those of this version.
+	g.Expect(d.SchemaVersion).To(Equal(39))
+	g.Expect(d.UID).To(Equal("circuit-breakers"))
+
+	variables := map[string]Variable{}
+	for _, v := range d.Templating.List {
+		variables[v.Name] = v
+	}
+	g.Expect(variables).To(HaveKeyWithValue("datasource", HaveField("Type", "datasource")))
+	for _, name := range []string{"namespace", "breaker"} {
+		g.Expect(variables).To(HaveKeyWithValue(name, SatisfyAll(
+			HaveField("Type", "query"), HaveField("Multi", true), HaveField("IncludeAll", true),
+			// All is every value, including those of breakers created
+			// after the dashboard loaded.
+			HaveField("AllValue", ".*"))), name)
+	}
+
+	types := map[string]bool{}
+	for _, p := range d.AllPanels() {
+		// Current panel types only: no graph, singlestat or table-old.
+		g.Expect(p.Type).To(BeElementOf("stat", "timeseries", "state-timeline", "row"), p.Title)
+		types[p.Type] = true
+		if p.Type == "row" {
+			continue
+		}
+		g.Expect(p.Datasource).To(Equal(&Datasource{Type: "prometheus", UID: "${datasource}"}), p.Title)
+		g.Expect(p.Targets).NotTo(BeEmpty(), p.Title)
+		for _, target := range p.Targets {
+			g.Expect(target.Datasource).To(Equal(p.Datasource), "%s %s", p.Title, target.RefID)
+		}
+	}
+	g.Expect(types).To(HaveKey("state-timeline"))
+	g.Expect(types).To(HaveKey("timeseries"))
+	g.Expect(types).To(HaveKey("stat"))
+
+	series := exportedSeries(t)
+	queries, err := d.Queries()
+	g.Expect(err).NotTo(HaveOccurred())
+	queried := map[string]bool{}
+	for _, q := range queries {
+		expanded := Expand(q.Expr, unitVars)
+		g.Expect(Unexpanded(expanded)).To(BeEmpty(), "%s uses only the dashboard's variables", q.Where)
+		checkSelectors(g, series, q.Where, q.Expr)
+		perBreaker := false
+		for _, s := range Selectors(q.Expr) {
+			queried[s.Metric] = true
+			if _, ok := series[s.Metric]["name"]; ok {
+				perBreaker = true
+			}
+		}
+		if perBreaker && q.Panel.Type != "" {
+			// A breaker's series follow the namespace and breaker pickers.
+			g.Expect(q.Expr).To(SatisfyAll(ContainSubstring(`namespace=~"$namespace"`), ContainSubstring(`name=~"$breaker"`)), q.Where)
+		}
+	}
+	// What the dashboard shows: every series of the README's list.
+	for name := range series {
+		if name != "up" && !strings.HasSuffix(name, "_sum") && !strings.HasSuffix(name, "_count") {
+			g.Expect(queried).To(HaveKey(name), "the dashboard draws %s", name)
+		}
+	}
+	g.Expect(queries).To(ContainElement(HaveField("Expr", ContainSubstring("histogram_quantile(0.99,"))))
+}
+
+// Each dashboard query parses as Prometheus parses it: promtool checks a
+// rule file with one recording rule per query.
+func TestDashboardQueriesParse(t *testing.T) {
+	g := NewWithT(t)
+	promtool(t)
+	d, err := LoadDashboard(DashboardPath)
+	g.Expect(err).NotTo(HaveOccurred())
+	queries, err := d.Queries()
+	g.Expect(err).NotTo(HaveOccurred())
+	group := RuleGroup{Name: "dashboard"}
+	for i, q := range queries {
+		group.Rules = append(group.Rules, Rule{Record: fmt.Sprintf("dashboard:query_%d", i), Expr: Expand(q.Expr, unitVars)})
+	}
+	dir := t.TempDir()
+	g.Expect(WriteRuleFile(filepath.Join(dir, "dashboard.yaml"), []RuleGroup{group})).To(Succeed())
+	runPromtool(t, dir, "check", "rules", "dashboard.yaml")
 }
