@@ -73,6 +73,11 @@ test-unit: fmt vet ## Run the unit tests (with -race): no API server, seconds.
 test: manifests generate fmt vet ## Run unit and envtest tests (with -race) on a locally built API server.
 	KUBEBUILDER_ASSETS="$(ASSETS)" go test -race -count 1 -timeout $(TEST_TIMEOUT) ./... -coverprofile cover.out
 
+.PHONY: test-monitoring
+test-monitoring: ## Run promtool's unit tests of the alert rules and check every dashboard query (needs promtool: apt-get install prometheus).
+	@command -v promtool >/dev/null || { echo "promtool not found: apt-get install prometheus"; exit 1; }
+	go test -race -count 1 -v ./test/monitoring/
+
 .PHONY: test-e2e
 test-e2e: build build-installer ## Run the end-to-end tests: the real manager binary and kubectl on a local control plane.
 	mkdir -p $(LOCALBIN)/e2e-output
