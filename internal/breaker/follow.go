@@ -47,13 +47,7 @@ func (b *Breaker) followLocked(d Decision) *Transition {
 		b.settings.Mode == ModeForcedOpen || b.settings.Mode == ModeDisabled {
 		return nil
 	}
-	openUntil := d.OpenUntil
-	// No opening lasts longer than this breaker's own longest could.
-	longest := max(b.settings.MaxOpenDuration, b.settings.RecoveryTimeout)
-	longest += longest * time.Duration(b.settings.OpenJitter) / 100
-	if latest := d.At.Add(longest); openUntil.IsZero() || openUntil.After(latest) {
-		openUntil = latest
-	}
+	openUntil := b.clampOpenUntilLocked(d.At, d.OpenUntil)
 	switch {
 	case d.State == b.state && d.State == StateOpen:
 		// Both open: probe when the newer opening says.
@@ -73,4 +67,17 @@ func (b *Breaker) followLocked(d Decision) *Transition {
 		b.history[len(b.history)-1].OpenReason = d.OpenReason
 	}
 	return fired
+}
+
+// clampOpenUntilLocked bounds an opening at from that a status says lasts
+// until openUntil (zero: unknown) to the longest this breaker's own
+// settings could make: no status, followed or restored, holds it open
+// longer.
+func (b *Breaker) clampOpenUntilLocked(from, openUntil time.Time) time.Time {
+	longest := max(b.settings.MaxOpenDuration, b.settings.RecoveryTimeout)
+	longest += longest * time.Duration(b.settings.OpenJitter) / 100
+	if latest := from.Add(longest); openUntil.IsZero() || openUntil.After(latest) {
+		return latest
+	}
+	return openUntil
 }

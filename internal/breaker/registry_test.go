@@ -102,6 +102,18 @@ func TestRegistryRestore(t *testing.T) {
 			wantState: StateOpen,
 		},
 		{
+			name:      "a forged openUntil years ahead lasts no longer than the settings allow",
+			saved:     Snapshot{State: StateOpen, LastTransitionTime: epoch.Add(-time.Second), OpenUntil: epoch.AddDate(10, 0, 0)},
+			advance:   29 * time.Second,
+			wantState: StateHalfOpen,
+		},
+		{
+			name:      "a transition from the future happened now",
+			saved:     Snapshot{State: StateOpen, LastTransitionTime: epoch.AddDate(1, 0, 0), OpenUntil: epoch.AddDate(1, 0, 0).Add(30 * time.Second)},
+			advance:   30 * time.Second,
+			wantState: StateHalfOpen,
+		},
+		{
 			name:      "closed keeps its failures and its last reset",
 			saved:     Snapshot{State: StateClosed, Failures: 4, LastResetID: "r1"},
 			wantState: StateClosed,

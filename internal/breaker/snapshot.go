@@ -89,16 +89,26 @@ func (b *Breaker) restore(s Snapshot) {
 	b.failures = s.Failures
 	b.lastFailure = s.LastFailure
 	b.lastFailureCause = s.LastFailureCause
-	b.lastTransition = s.LastTransitionTime
-	b.lastDecision = s.LastTransitionTime
+	// A transition from the future (a clock far off, a status written by
+	// hand) happened now, and its opening lasts no longer than the
+	// settings allow.
+	at := s.LastTransitionTime
+	if now := b.clock.Now(); at.After(now) {
+		at = now
+	}
+	b.lastTransition = at
+	b.lastDecision = at
 	b.openUntil = s.OpenUntil
 	b.lastResetID = s.LastResetID
 	b.history = slices.Clone(s.History)
 	for i := range b.history {
 		b.history[i].Seq = 0 // handled before the restart
 	}
-	if s.State == StateOpen && s.OpenUntil.IsZero() {
-		b.openUntil = s.LastTransitionTime.Add(b.settings.RecoveryTimeout)
+	if s.State == StateOpen {
+		if s.OpenUntil.IsZero() {
+			b.openUntil = at.Add(b.settings.RecoveryTimeout)
+		}
+		b.openUntil = b.clampOpenUntilLocked(at, b.openUntil)
 	}
 	b.lastOpenReason = s.LastOpenReason
 	b.consecutiveOpens = s.ConsecutiveOpens

@@ -24,7 +24,10 @@ import (
 // and is gone once it has not for MemberLeaseDuration.
 const (
 	MemberLeaseDuration = 15 * time.Second
-	MemberRenewPeriod   = 5 * time.Second
+	// MaxClockSkew is how far ahead of this replica's clock another's
+	// status entry may be written and still count (breaker.MaxFollowSkew).
+	MaxClockSkew      = 30 * time.Second
+	MemberRenewPeriod = 5 * time.Second
 )
 
 // memberLabel marks the Leases of replicas, so one List finds them all.
@@ -85,7 +88,9 @@ func (m *Members) Live(name string, lastUpdate time.Time) bool {
 	if expiry, ok := v.expiry[name]; ok {
 		return now.Before(expiry)
 	}
-	return now.Sub(lastUpdate) < MemberLeaseDuration
+	// An entry from further in the future than clocks drift apart is
+	// forged or its clock broken: not evidence of life.
+	return now.Sub(lastUpdate) < MemberLeaseDuration && lastUpdate.Sub(now) < MaxClockSkew
 }
 
 // OnGone adds fn, called with the name of each replica whose Lease expired

@@ -30,6 +30,8 @@ func TestMembersLive(t *testing.T) {
 		{"an expired or released Lease, however recent its entry", fresh, "expired", now, false},
 		{"no Lease yet, an entry written moments ago: a replica just started", fresh, "new", now.Add(-time.Second), true},
 		{"no Lease and an old entry", fresh, "gone", now.Add(-MemberLeaseDuration), false},
+		{"no Lease and an entry from a clock a little ahead", fresh, "ahead", now.Add(MaxClockSkew - time.Second), true},
+		{"no Lease and an entry dated years ahead: forged, not alive", fresh, "forged", now.AddDate(10, 0, 0), false},
 		{"nothing listed yet: it does not know", nil, "expired", time.Time{}, true},
 		{"the listing is stale (the API server away): it does not know", stale, "expired", time.Time{}, true},
 	}

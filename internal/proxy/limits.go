@@ -64,14 +64,14 @@ const (
 )
 
 // Capacity is the process-wide bounds for a memory limit of memory bytes
-// (DefaultMemory when 0): calls in flight may hold half of it, caller
-// connections a quarter; the rest is the breakers', the informers' cache
-// and the runtime's. Neither is ever below 64.
+// (DefaultMemory when 0): calls in flight may hold a quarter of it, caller
+// connections an eighth; the rest is the breakers' (6.6 KiB each), the
+// informers' cache and the runtime's. Neither is ever below 64.
 func Capacity(memory int64) (calls, connections int64) {
 	if memory <= 0 {
 		memory = DefaultMemory
 	}
-	return max(memory/2/HeldCallBytes, 64), max(memory/4/ConnectionBytes, 64)
+	return max(memory/4/HeldCallBytes, 64), max(memory/8/ConnectionBytes, 64)
 }
 
 // Listen listens for callers on addr, with at most maxConnections of them
