@@ -119,7 +119,7 @@ func (c *call) gotConn(info httptrace.GotConnInfo) {
 		c.outHeader[hopHeader] = []string{c.marks.mark(hopLabel, local)}
 	}
 }
-func (c *call) wroteHeaders()                 { c.sentHeaders.Store(true) }
+func (c *call) wroteHeaders() { c.sentHeaders.Store(true) }
 
 // wroteRequest is the trace's WroteRequest: the request, body included,
 // is with the upstream. It runs on the transport's goroutine.

@@ -76,6 +76,8 @@ func FuzzProxyHandler(f *testing.F) {
 	f.Add("DELETE", "/shop/a/../../etc", "Expect: 100-continue\nContent-Length: 5", []byte("hello"))
 	f.Add("GET", "/shop/a/x", "Connection: close, X-Forwarded-For\nX-Forwarded-For: 1.2.3.4", []byte(nil))
 	f.Add("OPTIONS", "*", "", []byte(nil))
+	f.Add("GET", "/shop/a/ws", "Connection: Upgrade\nUpgrade: h2c\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA", []byte(nil))
+	f.Add("GET", "/shop/a/%2e%2e/x", "Via: 1.1 circuit-breaker-fuzz\nX-Circuit-Breaker-Hop: AAAAAAAAAAAAAAAAAAAAAA", []byte(nil))
 
 	var mode atomic.Int32 // 0 ok, 1 fail, 2 upgrade, 3 slow
 	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
