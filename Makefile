@@ -14,6 +14,8 @@ KUSTOMIZE_VERSION ?= v5.7.1
 KUSTOMIZE ?= $(LOCALBIN)/kustomize-$(KUSTOMIZE_VERSION)
 GOLANGCI_LINT_VERSION ?= v2.15.0
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+HELM_VERSION ?= v4.3.2
+HELM ?= $(LOCALBIN)/helm-$(HELM_VERSION)
 # Where the locally built kube-apiserver and etcd live (see hack/control-plane.sh).
 ASSETS = $(shell hack/control-plane.sh)
 TEST_TIMEOUT ?= 20m
@@ -92,8 +94,8 @@ bench-scale: build ## N CircuitBreakers on a local control plane: time to ready,
 	go run ./hack/bench-scale -n $(N)
 
 .PHONY: verify
-verify: tidy manifests generate fmt build-installer ## Regenerate everything (go.mod included) and fail if the tree changed.
-	@git diff --exit-code -- . || { echo "generated files are out of date: run 'make tidy manifests generate fmt build-installer' and commit"; exit 1; }
+verify: tidy manifests generate fmt build-installer helm-chart ## Regenerate everything (go.mod included) and fail if the tree changed.
+	@git diff --exit-code -- . || { echo "generated files are out of date: run 'make tidy manifests generate fmt build-installer helm-chart' and commit"; exit 1; }
 	@test -z "$$(git status --porcelain --untracked-files=all -- api config internal cmd dist)" || { git status --porcelain --untracked-files=all -- api config internal cmd dist; echo "untracked generated files: commit them"; exit 1; }
 
 ##@ Build
@@ -120,6 +122,10 @@ build-installer: manifests kustomize ## Write dist/install.yaml (namespace, CRD,
 	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
 	$(KUSTOMIZE) build config/install > dist/install.yaml
 	$(KUSTOMIZE) build config/network-policy > dist/network-policy.yaml
+
+.PHONY: helm-chart
+helm-chart: build-installer ## Write the Helm chart dist/chart from config/ (the kustomize builds of dist/install.yaml and the optional overlays).
+	go run ./hack/helmchart -kustomize $(KUSTOMIZE) -out dist/chart
 
 ##@ Deployment
 
@@ -161,3 +167,10 @@ $(CONTROLLER_GEN):
 	@mkdir -p $(LOCALBIN)
 	GOBIN=$(LOCALBIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
 	mv $(LOCALBIN)/controller-gen $(CONTROLLER_GEN)
+
+.PHONY: helm
+helm: $(HELM)
+$(HELM):
+	@mkdir -p $(LOCALBIN)
+	GOBIN=$(LOCALBIN) go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
+	mv $(LOCALBIN)/helm $(HELM)
