@@ -44,11 +44,11 @@ fmt: ## Run go fmt.
 	go fmt ./...
 
 .PHONY: vet
-vet: ## Run go vet, including the e2e package.
-	go vet -tags e2e ./...
+vet: ## Run go vet, including the e2e and Helm chart packages.
+	go vet -tags e2e,helm ./...
 
 .PHONY: lint
-lint: golangci-lint ## Run golangci-lint (.golangci.yml), e2e code included.
+lint: golangci-lint ## Run golangci-lint (.golangci.yml), e2e and Helm chart tests included.
 	$(GOLANGCI_LINT) run ./...
 
 .PHONY: lint-fix
@@ -79,6 +79,10 @@ test: manifests generate fmt vet ## Run unit and envtest tests (with -race) on a
 test-e2e: build build-installer ## Run the end-to-end tests: the real manager binary and kubectl on a local control plane.
 	mkdir -p $(LOCALBIN)/e2e-output
 	KUBEBUILDER_ASSETS="$(ASSETS)" go test -tags e2e -race -timeout 15m -count 1 -v ./test/e2e/ -artifacts -outputdir $(LOCALBIN)/e2e-output
+
+.PHONY: test-helm
+test-helm: helm helm-chart ## Test the Helm chart: helm lint, its default render against dist/install.yaml object by object, a server-side apply to a local API server.
+	HELM=$(HELM) KUSTOMIZE=$(KUSTOMIZE) KUBEBUILDER_ASSETS="$(ASSETS)" go test -tags helm -count 1 -timeout 10m -v ./test/helm/
 
 .PHONY: bench
 bench: ## Run the benchmarks of docs/benchmarks.md in interleaved rounds, with benchstat.
