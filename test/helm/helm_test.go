@@ -191,19 +191,7 @@ func TestServerSideApply(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "chart.yaml")
 	g.Expect(os.WriteFile(file, []byte(manifest), 0o600)).To(Succeed())
 
-	assets, err := controlplane.Assets()
-	g.Expect(err).NotTo(HaveOccurred())
-	env := &envtest.Environment{BinaryAssetsDirectory: assets}
-	_, err = env.Start()
-	g.Expect(err).NotTo(HaveOccurred())
-	t.Cleanup(func() { _ = env.Stop() })
-	kubeconfig := filepath.Join(t.TempDir(), "admin.kubeconfig")
-	g.Expect(controlplane.WriteAdminKubeconfig(env, kubeconfig)).To(Succeed())
-	kubectl := func(args ...string) string {
-		out, err := run("kubectl", append([]string{"--kubeconfig", kubeconfig}, args...)...)
-		g.Expect(err).NotTo(HaveOccurred(), out)
-		return out
-	}
+	kubectl := command(g, "kubectl", startAPIServer(t, g))
 
 	for range 2 {
 		out := kubectl("apply", "--server-side", "--field-manager", "helm-chart-test", "-f", file)
@@ -214,6 +202,53 @@ func TestServerSideApply(t *testing.T) {
 	g.Expect(kubectl("get", "namespace", namespace, "-o", "jsonpath={.metadata.labels.app\\.kubernetes\\.io/managed-by}")).To(Equal("Helm"))
 	g.Expect(kubectl("get", "crd", crdName, "-o", "jsonpath={.metadata.annotations.helm\\.sh/resource-policy}")).To(Equal("keep"))
 	g.Expect(kubectl("get", "networkpolicy", "-n", namespace, "-o", "name")).To(ContainSubstring("allow-callers"))
+}
+
+// The README's commands: helm install creates the namespace (the chart's,
+// labelled for the restricted Pod Security Standard), helm upgrade changes
+// what the values say, helm uninstall keeps the CRD (crd.keep).
+func TestInstallUpgradeUninstall(t *testing.T) {
+	g := NewWithT(t)
+	kubeconfig := startAPIServer(t, g)
+	kubectl, helm := command(g, "kubectl", kubeconfig), command(g, tool(t, "HELM"), kubeconfig)
+
+	helm("install", release, chart, "--namespace", namespace, "--create-namespace")
+	g.Expect(kubectl("get", "namespace", namespace, "-o", "jsonpath={.metadata.labels.pod-security\\.kubernetes\\.io/enforce}")).To(Equal("restricted"))
+	g.Expect(kubectl("get", "deployment", "-n", namespace, release+"-controller-manager", "-o", "jsonpath={.spec.replicas}")).To(Equal("2"))
+
+	helm("upgrade", release, chart, "--namespace", namespace, "--set", "manager.replicas=3", "--set", "manager.allowURLUpstreams=true")
+	deployment := release + "-controller-manager"
+	g.Expect(kubectl("get", "deployment", "-n", namespace, deployment, "-o", "jsonpath={.spec.replicas} {.spec.template.spec.containers[0].args}")).
+		To(And(HavePrefix("3 "), ContainSubstring(`"--allow-url-upstreams"`)))
+
+	g.Expect(helm("uninstall", release, "--namespace", namespace)).To(ContainSubstring("kept due to the resource policy"))
+	g.Expect(kubectl("get", "crd", crdName, "-o", "name")).To(ContainSubstring(crdName))
+	out, err := run("kubectl", "--kubeconfig", kubeconfig, "get", "clusterrole", release+"-manager-role")
+	g.Expect(err).To(HaveOccurred(), "the manager's ClusterRole outlived the release: %s", out)
+}
+
+// startAPIServer starts the project's local kube-apiserver and etcd and
+// returns a kubeconfig for a cluster administrator of it.
+func startAPIServer(t *testing.T, g Gomega) string {
+	assets, err := controlplane.Assets()
+	g.Expect(err).NotTo(HaveOccurred())
+	env := &envtest.Environment{BinaryAssetsDirectory: assets}
+	_, err = env.Start()
+	g.Expect(err).NotTo(HaveOccurred())
+	t.Cleanup(func() { _ = env.Stop() })
+	kubeconfig := filepath.Join(t.TempDir(), "admin.kubeconfig")
+	g.Expect(controlplane.WriteAdminKubeconfig(env, kubeconfig)).To(Succeed())
+	return kubeconfig
+}
+
+// command runs a kubectl-like tool on the cluster of kubeconfig and returns
+// its stdout; it fails the test when the tool fails.
+func command(g Gomega, tool, kubeconfig string) func(args ...string) string {
+	return func(args ...string) string {
+		out, err := run(tool, append([]string{"--kubeconfig", kubeconfig}, args...)...)
+		g.Expect(err).NotTo(HaveOccurred(), "%s %s: %s", filepath.Base(tool), strings.Join(args, " "), out)
+		return out
+	}
 }
 
 // normalise checks and removes what the chart adds (the package comment
