@@ -92,7 +92,8 @@ func run(kustomize, root, out, chartVersion string) error {
 		}
 	}
 
-	c := newChart(install)
+	overlays := append(networkPolicy, monitoring...)
+	c := newChart(append(append([]object{}, install...), overlays...))
 	files := map[string]string{}
 	add := func(o object) error {
 		path, text, err := c.template(o)
@@ -110,7 +111,7 @@ func run(kustomize, root, out, chartVersion string) error {
 			return err
 		}
 	}
-	for _, o := range append(networkPolicy, monitoring...) {
+	for _, o := range overlays {
 		if err := add(o); err != nil {
 			return err
 		}
@@ -199,9 +200,11 @@ type placeholder struct {
 	block  func(indent string) string
 }
 
-func newChart(install []object) *chart {
+// newChart takes every object the chart holds, so each prefixed name, and
+// each reference to one, follows the release name.
+func newChart(objects []object) *chart {
 	c := &chart{suffixes: map[string]bool{}, ports: map[string]int64{}, args: map[string]string{}}
-	for _, o := range install {
+	for _, o := range objects {
 		if name, _ := get(o, "metadata", "name").(string); strings.HasPrefix(name, namePrefix) && o["kind"] != "Namespace" {
 			c.suffixes[strings.TrimPrefix(name, namePrefix)] = true
 		}
@@ -279,7 +282,6 @@ func (c *chart) template(o object) (string, string, error) {
 		dir, short, condition = "prometheus", "rules", ".Values.prometheusRule.enabled"
 	case "NetworkPolicy":
 		dir, condition = "network-policy", ".Values.networkPolicy.enabled"
-		short = strings.TrimPrefix(short, "circuit-breaker-operator-")
 		c.networkPolicyPorts(o)
 	default:
 		return "", "", fmt.Errorf("%s %s: no place for this kind in the chart", kind, name)

@@ -154,11 +154,12 @@ func TestValues(t *testing.T) {
 		To(BeEmpty(), "a ServiceMonitor without a metrics Service scrapes nothing")
 }
 
-// Another release name prefixes every name, and every reference follows.
+// Another release name prefixes every name, the optional objects' too, and
+// every reference follows.
 func TestReleaseNamePrefixesNames(t *testing.T) {
 	g := NewWithT(t)
 	const prefix = "cb-circuit-breaker-operator-"
-	objects := render(t, g, "cb")
+	objects := render(t, g, "cb", "--set", "prometheus.enabled=true", "--set", "networkPolicy.enabled=true")
 	for _, o := range objects {
 		name := get(o, "metadata", "name").(string)
 		switch o["kind"] {
