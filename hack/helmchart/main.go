@@ -92,8 +92,8 @@ func run(kustomize, root, out, chartVersion string) error {
 		}
 	}
 
-	overlays := append(networkPolicy, monitoring...)
-	c := newChart(append(append([]object{}, install...), overlays...))
+	all := append(append(append([]object{}, install...), networkPolicy...), monitoring...)
+	c := newChart(all)
 	files := map[string]string{}
 	add := func(o object) error {
 		path, text, err := c.template(o)
@@ -106,12 +106,7 @@ func run(kustomize, root, out, chartVersion string) error {
 		files[path] = text
 		return nil
 	}
-	for _, o := range install {
-		if err := add(o); err != nil {
-			return err
-		}
-	}
-	for _, o := range overlays {
+	for _, o := range all {
 		if err := add(o); err != nil {
 			return err
 		}
