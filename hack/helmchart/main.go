@@ -207,6 +207,18 @@ func newChart(objects []object) *chart {
 	return c
 }
 
+// The escapes of "{{" and "}}" in data, as tokens until fill.
+const (
+	openToken  = "__TPL_OPEN__"
+	closeToken = "__TPL_CLOSE__"
+)
+
+var prefixedName = regexp.MustCompile(regexp.QuoteMeta(namePrefix) + `[a-z0-9]([a-z0-9-]*[a-z0-9])?`)
+
+func (c *chart) resourceName(suffix string) string {
+	return fmt.Sprintf(`{{ include "circuit-breaker-operator.resourceName" (dict "suffix" %q "context" $) }}`, suffix)
+}
+
 func (c *chart) inline(text string) string {
 	c.placeholders = append(c.placeholders, placeholder{inline: text})
 	return fmt.Sprintf("__TPL_%d__", len(c.placeholders)-1)
@@ -224,18 +236,28 @@ func (c *chart) template(o object) (string, string, error) {
 	name, _ := get(o, "metadata", "name").(string)
 	short := strings.TrimPrefix(name, namePrefix)
 
-	// Strings are data, never template actions (alert annotations carry
-	// Prometheus's own {{ $labels.x }}); replaced in one pass so the escapes
-	// are not escaped again.
-	escape := strings.NewReplacer("{{", `{{"{{"}}`, "}}", `{{"}}"}}`)
 	walkStrings(o, func(s string) any {
 		switch {
 		case s == installNamespace:
 			return c.inline("{{ .Release.Namespace }}")
 		case strings.HasPrefix(s, namePrefix) && c.suffixes[strings.TrimPrefix(s, namePrefix)]:
-			return c.inline(fmt.Sprintf(`{{ include "circuit-breaker-operator.resourceName" (dict "suffix" %q "context" $) }}`, strings.TrimPrefix(s, namePrefix)))
+			return c.inline(c.resourceName(strings.TrimPrefix(s, namePrefix)))
 		}
-		return escape.Replace(s)
+		// Strings are data, never template actions (alert annotations carry
+		// Prometheus's own {{ $labels.x }}). The escapes are tokens until
+		// after marshalling, so no YAML quoting style can mangle them.
+		s = strings.NewReplacer("{{", openToken, "}}", closeToken).Replace(s)
+		if kind == "PrometheusRule" {
+			// Queries name the metrics Service as their job
+			// (absent(up{job="circuit-breaker-operator-metrics"})).
+			s = prefixedName.ReplaceAllStringFunc(s, func(name string) string {
+				if suffix := strings.TrimPrefix(name, namePrefix); c.suffixes[suffix] {
+					return c.inline(c.resourceName(suffix))
+				}
+				return name
+			})
+		}
+		return s
 	})
 	c.labels(o, kind)
 
@@ -511,6 +533,7 @@ func (c *chart) fill(text string) (string, error) {
 		}
 		return c.placeholders[n].inline
 	})
+	text = strings.NewReplacer(openToken, `{{"{{"}}`, closeToken, `{{"}}"}}`).Replace(text)
 	return text, err
 }
 
