@@ -8,8 +8,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"net"
 	"os"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,6 +36,7 @@ import (
 	"github.com/circuitbreaker-io/operator/internal/leader"
 	"github.com/circuitbreaker-io/operator/internal/notify"
 	"github.com/circuitbreaker-io/operator/internal/operator"
+	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
 
 // shutdownTimeout is how long in-flight calls get to finish on SIGTERM;
@@ -55,6 +59,7 @@ func run() error {
 		leaderElectionNamespace                    string
 		leaderElect, metricsSecure, enableHTTP2    bool
 		allowURLUpstreams                          bool
+		maxConcurrentRequests, maxConnections      int64
 	)
 	flag.StringVar(&proxyAddr, "proxy-bind-address", ":8080", "address of the data plane: /<namespace>/<name>/<path>")
 	flag.StringVar(&apiAddr, "api-bind-address", "127.0.0.1:8082", "address of the REST API and dashboard (reach it with kubectl port-forward)")
@@ -72,6 +77,10 @@ func run() error {
 		"allow spec.upstream.url: a development or single-tenant switch, since a URL can point anywhere")
 	flag.StringVar(&denyCIDRs, "upstream-deny-cidrs", "",
 		"comma-separated ranges no Service upstream may reach, besides loopback, link-local, metadata and the API server (e.g. the node and pod ranges)")
+	flag.Int64Var(&maxConcurrentRequests, "max-concurrent-requests", 0,
+		"calls in flight through the proxy, all breakers together; beyond it 503 saturated (0: sized from the memory limit)")
+	flag.Int64Var(&maxConnections, "max-connections", 0,
+		"caller connections open to the proxy; beyond it new ones wait to be accepted (0: sized from the memory limit)")
 	flag.StringVar(&clusterDomain, "cluster-domain", controller.DefaultClusterDomain,
 		"the cluster's DNS domain: Service upstreams are dialled as <name>.<namespace>.svc.<cluster-domain>.")
 	zapOpts := zap.Options{Development: true}
@@ -95,6 +104,23 @@ func run() error {
 	if err != nil {
 		return fmt.Errorf("invalid --upstream-deny-cidrs: %w", err)
 	}
+
+	if maxConcurrentRequests < 0 || maxConnections < 0 {
+		return errors.New("--max-concurrent-requests and --max-connections may not be negative")
+	}
+	memory := memoryLimit()
+	sizedCalls, sizedConnections := proxy.Capacity(memory)
+	if maxConcurrentRequests == 0 {
+		maxConcurrentRequests = sizedCalls
+	}
+	if maxConnections == 0 {
+		maxConnections = sizedConnections
+	}
+	proxyListener, err := proxy.Listen(proxyAddr, int(maxConnections))
+	if err != nil {
+		return fmt.Errorf("cannot listen on --proxy-bind-address: %w", err)
+	}
+	setupLog.Info("data plane bounds", "memoryLimit", memory, "maxConcurrentRequests", maxConcurrentRequests, "maxConnections", maxConnections)
 
 	scheme := runtime.NewScheme()
 	if err := errors.Join(clientgoscheme.AddToScheme(scheme), cbv1.AddToScheme(scheme)); err != nil {
@@ -147,6 +173,8 @@ func run() error {
 		ProxyAddr:    proxyAddr,
 		APIAddr:      apiAddr,
 		DenyNetworks: deny,
+
+		MaxConcurrentRequests: maxConcurrentRequests,
 	}
 	if leaderElect {
 		cfg.LeaderElection = &leader.Config{
@@ -157,7 +185,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	if err := mgr.Add(&manager.Server{Name: "proxy", Server: op.Proxy, ShutdownTimeout: ptr.To(shutdownTimeout)}); err != nil {
+	if err := mgr.Add(&manager.Server{Name: "proxy", Server: op.Proxy, Listener: proxyListener, ShutdownTimeout: ptr.To(shutdownTimeout)}); err != nil {
 		return err
 	}
 	if err := mgr.Add(&manager.Server{Name: "api", Server: op.API, ShutdownTimeout: ptr.To(shutdownTimeout)}); err != nil {
@@ -183,6 +211,27 @@ func replicaName() string {
 	}
 	host, _ := os.Hostname()
 	return host
+}
+
+// memoryLimit is the process's memory limit in bytes, which sizes the data
+// plane's bounds: GOMEMLIMIT when set, else the container's (cgroup v2
+// memory.max, else v1 memory.limit_in_bytes), else 0 (none).
+func memoryLimit() int64 {
+	if limit := debug.SetMemoryLimit(-1); limit != math.MaxInt64 {
+		return limit
+	}
+	for _, file := range []string{"/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"} {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			continue
+		}
+		// "max", or v1's "no limit" (a huge number), read as none.
+		if limit, err := strconv.ParseInt(strings.TrimSpace(string(data)), 10, 64); err == nil && limit < 1<<50 {
+			return limit
+		}
+		return 0
+	}
+	return 0
 }
 
 // parseCIDRs reads a comma-separated list of CIDR ranges; empty is none.

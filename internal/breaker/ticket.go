@@ -13,6 +13,27 @@ type Ticket struct {
 	probe bool
 }
 
+// Now is the breaker's coarse time now, for TimedFrom; 0 when the call is
+// not timed (the breaker has no slow-call rule).
+func (t Ticket) Now() int64 {
+	if t.start == 0 {
+		return 0
+	}
+	return t.breaker.coarseNow()
+}
+
+// TimedFrom returns the ticket with its call timed from at, a value of Now:
+// the proxy times a call from its request being fully written, so that a
+// caller that sends its body slowly (or never) makes no slow call. at 0
+// means the request was never written: the call is not slow, whatever its
+// length.
+func (t Ticket) TimedFrom(at int64) Ticket {
+	if t.start != 0 {
+		t.start = at
+	}
+	return t
+}
+
 // Success reports that the call succeeded.
 func (t Ticket) Success() {
 	b := t.breaker

@@ -70,6 +70,9 @@ type Config struct {
 	// dial guard's own (--upstream-deny-cidrs); the API server's addresses
 	// are added to them here.
 	DenyNetworks []*net.IPNet
+	// MaxConcurrentRequests caps the calls in flight through the proxy
+	// (--max-concurrent-requests); 0 is no cap.
+	MaxConcurrentRequests int64
 }
 
 // Operator is the built operator. New adds its internal runnables (the
@@ -162,7 +165,9 @@ func New(mgr manager.Manager, cfg Config) (*Operator, error) {
 	defer cancel()
 	token := loopToken(ctx, mgr.GetAPIReader(), cfg.Log)
 	deny := append(slices.Clip(cfg.DenyNetworks), apiServerNetworks(ctx, mgr.GetConfig().Host, mgr.GetAPIReader(), cfg.Log)...)
-	op.Proxy = proxy.NewServer(cfg.ProxyAddr, proxy.New(op.Routes, cfg.Clock, proxy.Options{LoopToken: token, DenyNetworks: deny}))
+	op.Proxy = proxy.NewServer(cfg.ProxyAddr, proxy.New(op.Routes, cfg.Clock, proxy.Options{
+		LoopToken: token, DenyNetworks: deny, MaxConcurrentRequests: cfg.MaxConcurrentRequests,
+	}))
 	op.API = restapi.NewServer(cfg.APIAddr, restapi.New(op.Registry, mgr.GetClient(), cfg.Clock,
 		restapi.Options{BindAddress: cfg.APIAddr, Log: cfg.Log.WithName("api")}))
 	return op, nil

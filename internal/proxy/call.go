@@ -46,6 +46,15 @@ type call struct {
 	// streaming is set once the response headers are in: from then on the
 	// timer is the stream idle timeout.
 	streaming atomic.Bool
+	// connected and sentHeaders are set once the transport has a
+	// connection, and once it wrote the request's headers to it: an error
+	// between the two that is not the connection's is the transport
+	// refusing the request itself.
+	connected, sentHeaders atomic.Bool
+	// wrote is the ticket's coarse time when the request was fully written
+	// to the upstream (0 until then, or when the call is not timed): a
+	// slow call is timed from there, not from the caller's first byte.
+	wrote atomic.Int64
 	// rest is the escaped path after /<namespace>/<name>.
 	rest     string
 	start    time.Time
@@ -88,17 +97,31 @@ func (c *call) moved(n int) {
 	}
 }
 
+// gotConn and wroteHeaders are the trace's GotConn and WroteHeaders.
+func (c *call) gotConn(httptrace.GotConnInfo) { c.connected.Store(true) }
+func (c *call) wroteHeaders()                 { c.sentHeaders.Store(true) }
+
+// wroteRequest is the trace's WroteRequest: the request, body included,
+// is with the upstream. It runs on the transport's goroutine.
+func (c *call) wroteRequest(info httptrace.WroteRequestInfo) {
+	if info.Err == nil {
+		c.wrote.Store(c.ticket.Now())
+	}
+}
+
 // settle gives the call's verdict to its breaker, and counts it.
 func (c *call) settle(o outcome, f breaker.Failure) {
+	// A copy: the transport's goroutine may still read c.ticket.
+	ticket := c.ticket.TimedFrom(c.wrote.Load())
 	switch o {
 	case failure:
-		c.ticket.Failure(f)
+		ticket.Failure(f)
 		c.metrics.Failure.Inc()
 	case success:
-		c.ticket.Success()
+		ticket.Success()
 		c.metrics.Success.Inc()
 	default:
-		c.ticket.Cancel()
+		ticket.Cancel()
 	}
 }
 
@@ -108,6 +131,7 @@ func (c *call) ending() callEnd {
 		judged:     c.reported,
 		bodyBroke:  c.body.broke(),
 		callerGone: c.callerCtx.Err() != nil,
+		unsent:     c.connected.Load() && !c.sentHeaders.Load(),
 		cause:      context.Cause(c),
 	}
 }
@@ -164,6 +188,8 @@ func writeVerdict(w http.ResponseWriter, v errorVerdict, key breaker.Key) {
 		w.WriteHeader(v.status) // nobody reads it: the caller is gone
 	case classDialRefused:
 		writeError(w, v.status, "upstream of circuit breaker '"+string(key)+"' is not allowed: "+v.detail)
+	case classRefusedLocally:
+		writeError(w, v.status, "the request cannot be sent to the upstream of circuit breaker '"+string(key)+"': "+v.detail)
 	case classMalformed:
 		writeError(w, v.status, "malformed request: "+v.detail)
 	default:

@@ -3,9 +3,11 @@ package proxy
 import (
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -41,6 +43,9 @@ const (
 	classDialRefused
 	// classMalformed: a request ReverseProxy would not forward at all.
 	classMalformed
+	// classRefusedLocally: the transport, connected, would not send the
+	// request (HTTP/2's header rules and the peer's header list bound).
+	classRefusedLocally
 
 	// The upstream side's failures, from here on.
 
@@ -93,6 +98,8 @@ type callEnd struct {
 	bodyBroke bool
 	// callerGone: the caller's context ended.
 	callerGone bool
+	// unsent: the transport had a connection and wrote no headers to it.
+	unsent bool
 	// cause is why the call's own context ended (errRequestTimeout, ...).
 	cause error
 }
@@ -128,6 +135,12 @@ func classifyError(err error, end callEnd) errorVerdict {
 		return errorVerdict{class: classDialRefused, status: http.StatusBadGateway, detail: refused.why}
 	case !errors.As(err, &fromUpstream) && !errors.Is(end.cause, errRequestTimeout):
 		return errorVerdict{class: classMalformed, status: http.StatusBadRequest, detail: err.Error()}
+	case end.unsent && !errors.Is(end.cause, errRequestTimeout) && !connectionError(err):
+		status := http.StatusBadRequest
+		if strings.Contains(err.Error(), headerListTooLarge) {
+			status = http.StatusRequestHeaderFieldsTooLarge
+		}
+		return errorVerdict{class: classRefusedLocally, status: status, detail: err.Error()}
 	}
 	var dnsErr *net.DNSError
 	switch {
@@ -141,6 +154,21 @@ func classifyError(err error, end callEnd) errorVerdict {
 		return errorVerdict{class: classDNS, status: http.StatusBadGateway}
 	}
 	return errorVerdict{class: classConnError, status: http.StatusBadGateway}
+}
+
+// headerListTooLarge is how Go's HTTP/2 client refuses a request whose
+// headers exceed the peer's SETTINGS_MAX_HEADER_LIST_SIZE (an unexported
+// sentinel, wrapped: its text is all there is to match).
+const headerListTooLarge = "header list larger than peer's advertised limit"
+
+// connectionError reports whether err is the connection's: a network
+// error, an early end of the stream, or HTTP/2's connection-level errors.
+func connectionError(err error) bool {
+	var netErr net.Error
+	var errno syscall.Errno
+	return errors.As(err, &netErr) || errors.As(err, &errno) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		strings.HasPrefix(err.Error(), "http2: client conn")
 }
 
 // classifyAnswer is the breaker's verdict on an upstream's answer, which

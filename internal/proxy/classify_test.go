@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -50,8 +51,20 @@ func TestClassifyError(t *testing.T) {
 			class: classBodyBroke, status: 400, outcome: noVerdict},
 		{name: "the upgrade broke after its 101", err: errors.New("copy failed"), end: callEnd{judged: true},
 			class: classUpgradeBroke, status: 502, outcome: noVerdict},
-		{name: "an unasked 101", err: errUnaskedUpgrade, end: callEnd{judged: true},
-			class: classUpgradeBroke, status: 502, outcome: noVerdict},
+		{name: "an unasked 101", err: &upstreamError{errUnaskedUpgrade},
+			class: classConnError, status: 502, outcome: failure, kind: "connection error"},
+		{name: "HTTP/2 headers beyond the peer's bound", err: &upstreamError{fmt.Errorf("http2: %w", errors.New("request header list larger than peer's advertised limit"))},
+			end: callEnd{unsent: true}, class: classRefusedLocally, status: 431, outcome: noVerdict,
+			detail: "http2: request header list larger than peer's advertised limit"},
+		{name: "a header HTTP/2 forbids", err: &upstreamError{errors.New(`http2: invalid Upgrade request header: ["foo"]`)},
+			end: callEnd{unsent: true}, class: classRefusedLocally, status: 400, outcome: noVerdict,
+			detail: `http2: invalid Upgrade request header: ["foo"]`},
+		{name: "the connection failing before the headers went", err: &upstreamError{&net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", syscall.EPIPE)}},
+			end: callEnd{unsent: true}, class: classConnError, status: 502, outcome: failure, kind: "connection error"},
+		{name: "an HTTP/2 connection closing before the headers went", err: &upstreamError{errors.New("http2: client connection lost")},
+			end: callEnd{unsent: true}, class: classConnError, status: 502, outcome: failure, kind: "connection error"},
+		{name: "no stream slot before the request timeout", err: &upstreamError{context.Canceled},
+			end: callEnd{unsent: true, cause: errRequestTimeout}, class: classTimeout, status: 504, outcome: failure, kind: "timeout"},
 		{name: "the dial guard refused the address", err: dialErr(refused),
 			class: classDialRefused, status: 502, outcome: noVerdict, detail: "loopback"},
 		{name: "a request ReverseProxy would not forward", err: errors.New("unsupported protocol scheme"),

@@ -15,6 +15,7 @@ import (
 	. "github.com/onsi/gomega"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/utils/clock"
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/circuitbreaker-io/operator/internal/breaker"
@@ -86,11 +87,15 @@ type fixture struct {
 	clock   *clocktesting.FakeClock
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureWith(t, Options{}) }
+
+// newFixtureWith is newFixture with a proxy made with opts (its loop token "test").
+func newFixtureWith(t *testing.T, opts Options) *fixture {
 	reg := prometheus.NewRegistry()
 	m := metrics.NewBreakers(reg)
 	f := &fixture{table: NewTable(m), metrics: m, reg: reg, clock: clocktesting.NewFakeClock(time.Now())}
-	f.proxy = httptest.NewServer(New(f.table, f.clock, Options{LoopToken: "test"}))
+	opts.LoopToken = "test"
+	f.proxy = httptest.NewServer(New(f.table, f.clock, opts))
 	t.Cleanup(f.proxy.Close)
 	return f
 }
@@ -135,10 +140,16 @@ func testRoute(t *testing.T, target string, opts ...routeOption) RouteConfig {
 	return cfg
 }
 
-// add routes shop/<name> to target through a new breaker.
+// add routes shop/<name> to target through a new breaker on f's clock.
 func (f *fixture) add(t *testing.T, name, target string, settings breaker.Settings, opts ...routeOption) *breaker.Breaker {
+	return f.addOn(t, f.clock, name, target, settings, opts...)
+}
+
+// addOn is add with a breaker on clk: the slow-call rule needs a clock
+// that moves while a call is in flight.
+func (f *fixture) addOn(t *testing.T, clk clock.PassiveClock, name, target string, settings breaker.Settings, opts ...routeOption) *breaker.Breaker {
 	key := breaker.NewKey("shop", name)
-	b := breaker.New(settings, f.clock, breaker.Options{
+	b := breaker.New(settings, clk, breaker.Options{
 		OnTransition: func(tr breaker.Transition) { f.metrics.RecordTransition(key, tr) },
 	})
 	f.table.Set(key, b, testRoute(t, target, opts...))

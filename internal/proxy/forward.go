@@ -9,6 +9,7 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
+	"time"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -54,10 +55,11 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 	c.trace.Got1xxResponse = c.got1xx
 	out := r.WithContext(httptrace.WithClientTrace(c, &c.trace))
 	out.URL, out.Host, out.Header, out.RequestURI, out.Close = &c.target, "", h, "", false
-	if r.ContentLength == 0 {
+	switch {
+	case r.ContentLength == 0:
 		out.Body = nil // lets the transport retry on a stale pooled connection
-	}
-	if c.body != nil {
+	case c.body != nil:
+		out.Body = c.body
 		defer c.body.end()
 	}
 
@@ -70,10 +72,10 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 		return
 	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
-		// Nobody asked to switch protocols.
-		c.answer(res)
+		// Nobody asked to switch protocols: the upstream broke HTTP, a
+		// failure of its own.
 		_ = res.Body.Close()
-		c.fail(w, errUnaskedUpgrade)
+		c.fail(w, &upstreamError{errUnaskedUpgrade})
 		return
 	}
 	removeHopByHop(res.Header)
@@ -95,9 +97,15 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 		}
 		dst.Add("Trailer", strings.Join(keys, ", "))
 	}
+	// Every write to the caller has a deadline, renewed per write: a
+	// caller that stops reading holds its call for one stream idle
+	// timeout, not for ever.
+	rc := http.NewResponseController(w)
+	idle := c.route.StreamIdleTimeout
+	_ = rc.SetWriteDeadline(time.Now().Add(idle))
 	w.WriteHeader(res.StatusCode)
 
-	if err := p.copyBody(w, res); err != nil {
+	if err := p.copyBody(w, rc, idle, res); err != nil {
 		_ = res.Body.Close()
 		if r.Context().Value(http.ServerContextKey) != nil {
 			// The answer is cut short; net/http aborts the connection
@@ -107,9 +115,12 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 		return
 	}
 	_ = res.Body.Close() // now, not deferred: it fills res.Trailer
+	// The answer's end (last chunk, trailers) is written after the handler
+	// returns, under this deadline.
+	_ = rc.SetWriteDeadline(time.Now().Add(idle))
 	if len(res.Trailer) > 0 {
 		// Chunked, even for a short body, so that the trailers can follow.
-		_ = http.NewResponseController(w).Flush()
+		_ = rc.Flush()
 	}
 	if len(res.Trailer) == announced {
 		for k, vv := range res.Trailer {
@@ -125,18 +136,17 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 	}
 }
 
-// copyBody streams the upstream's body to the caller. A stream (no length,
-// or server-sent events) is flushed as it comes, headers first.
-func (p *Proxy) copyBody(w http.ResponseWriter, res *http.Response) error {
+// copyBody streams the upstream's body to the caller, each write under a
+// deadline idle from now. A stream (no length, or server-sent events) is
+// flushed as it comes, headers first.
+func (p *Proxy) copyBody(w http.ResponseWriter, rc *http.ResponseController, idle time.Duration, res *http.Response) error {
 	flush := res.ContentLength == -1
 	if !flush {
 		if base, _, _ := mime.ParseMediaType(res.Header.Get("Content-Type")); base == "text/event-stream" {
 			flush = true
 		}
 	}
-	var rc *http.ResponseController
 	if flush {
-		rc = http.NewResponseController(w)
 		_ = rc.Flush()
 	}
 	buf := p.buffers.Get()
@@ -144,6 +154,7 @@ func (p *Proxy) copyBody(w http.ResponseWriter, res *http.Response) error {
 	for {
 		n, rerr := res.Body.Read(buf)
 		if n > 0 {
+			_ = rc.SetWriteDeadline(time.Now().Add(idle))
 			written, werr := w.Write(buf[:n])
 			if werr != nil {
 				return werr

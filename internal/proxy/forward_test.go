@@ -260,7 +260,8 @@ func TestStreamsAreFlushedAsTheyCome(t *testing.T) {
 }
 
 // An upstream that switches protocols on a call that asked for no switch
-// gets no connection to the caller: the caller gets 502.
+// gets no connection to the caller: the caller gets 502, and the upstream,
+// which broke the protocol, a failure.
 func TestUnaskedUpgradeIsRefused(t *testing.T) {
 	g := NewWithT(t)
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
@@ -274,9 +275,41 @@ func TestUnaskedUpgradeIsRefused(t *testing.T) {
 	}))
 	t.Cleanup(up.Close)
 	f := newFixture(t)
-	f.add(t, "x", up.URL, breaker.Settings{})
+	b := f.add(t, "x", up.URL, breaker.Settings{FailureThreshold: 1})
 
 	resp, body := f.get(t, "/shop/x/")
 	g.Expect(resp.StatusCode).To(Equal(http.StatusBadGateway))
 	g.Expect(jsonError(g, body)).To(ContainSubstring("upstream of circuit breaker 'shop/x'"))
+	g.Expect(b.Snapshot().State).To(Equal(breaker.StateOpen), "an unasked 101 is the upstream's failure")
+}
+
+// A caller that asks for 100 Continue and an upstream that answers without
+// wanting the body: the caller gets the answer, as through ReverseProxy,
+// and the call ends (it does not wait for a body nobody asked for).
+func TestExpectContinueToAnUpstreamThatDoesNotRead(t *testing.T) {
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "no need")
+	}))
+	t.Cleanup(up.Close)
+	target, _ := url.Parse(up.URL)
+	bare := httptest.NewServer(&httputil.ReverseProxy{
+		Rewrite:   func(pr *httputil.ProxyRequest) { pr.SetURL(target) },
+		Transport: NewTransport(),
+	})
+	t.Cleanup(bare.Close)
+	f := newFixture(t)
+	f.add(t, "x", up.URL, breaker.Settings{})
+	addr := realServer(t, f)
+	const raw = "POST /shop/x/upload HTTP/1.1\r\nHost: p\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n"
+	for _, front := range []struct{ name, addr string }{
+		{"ReverseProxy", strings.TrimPrefix(bare.URL, "http://")},
+		{"the proxy", addr},
+	} {
+		t.Run(front.name, func(t *testing.T) {
+			g := NewWithT(t)
+			g.Expect(rawExchange(g, front.addr, raw, false)).To(Equal(http.StatusOK))
+		})
+	}
+	g := NewWithT(t)
+	g.Eventually(func() int64 { rt, _ := f.table.get("shop/x"); return rt.inFlight.Load() }).Should(BeZero(), "the call ended")
 }

@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"net"
 	"net/http"
 	"time"
+
+	"golang.org/x/net/netutil"
 )
 
 // The data plane's bounds. Each has a name, so that what a caller or an
@@ -43,4 +46,41 @@ func NewServer(addr string, handler http.Handler) *http.Server {
 		IdleTimeout:       IdleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
 	}
+}
+
+// What one caller can hold of the process's memory, measured
+// (BenchmarkMemoryPerHeldCall, BenchmarkMemoryPerIdleConnection;
+// docs/benchmarks.md) and rounded up: the process-wide bounds are sized
+// with them.
+const (
+	// HeldCallBytes is a call whose caller stopped reading a large answer:
+	// the handler, the upstream connection's goroutines and buffers.
+	HeldCallBytes = 128 << 10
+	// ConnectionBytes is an idle keep-alive caller connection.
+	ConnectionBytes = 32 << 10
+	// DefaultMemory is what the bounds are sized for when the process has
+	// no memory limit: the install's.
+	DefaultMemory = 256 << 20
+)
+
+// Capacity is the process-wide bounds for a memory limit of memory bytes
+// (DefaultMemory when 0): calls in flight may hold half of it, caller
+// connections a quarter; the rest is the breakers', the informers' cache
+// and the runtime's. Neither is ever below 64.
+func Capacity(memory int64) (calls, connections int64) {
+	if memory <= 0 {
+		memory = DefaultMemory
+	}
+	return max(memory/2/HeldCallBytes, 64), max(memory/4/ConnectionBytes, 64)
+}
+
+// Listen listens for callers on addr, with at most maxConnections of them
+// connected at once (0: no bound): beyond it a new connection waits in the
+// kernel's accept queue until another closes.
+func Listen(addr string, maxConnections int) (net.Listener, error) {
+	l, err := net.Listen("tcp", addr)
+	if err != nil || maxConnections <= 0 {
+		return l, err
+	}
+	return netutil.LimitListener(l, maxConnections), nil
 }

@@ -3,14 +3,19 @@ package proxy
 import (
 	"context"
 	"encoding/json"
+	"math"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/utils/clock"
+
+	"github.com/circuitbreaker-io/operator/internal/breaker"
 )
 
 // Headers the proxy sets on what it answers.
@@ -32,6 +37,10 @@ type Options struct {
 	// --upstream-deny-cidrs (node and pod ranges) and the API server's
 	// addresses.
 	DenyNetworks []*net.IPNet
+	// MaxConcurrentRequests caps the calls in flight through every route
+	// together (--max-concurrent-requests); beyond it callers get 503
+	// saturated, no verdict. 0 is no cap.
+	MaxConcurrentRequests int64
 }
 
 // Proxy is the data plane's http.Handler. It owns the transport and the
@@ -49,6 +58,9 @@ type Proxy struct {
 	// every such call (its capacity is its length: an append copies it).
 	via     string
 	viaOnly []string
+	// inFlight counts the calls being forwarded, against maxInFlight.
+	inFlight    atomic.Int64
+	maxInFlight int64
 }
 
 // New returns a Proxy that serves the routes of table.
@@ -61,6 +73,10 @@ func New(table *Table, clk clock.PassiveClock, opts Options) *Proxy {
 		via:       "1.1 circuit-breaker-" + opts.LoopToken,
 	}
 	p.viaOnly = []string{p.via}
+	p.maxInFlight = opts.MaxConcurrentRequests
+	if p.maxInFlight <= 0 {
+		p.maxInFlight = math.MaxInt64
+	}
 	p.upgrades = p.newUpgrades()
 	return p
 }
@@ -85,6 +101,21 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusLoopDetected, "circuit breaker '"+string(key)+"': this call already passed through this proxy (a loop)")
 		return
 	}
+	upgrade := upgradeType(r.Header)
+	if upgrade != "" && !strings.EqualFold(upgrade, "websocket") {
+		// Another protocol (h2c above all) would become a tunnel whose
+		// calls the breaker never sees.
+		writeError(w, http.StatusBadRequest, "circuit breaker '"+string(key)+"' passes on only WebSocket upgrades, not "+strconv.Quote(upgrade))
+		return
+	}
+	if p.inFlight.Add(1) > p.maxInFlight {
+		p.inFlight.Add(-1)
+		w.Header().Set(StateHeader, "saturated")
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusServiceUnavailable, "the proxy has "+strconv.FormatInt(p.maxInFlight, 10)+" calls in flight already")
+		return
+	}
+	defer p.inFlight.Add(-1)
 	if rt.inFlight.Add(1) > rt.MaxConcurrent {
 		rt.inFlight.Add(-1)
 		w.Header().Set(StateHeader, "saturated")
@@ -101,20 +132,27 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithCancelCause(r.Context())
 	c := &call{Context: ctx, callerCtx: r.Context(), cancel: cancel, route: rt, metrics: rt.metrics(), ticket: ticket, w: w, rest: rest, start: time.Now()}
 	if r.Body != nil && r.Body != http.NoBody {
+		// The outbound request reads the caller's body through c.body; r
+		// keeps the server's own, which tells the server whether a caller
+		// that asked for 100 Continue still owes its body.
 		c.body = &callerBody{ReadCloser: r.Body}
-		r.Body = c.body
 	}
+	c.trace.GotConn, c.trace.WroteHeaders, c.trace.WroteRequest = c.gotConn, c.wroteHeaders, c.wroteRequest
 	c.timer = time.AfterFunc(rt.Timeout, c.expire)
 	defer func() {
 		c.timer.Stop()
 		cancel(nil)
 		if !c.reported {
 			// No verdict was reached (e.g. a panic): give a probe slot back.
-			c.ticket.Cancel()
+			c.settle(noVerdict, breaker.Failure{})
 		}
 	}()
-	if upgradeType(r.Header) != "" {
-		p.upgrades.ServeHTTP(w, r.WithContext(c))
+	if upgrade != "" {
+		in := r.WithContext(httptrace.WithClientTrace(c, &c.trace))
+		if c.body != nil {
+			in.Body = c.body
+		}
+		p.upgrades.ServeHTTP(&upgradeWriter{ResponseWriter: w, idle: rt.StreamIdleTimeout}, in)
 		return
 	}
 	p.forward(w, r, c)

@@ -1,11 +1,14 @@
 package proxy
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httputil"
+	"time"
 
 	"golang.org/x/net/http/httpguts"
 )
@@ -47,6 +50,44 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.Host = ""
 	p.addVia(pr.Out.Header)
 	pr.SetXForwarded()
+}
+
+// upgradeWriter is the caller's ResponseWriter as ReverseProxy sees it on
+// an upgrade: the connection it hijacks writes under a deadline, renewed
+// per write, so that a caller that stops reading ends its upgraded
+// connection after one stream idle timeout. (Reads need none: the call's
+// idle timer closes the upstream's side, which ends both copies.)
+type upgradeWriter struct {
+	http.ResponseWriter
+	idle time.Duration
+}
+
+func (w *upgradeWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	// The 101 goes out through brw, straight to conn: under this deadline.
+	_ = conn.SetWriteDeadline(time.Now().Add(w.idle))
+	return &deadlineConn{Conn: conn, idle: w.idle}, brw, nil
+}
+
+// Unwrap lets ReverseProxy's ResponseController reach the server's writer
+// (to flush).
+func (w *upgradeWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// deadlineConn is a hijacked caller connection whose every write has a
+// deadline idle from its start.
+type deadlineConn struct {
+	net.Conn
+	idle time.Duration
+}
+
+func (c *deadlineConn) Write(p []byte) (int, error) {
+	if err := c.SetWriteDeadline(time.Now().Add(c.idle)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
 }
 
 // errUnaskedUpgrade is an upstream's 101 to a call that asked for none.
