@@ -24,6 +24,8 @@ const (
 	boolFlag flagKind = iota
 	// stringFlag is passed as --name=<value> when its value is not empty (empty: the manager's default).
 	stringFlag
+	// countFlag is passed as --name=<value> when its value is not 0 (0: the manager's default).
+	countFlag
 	// portFlag is always passed, as --name=:<port>; the container port of the same name follows it.
 	portFlag
 	// metricsAddressFlag is :<metrics.port>, or 0 (off) when metrics.enabled is false.
@@ -53,6 +55,10 @@ var managerFlags = []managerFlag{
 		"--allow-url-upstreams: allow spec.upstream.url (a development or single-tenant switch: a URL can point anywhere)"},
 	{"upstream-deny-cidrs", "manager.upstreamDenyCIDRs", stringFlag,
 		"--upstream-deny-cidrs: comma-separated ranges no Service upstream may reach (set it to the node and pod ranges)"},
+	{"max-concurrent-requests", "manager.maxConcurrentRequests", countFlag,
+		"--max-concurrent-requests: calls in flight through the proxy, all breakers together; beyond it 503; 0: sized from the memory limit"},
+	{"max-connections", "manager.maxConnections", countFlag,
+		"--max-connections: caller connections open to the proxy; beyond it new ones wait; 0: sized from the memory limit"},
 	{"cluster-domain", "manager.clusterDomain", stringFlag,
 		"--cluster-domain: the cluster's DNS domain; empty: cluster.local"},
 	{"notify-webhook", "manager.notifyWebhook", stringFlag,
@@ -94,7 +100,7 @@ func (c *chart) managerArgs(container map[string]any) ([]string, error) {
 				return nil, fmt.Errorf("config/manager passes %q; the chart expects --%s=:<port>", arg, name)
 			}
 			c.args[name] = strings.TrimPrefix(value, ":")
-		case stringFlag:
+		case stringFlag, countFlag:
 			c.args[name] = value
 		case secureFlag:
 			return nil, fmt.Errorf("config/manager passes %q; the chart only passes %s=false", arg, name)
@@ -121,6 +127,8 @@ func (f managerFlag) template() []string {
 		return []string{"{{- if " + v + " }}", "- --" + f.name, "{{- end }}"}
 	case stringFlag:
 		return []string{"{{- with " + v + " }}", `- {{ printf "--` + f.name + `=%s" . | quote }}`, "{{- end }}"}
+	case countFlag:
+		return []string{"{{- with " + v + " }}", "- --" + f.name + "={{ int64 . }}", "{{- end }}"}
 	case portFlag:
 		return []string{"- --" + f.name + "=:{{ " + v + " }}"}
 	case metricsAddressFlag:
@@ -149,6 +157,11 @@ func (c *chart) defaultValue(f managerFlag) string {
 	case secureFlag:
 		return "true"
 	case portFlag, metricsAddressFlag:
+		return value
+	case countFlag:
+		if value == "" {
+			return "0"
+		}
 		return value
 	default:
 		return fmt.Sprintf("%q", value)

@@ -76,6 +76,8 @@ func (c *chart) values() (string, error) {
 	flag(1, "apiBindAddress", "manager.apiBindAddress")
 	flag(1, "allowURLUpstreams", "manager.allowURLUpstreams")
 	flag(1, "upstreamDenyCIDRs", "manager.upstreamDenyCIDRs")
+	flag(1, "maxConcurrentRequests", "manager.maxConcurrentRequests")
+	flag(1, "maxConnections", "manager.maxConnections")
 	flag(1, "clusterDomain", "manager.clusterDomain")
 	flag(1, "notifyWebhook", "manager.notifyWebhook")
 	w(1, "More flags, after the ones above, e.g. [--zap-log-level=debug].", "extraArgs", []any{})

@@ -119,6 +119,7 @@ func TestValues(t *testing.T) {
 		"--set", "manager.notifyWebhook=https://hooks.example.com/cb",
 		"--set", "manager.upstreamDenyCIDRs=10.0.0.0/8\\,192.168.0.0/16",
 		"--set", "manager.proxy.port=9090",
+		"--set", "manager.maxConnections=20000",
 		"--set", "manager.extraArgs={--zap-log-level=debug}",
 		"--set", "metrics.enabled=false",
 		"--set", "crd.keep=false",
@@ -136,6 +137,7 @@ func TestValues(t *testing.T) {
 		"--allow-url-upstreams",
 		"--notify-webhook=https://hooks.example.com/cb",
 		"--upstream-deny-cidrs=10.0.0.0/8,192.168.0.0/16",
+		"--max-connections=20000",
 		"--zap-log-level=debug",
 	))
 	g.Expect(container["ports"]).To(ConsistOf(
