@@ -81,7 +81,7 @@ test-e2e: build build-installer ## Run the end-to-end tests: the real manager bi
 	KUBEBUILDER_ASSETS="$(ASSETS)" go test -tags e2e -race -timeout 15m -count 1 -v ./test/e2e/ -artifacts -outputdir $(LOCALBIN)/e2e-output
 
 .PHONY: test-helm
-test-helm: helm helm-chart ## Test the Helm chart: helm lint, its default render against dist/install.yaml object by object, a server-side apply to a local API server.
+test-helm: helm helm-chart ## Test the Helm chart: helm lint, the default render against dist/install.yaml object by object, server-side apply and helm install/upgrade/uninstall on a local API server.
 	HELM=$(HELM) KUSTOMIZE=$(KUSTOMIZE) KUBEBUILDER_ASSETS="$(ASSETS)" go test -tags helm -count 1 -timeout 10m -v ./test/helm/
 
 .PHONY: bench
