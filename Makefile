@@ -14,6 +14,8 @@ KUSTOMIZE_VERSION ?= v5.7.1
 KUSTOMIZE ?= $(LOCALBIN)/kustomize-$(KUSTOMIZE_VERSION)
 GOLANGCI_LINT_VERSION ?= v2.15.0
 GOLANGCI_LINT ?= $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
+HELM_VERSION ?= v4.3.2
+HELM ?= $(LOCALBIN)/helm-$(HELM_VERSION)
 # Where the locally built kube-apiserver and etcd live (see hack/control-plane.sh).
 ASSETS = $(shell hack/control-plane.sh)
 TEST_TIMEOUT ?= 20m
@@ -42,11 +44,11 @@ fmt: ## Run go fmt.
 	go fmt ./...
 
 .PHONY: vet
-vet: ## Run go vet, including the e2e package.
-	go vet -tags e2e ./...
+vet: ## Run go vet, including the e2e and Helm chart packages.
+	go vet -tags e2e,helm ./...
 
 .PHONY: lint
-lint: golangci-lint ## Run golangci-lint (.golangci.yml), e2e code included.
+lint: golangci-lint ## Run golangci-lint (.golangci.yml), e2e and Helm chart tests included.
 	$(GOLANGCI_LINT) run ./...
 
 .PHONY: lint-fix
@@ -83,6 +85,10 @@ test-e2e: build build-installer ## Run the end-to-end tests: the real manager bi
 	mkdir -p $(LOCALBIN)/e2e-output
 	KUBEBUILDER_ASSETS="$(ASSETS)" go test -tags e2e -race -timeout 15m -count 1 -v ./test/e2e/ -artifacts -outputdir $(LOCALBIN)/e2e-output
 
+.PHONY: test-helm
+test-helm: helm helm-chart ## Test the Helm chart: helm lint, the default render against dist/install.yaml object by object, server-side apply and helm install/upgrade/uninstall on a local API server.
+	HELM=$(HELM) KUSTOMIZE=$(KUSTOMIZE) KUBEBUILDER_ASSETS="$(ASSETS)" go test -tags helm -count 1 -timeout 10m -v ./test/helm/
+
 .PHONY: bench
 bench: ## Run the benchmarks of docs/benchmarks.md in interleaved rounds, with benchstat.
 	hack/bench.sh
@@ -97,8 +103,8 @@ bench-scale: build ## N CircuitBreakers on a local control plane: time to ready,
 	go run ./hack/bench-scale -n $(N)
 
 .PHONY: verify
-verify: tidy manifests generate fmt build-installer ## Regenerate everything (go.mod included) and fail if the tree changed.
-	@git diff --exit-code -- . || { echo "generated files are out of date: run 'make tidy manifests generate fmt build-installer' and commit"; exit 1; }
+verify: tidy manifests generate fmt build-installer helm-chart ## Regenerate everything (go.mod included) and fail if the tree changed.
+	@git diff --exit-code -- . || { echo "generated files are out of date: run 'make tidy manifests generate fmt build-installer helm-chart' and commit"; exit 1; }
 	@test -z "$$(git status --porcelain --untracked-files=all -- api config internal cmd dist)" || { git status --porcelain --untracked-files=all -- api config internal cmd dist; echo "untracked generated files: commit them"; exit 1; }
 
 ##@ Build
@@ -125,6 +131,10 @@ build-installer: manifests kustomize ## Write dist/install.yaml (namespace, CRD,
 	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
 	$(KUSTOMIZE) build config/install > dist/install.yaml
 	$(KUSTOMIZE) build config/network-policy > dist/network-policy.yaml
+
+.PHONY: helm-chart
+helm-chart: build-installer ## Write the Helm chart dist/chart from config/ (the kustomize builds of dist/install.yaml and the optional overlays).
+	go run ./hack/helmchart -kustomize $(KUSTOMIZE) -out dist/chart
 
 ##@ Deployment
 
@@ -166,3 +176,10 @@ $(CONTROLLER_GEN):
 	@mkdir -p $(LOCALBIN)
 	GOBIN=$(LOCALBIN) go install sigs.k8s.io/controller-tools/cmd/controller-gen@$(CONTROLLER_TOOLS_VERSION)
 	mv $(LOCALBIN)/controller-gen $(CONTROLLER_GEN)
+
+.PHONY: helm
+helm: $(HELM)
+$(HELM):
+	@mkdir -p $(LOCALBIN)
+	GOBIN=$(LOCALBIN) go install helm.sh/helm/v4/cmd/helm@$(HELM_VERSION)
+	mv $(LOCALBIN)/helm $(HELM)
