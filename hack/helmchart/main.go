@@ -285,6 +285,8 @@ func (c *chart) template(o object) (string, string, error) {
 		if err := c.deployment(o); err != nil {
 			return "", "", err
 		}
+	case "PriorityClass":
+		dir, short, condition = "manager", "priority-class", ".Values.priorityClass.create"
 	case "PodDisruptionBudget":
 		dir, short = "manager", "pod-disruption-budget"
 	case "Service":
@@ -446,9 +448,13 @@ func (c *chart) deployment(o object) error {
 		}
 		pod[key] = c.with(key, value)
 	}
+	// The install's own PriorityClass (priorityClass.create), unless a
+	// class is named.
 	pod["priorityClassName"] = c.block(func(indent string) string {
-		return indent + "{{- with .Values.manager.priorityClassName }}\n" +
-			indent + "priorityClassName: {{ . | quote }}\n" +
+		return indent + "{{- if .Values.manager.priorityClassName }}\n" +
+			indent + "priorityClassName: {{ .Values.manager.priorityClassName | quote }}\n" +
+			indent + "{{- else if .Values.priorityClass.create }}\n" +
+			indent + "priorityClassName: " + c.resourceName("critical") + "\n" +
 			indent + "{{- end }}\n"
 	})
 	c.terminationGracePeriodSeconds = pod["terminationGracePeriodSeconds"]
