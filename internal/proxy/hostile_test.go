@@ -532,7 +532,7 @@ func TestCallersThatStopReadingLetGo(t *testing.T) {
 		// upgrade: the call is a WebSocket upgrade, flooded after the 101.
 		upgrade bool
 	}{
-		{name: "an 8 MiB answer"},
+		{name: "a 64 MiB answer"},
 		{name: "an upgraded connection", upgrade: true},
 	}
 	for _, tt := range tests {
@@ -544,8 +544,8 @@ func TestCallersThatStopReadingLetGo(t *testing.T) {
 					return
 				}
 				if r.Header.Get("Upgrade") == "" {
-					w.Header().Set("Content-Length", strconv.Itoa(128*len(flood)))
-					for range 128 {
+					w.Header().Set("Content-Length", strconv.Itoa(1024*len(flood)))
+					for range 1024 { // 64 MiB: more than loopback's socket buffers hold
 						if _, err := w.Write(flood); err != nil {
 							return
 						}

@@ -18,7 +18,7 @@ import (
 )
 
 // hostileCallersStep drives the real manager with callers that hold what
-// they can: ones that never read an 8 MiB answer, and ones that ask for
+// they can: ones that never read a 64 MiB answer, and ones that ask for
 // 100 Continue from an upstream that wants no body.
 func hostileCallersStep(t *testing.T, g Gomega, c *cluster) {
 	chunk := bytes.Repeat([]byte("x"), 64<<10)
@@ -27,8 +27,8 @@ func hostileCallersStep(t *testing.T, g Gomega, c *cluster) {
 			_, _ = io.WriteString(w, "ok") // without reading any body
 			return
 		}
-		w.Header().Set("Content-Length", strconv.Itoa(128*len(chunk)))
-		for range 128 {
+		w.Header().Set("Content-Length", strconv.Itoa(1024*len(chunk)))
+		for range 1024 { // 64 MiB: more than loopback's socket buffers hold
 			if _, err := w.Write(chunk); err != nil {
 				return
 			}
