@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // ResetAnnotation resets a breaker once for each new value it is given.
@@ -140,6 +141,46 @@ type CircuitBreakerSpec struct {
 	// it they get 503 with a JSON error.
 	// +optional
 	Fallback *Fallback `json:"fallback,omitempty"`
+
+	// EndpointEjection takes a Service upstream's failing endpoints out of
+	// its balancing for a while, below the breaker (which still counts
+	// every call). Off when absent.
+	// +optional
+	EndpointEjection *EndpointEjection `json:"endpointEjection,omitempty"`
+}
+
+// EndpointEjection is per-endpoint outlier ejection.
+// +kubebuilder:validation:XValidation:rule="duration(has(self.maxEjectionTime) ? self.maxEjectionTime : '5m') >= duration(has(self.baseEjectionTime) ? self.baseEjectionTime : '30s')",message="maxEjectionTime must be at least baseEjectionTime",fieldPath=".maxEjectionTime"
+type EndpointEjection struct {
+	// ConsecutiveFailures in a row of one endpoint (connection errors,
+	// timeouts, failureStatusCodes) eject it.
+	// +kubebuilder:default=5
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=1000
+	// +optional
+	ConsecutiveFailures int32 `json:"consecutiveFailures,omitempty"`
+
+	// BaseEjectionTime is how long the first ejection in a row lasts; the
+	// n-th lasts n times as long.
+	// +kubebuilder:default="30s"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('1h')",message="baseEjectionTime must be between 1s and 1h"
+	// +optional
+	BaseEjectionTime *metav1.Duration `json:"baseEjectionTime,omitempty"`
+
+	// MaxEjectionTime caps an ejection.
+	// +kubebuilder:default="5m"
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1s') && duration(self) <= duration('24h')",message="maxEjectionTime must be between 1s and 24h"
+	// +optional
+	MaxEjectionTime *metav1.Duration `json:"maxEjectionTime,omitempty"`
+
+	// MaxEjectionPercent of the usable endpoints may be ejected at once
+	// ((ejected+1)/endpoints at most this); one endpoint of two or more may
+	// always be.
+	// +kubebuilder:default=50
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	// +optional
+	MaxEjectionPercent int32 `json:"maxEjectionPercent,omitempty"`
 }
 
 // Upstream is exactly one of a Service in the breaker's namespace or a URL.
@@ -166,10 +207,12 @@ type ServiceUpstream struct {
 	// +kubebuilder:validation:Pattern=`^[a-z]([-a-z0-9]*[a-z0-9])?$`
 	Name string `json:"name"`
 
-	// Port of the Service.
-	// +kubebuilder:validation:Minimum=1
-	// +kubebuilder:validation:Maximum=65535
-	Port int32 `json:"port"`
+	// Port of the Service: its number, or its name. The proxy dials the
+	// Service's endpoints (from its EndpointSlices) at the port of the same
+	// name in each slice, never the Service's cluster IP.
+	// +kubebuilder:validation:XIntOrString
+	// +kubebuilder:validation:XValidation:rule="type(self) == int ? (self >= 1 && self <= 65535) : (size(self) >= 1 && size(self) <= 63 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))",message="upstream.service.port must be a port number (1..65535) or a port name"
+	Port intstr.IntOrString `json:"port"`
 
 	// Scheme is http or https. An https Service upstream is refused (Stalled,
 	// InvalidUpstream) until the upstream can name the CA to trust.
@@ -290,7 +333,7 @@ type CircuitBreakerStatus struct {
 	OpenUntil *metav1.Time `json:"openUntil,omitempty"`
 
 	// LastOpenReason is the rule that last opened the circuit.
-	// +kubebuilder:validation:Enum=ConsecutiveFailures;FailureRate;SlowCallRate;UpstreamRetryAfter;ProbeFailed;Forced
+	// +kubebuilder:validation:Enum=ConsecutiveFailures;FailureRate;SlowCallRate;UpstreamRetryAfter;ProbeFailed;Forced;NoReadyEndpoints
 	// +optional
 	LastOpenReason string `json:"lastOpenReason,omitempty"`
 
@@ -332,6 +375,11 @@ type CircuitBreakerStatus struct {
 	// +optional
 	OpenReplicas string `json:"openReplicas,omitempty"`
 
+	// Endpoints is a Service upstream's endpoints as the leader's proxy
+	// sees them.
+	// +optional
+	Endpoints *EndpointsStatus `json:"endpoints,omitempty"`
+
 	// Conditions hold Ready (True: serving as specified; False with a
 	// PascalCase reason and a message) and Stalled (True, with the same
 	// reason, while the spec cannot be served).
@@ -339,6 +387,36 @@ type CircuitBreakerStatus struct {
 	// +listMapKey=type
 	// +optional
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// EndpointsStatus counts a Service upstream's endpoints.
+type EndpointsStatus struct {
+	// Ready is how many endpoints the proxy may use: the ready ones, else
+	// (none ready) the serving and terminating ones.
+	Ready int32 `json:"ready"`
+	// Ejected is how many of those are ejected now.
+	Ejected int32 `json:"ejected"`
+	// Summary is "<usable>/<ready>", for kubectl's ENDPOINTS column.
+	// +kubebuilder:validation:MaxLength=24
+	// +optional
+	Summary string `json:"summary,omitempty"`
+	// EjectedEndpoints are the endpoints ejected now.
+	// +kubebuilder:validation:MaxItems=32
+	// +optional
+	EjectedEndpoints []EjectedEndpoint `json:"ejectedEndpoints,omitempty"`
+}
+
+// EjectedEndpoint is one endpoint out of the balancing until a time.
+type EjectedEndpoint struct {
+	// Address is the endpoint's IP.
+	// +kubebuilder:validation:MaxLength=64
+	Address string `json:"address"`
+	// Pod is the slice's targetRef name, if it names a Pod.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	Pod string `json:"pod,omitempty"`
+	// Until is when it may be called again.
+	Until metav1.Time `json:"until"`
 }
 
 // ReplicaStatus is one replica's view of the breaker.
@@ -399,6 +477,7 @@ type TransitionRecord struct {
 // +kubebuilder:printcolumn:name="Timeout",type=string,JSONPath=`.spec.recoveryTimeout`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 // +kubebuilder:printcolumn:name="Replicas",type=string,JSONPath=`.status.openReplicas`,description="replicas that have the circuit open, of the replicas with a view"
+// +kubebuilder:printcolumn:name="Endpoints",type=string,JSONPath=`.status.endpoints.summary`,description="usable endpoints of the ready ones (Service upstreams)"
 // +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.spec.mode`
 // +kubebuilder:printcolumn:name="Upstream",type=string,JSONPath=`.status.upstream`,priority=1
 type CircuitBreaker struct {

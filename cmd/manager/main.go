@@ -17,7 +17,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/selection"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
@@ -150,7 +153,12 @@ func run() error {
 		// managedFields, and of each Service only what an upstream needs.
 		Cache: cache.Options{
 			DefaultTransform: cache.TransformStripManagedFields(),
-			ByObject:         map[client.Object]cache.ByObject{&corev1.Service{}: {Transform: controller.TrimService}},
+			ByObject: map[client.Object]cache.ByObject{
+				&corev1.Service{}: {Transform: controller.TrimService},
+				// Only slices that belong to a Service, trimmed to what
+				// the endpoints rules read.
+				&discoveryv1.EndpointSlice{}: {Label: sliceOfService, Transform: controller.TrimEndpointSlice},
+			},
 		},
 		HealthProbeBindAddress: probeAddr,
 		// Leader election is internal/leader's: controller-runtime's would
@@ -202,6 +210,15 @@ func run() error {
 	setupLog.Info("starting manager")
 	return mgr.Start(ctrl.SetupSignalHandler())
 }
+
+// sliceOfService selects the EndpointSlices that name their Service.
+var sliceOfService = func() labels.Selector {
+	req, err := labels.NewRequirement(discoveryv1.LabelServiceName, selection.Exists, nil)
+	if err != nil {
+		panic(err) // a constant requirement
+	}
+	return labels.NewSelector().Add(*req)
+}()
 
 // replicaName names this replica in the status: the pod's name (POD_NAME,
 // from the downward API), else the host's.

@@ -83,7 +83,9 @@ func (c *chart) values() (string, error) {
 	w(1, "More flags, after the ones above, e.g. [--zap-log-level=debug].", "extraArgs", []any{})
 	w(1, "More environment variables of the manager container.", "env", []any{})
 	b.WriteString("\n")
-	w(1, "Memory: about 56 MiB plus 6.6 KiB per breaker, and a quarter of the limit for calls in\nflight, an eighth for connections (the manager sizes its bounds from it); request = limit,\nno CPU limit (CFS throttling stalls calls). See the README's sizing table.", "resources", c.resources)
+	w(1, "Memory: about 56 MiB plus 6.6 KiB per breaker, and a quarter of the limit for calls in\n"+
+		"flight, an eighth for connections (the manager sizes its bounds from it); request = limit,\n"+
+		"no CPU limit (CFS throttling stalls calls). See the README's sizing table.", "resources", c.resources)
 	w(1, "", "podSecurityContext", c.podSecurityContext)
 	w(1, "", "securityContext", c.securityContext)
 	w(1, "One replica per node and zone where the cluster allows it.", "topologySpreadConstraints", c.topologySpreadConstraints)

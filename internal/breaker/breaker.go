@@ -126,6 +126,8 @@ type Breaker struct {
 	window           *window
 	consecutiveOpens uint32
 	lastOpenReason   OpenReason
+	// noEndpoints holds the circuit open: its upstream has no endpoint.
+	noEndpoints bool
 }
 
 // Options are the optional hooks of a Breaker. Both are called without any
@@ -327,7 +329,7 @@ func WholeSecondsUntil(t, now time.Time) int64 {
 // halfOpenIfDueLocked moves an Open breaker whose recovery timeout has
 // passed to HalfOpen, and returns that transition (nil if not yet due).
 func (b *Breaker) halfOpenIfDueLocked() *Transition {
-	if b.settings.Mode == ModeForcedOpen {
+	if b.settings.Mode == ModeForcedOpen || b.noEndpoints {
 		return nil
 	}
 	now := b.clock.Now()

@@ -104,13 +104,13 @@ func TestRegistryRestore(t *testing.T) {
 		{
 			name:      "a forged openUntil years ahead lasts no longer than the settings allow",
 			saved:     Snapshot{State: StateOpen, LastTransitionTime: epoch.Add(-time.Second), OpenUntil: epoch.AddDate(10, 0, 0)},
-			advance:   29 * time.Second,
+			advance:   30 * time.Second, // the recovery timeout, and a second of the status's rounding
 			wantState: StateHalfOpen,
 		},
 		{
 			name:      "a transition from the future happened now",
 			saved:     Snapshot{State: StateOpen, LastTransitionTime: epoch.AddDate(1, 0, 0), OpenUntil: epoch.AddDate(1, 0, 0).Add(30 * time.Second)},
-			advance:   30 * time.Second,
+			advance:   31 * time.Second,
 			wantState: StateHalfOpen,
 		},
 		{

@@ -108,7 +108,9 @@ func (b *Breaker) restore(s Snapshot) {
 		if s.OpenUntil.IsZero() {
 			b.openUntil = at.Add(b.settings.RecoveryTimeout)
 		}
-		b.openUntil = b.clampOpenUntilLocked(at, b.openUntil)
+		// A status keeps whole seconds (the transition rounded down, the
+		// opening's end up): a second of slack for that.
+		b.openUntil = b.clampOpenUntilLocked(at.Add(time.Second), b.openUntil)
 	}
 	b.lastOpenReason = s.LastOpenReason
 	b.consecutiveOpens = s.ConsecutiveOpens

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -28,7 +29,7 @@ func newCircuitBreaker(namespace, name string, mutate ...func(*cbv1.CircuitBreak
 	cb := &cbv1.CircuitBreaker{
 		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
 		Spec: cbv1.CircuitBreakerSpec{
-			Upstream: cbv1.Upstream{Service: &cbv1.ServiceUpstream{Name: "order-api", Port: 8080}},
+			Upstream: cbv1.Upstream{Service: &cbv1.ServiceUpstream{Name: "order-api", Port: intstr.FromInt32(8080)}},
 		},
 	}
 	for _, m := range mutate {
@@ -138,7 +139,7 @@ func TestCreateIsClosedAndObserved(t *testing.T) {
 		g.Expect(cb.Status.State).To(Equal(cbv1.StateClosed))
 		g.Expect(cb.Status.ObservedGeneration).To(Equal(cb.Generation))
 		g.Expect(cb.Status.FailureCount).To(BeZero())
-		g.Expect(cb.Status.Upstream).To(Equal("http://order-api."+ns+".svc.cluster.local.:8080"), "a fully qualified name: no search path")
+		g.Expect(cb.Status.Upstream).To(Equal("http://order-api."+ns+".svc.cluster.local:8080"), "the Service by name: its endpoints are dialled by address")
 		ready := meta.FindStatusCondition(cb.Status.Conditions, cbv1.ConditionReady)
 		g.Expect(ready).NotTo(BeNil())
 		g.Expect(ready.Status).To(Equal(metav1.ConditionTrue))
@@ -164,7 +165,7 @@ func TestCreateIsClosedAndObserved(t *testing.T) {
 		HaveKey("Age"),
 		Not(HaveKey("Upstream")),
 	))
-	g.Expect(tableRow(g, ns, "order-api", true)).To(HaveKeyWithValue("Upstream", "http://order-api."+ns+".svc.cluster.local.:8080"))
+	g.Expect(tableRow(g, ns, "order-api", true)).To(HaveKeyWithValue("Upstream", "http://order-api."+ns+".svc.cluster.local:8080"))
 }
 
 func TestTrafficTransitionsReachTheStatus(t *testing.T) {
@@ -403,8 +404,14 @@ func TestInvalidSpecsAreRefused(t *testing.T) {
 			want: []string{"spec.upstream.url", "upstream.url must be an absolute http or https URL"}},
 		{name: "service scheme", mutate: func(cb *cbv1.CircuitBreaker) { cb.Spec.Upstream.Service.Scheme = "tcp" },
 			want: []string{"spec.upstream.service.scheme", "Unsupported value"}},
-		{name: "service port 0", mutate: func(cb *cbv1.CircuitBreaker) { cb.Spec.Upstream.Service.Port = 0 },
-			want: []string{"spec.upstream.service.port", "should be greater than or equal to 1"}},
+		{name: "service port 0", mutate: func(cb *cbv1.CircuitBreaker) { cb.Spec.Upstream.Service.Port = intstr.FromInt32(0) },
+			want: []string{"spec.upstream.service.port", "upstream.service.port must be a port number (1..65535) or a port name"}},
+		{name: "service port name not a name", mutate: func(cb *cbv1.CircuitBreaker) { cb.Spec.Upstream.Service.Port = intstr.FromString("Web_Port") },
+			want: []string{"spec.upstream.service.port", "upstream.service.port must be a port number (1..65535) or a port name"}},
+		{name: "endpointEjection percent 0", spec: map[string]any{"endpointEjection": map[string]any{"maxEjectionPercent": 0}},
+			want: []string{"spec.endpointEjection.maxEjectionPercent", "should be greater than or equal to 1"}},
+		{name: "endpointEjection max below base", spec: map[string]any{"endpointEjection": map[string]any{"baseEjectionTime": "2m", "maxEjectionTime": "1m"}},
+			want: []string{"spec.endpointEjection.maxEjectionTime", "maxEjectionTime must be at least baseEjectionTime"}},
 		{name: "service name", mutate: func(cb *cbv1.CircuitBreaker) { cb.Spec.Upstream.Service.Name = "Order_API" },
 			want: []string{"spec.upstream.service.name", "should match"}},
 		{name: "fallback status code", mutate: func(cb *cbv1.CircuitBreaker) { cb.Spec.Fallback = &cbv1.Fallback{StatusCode: 99} },

@@ -75,7 +75,7 @@ func TestServiceUpstreamsAreRead(t *testing.T) {
 				g.Eventually(func(g Gomega) {
 					cb := getBreaker(g, ns, "cb")
 					g.Expect(meta.IsStatusConditionTrue(cb.Status.Conditions, cbv1.ConditionReady)).To(BeTrue())
-					g.Expect(cb.Status.Upstream).To(Equal("http://backend." + ns + ".svc.cluster.local.:8080"))
+					g.Expect(cb.Status.Upstream).To(Equal("http://backend." + ns + ".svc.cluster.local:8080"))
 				}).Should(Succeed())
 			}
 		})

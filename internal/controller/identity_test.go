@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	clientevents "k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -194,7 +195,7 @@ func TestRefusedSpecIsStalledUntilFixed(t *testing.T) {
 	createService(t, ns, "ext")
 	cb := getBreaker(g, ns, "ext")
 	patch := client.MergeFrom(cb.DeepCopy())
-	cb.Spec.Upstream = cbv1.Upstream{Service: &cbv1.ServiceUpstream{Name: "ext", Port: 8443, Scheme: "http"}}
+	cb.Spec.Upstream = cbv1.Upstream{Service: &cbv1.ServiceUpstream{Name: "ext", Port: intstr.FromInt32(8080), Scheme: "http"}}
 	g.Expect(k8sClient.Patch(ctx, cb, patch)).To(Succeed())
 	g.Eventually(func(g Gomega) {
 		cb := getBreaker(g, ns, "ext")

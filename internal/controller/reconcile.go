@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strconv"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/types"
@@ -15,6 +17,7 @@ import (
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
 
 // +kubebuilder:rbac:groups=circuitbreaker.io,resources=circuitbreakers,verbs=get;list;watch
@@ -61,13 +64,60 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 	snap := b.Snapshot()
 	r.announce(ctx, &cb, key, b, snap)
 	recordServing(status, &cb, cfg, snap, resetRefused)
+	ejectedUntil := recordEndpoints(status, cfg, r.routes.Endpoints(key))
 	if err := r.writeOwnEntry(ctx, key, &cb, snap); err != nil {
 		return ctrl.Result{}, err
 	}
 	if err := r.writeFleetView(ctx, &cb, snap, status); err != nil {
 		return ctrl.Result{}, err
 	}
-	return ctrl.Result{RequeueAfter: requeueAfter(snap)}, nil
+	requeue := requeueAfter(snap)
+	if !ejectedUntil.IsZero() {
+		// The status shows the ejection's end when it comes.
+		if d := max(ejectedUntil.Sub(snap.At), minRequeue); requeue == 0 || d < requeue {
+			requeue = d
+		}
+	}
+	return ctrl.Result{RequeueAfter: requeue}, nil
+}
+
+// maxEjectedShown bounds status.endpoints.ejectedEndpoints (the schema's).
+const maxEjectedShown = 32
+
+// recordEndpoints puts a Service upstream's endpoints, as this replica's
+// proxy sees them, into status, and returns the soonest end of an
+// ejection (zero when none).
+func recordEndpoints(status *cbv1.CircuitBreakerStatus, cfg runtimeConfig, views []proxy.EndpointView) time.Time {
+	if cfg.route.Host == "" {
+		status.Endpoints = nil
+		return time.Time{}
+	}
+	e := &cbv1.EndpointsStatus{Ready: int32(len(cfg.route.Endpoints))}
+	var soonest time.Time
+	for _, v := range views {
+		if v.EjectedUntil.IsZero() {
+			continue
+		}
+		e.Ejected++
+		if soonest.IsZero() || v.EjectedUntil.Before(soonest) {
+			soonest = v.EjectedUntil
+		}
+		if len(e.EjectedEndpoints) < maxEjectedShown {
+			e.EjectedEndpoints = append(e.EjectedEndpoints, cbv1.EjectedEndpoint{
+				Address: v.Addr.Addr().String(), Pod: v.Pod, Until: *wholeSeconds(v.EjectedUntil, true)})
+		}
+	}
+	e.Summary = strconv.Itoa(int(e.Ready-e.Ejected)) + "/" + strconv.Itoa(int(e.Ready))
+	status.Endpoints = e
+	return soonest
+}
+
+// EndpointEjected is the proxy's word that key's endpoint e is out of the
+// balancing until until: logged, and the status shows it.
+func (r *Reconciler) EndpointEjected(key breaker.Key, e proxy.Endpoint, until time.Time) {
+	namespace, name := key.Split()
+	ctrl.Log.WithName("controller").Info("endpoint ejected", "namespace", namespace, "name", name, "address", e.Addr.String(), "pod", e.Pod, "until", until)
+	r.enqueue(key)
 }
 
 // handleReset acts on the reset annotation, or reports once why it does
@@ -151,7 +201,11 @@ func (r *Reconciler) serve(ctx context.Context, key breaker.Key, cb *cbv1.Circui
 	if err != nil {
 		return nil, runtimeConfig{}, nil, err
 	}
-	cfg, refused := translate(cb, svc, r.opts)
+	slices, err := r.upstreamSlices(ctx, cb)
+	if err != nil {
+		return nil, runtimeConfig{}, nil, err
+	}
+	cfg, refused := translate(cb, svc, slices, r.opts)
 	if refused != nil {
 		code := http.StatusServiceUnavailable
 		if refused.stalled {
@@ -166,8 +220,26 @@ func (r *Reconciler) serve(ctx context.Context, key breaker.Key, cb *cbv1.Circui
 	if created {
 		ctrl.LoggerFrom(ctx).V(1).Info("breaker created", "namespace", cb.Namespace, "name", cb.Name, "state", statusStates[b.Snapshot().State])
 	}
+	if cb.Spec.Upstream.Service != nil {
+		// Before the route: a call it takes finds the circuit open already.
+		b.SetEndpointsUsable(len(cfg.route.Endpoints) > 0)
+	}
 	r.routes.Set(key, b, cfg.route)
 	return b, cfg, nil, nil
+}
+
+// upstreamSlices returns the EndpointSlices of the Service cb's upstream
+// names (none for a URL upstream).
+func (r *Reconciler) upstreamSlices(ctx context.Context, cb *cbv1.CircuitBreaker) ([]discoveryv1.EndpointSlice, error) {
+	up := cb.Spec.Upstream.Service
+	if up == nil {
+		return nil, nil
+	}
+	var list discoveryv1.EndpointSliceList
+	if err := r.client.List(ctx, &list, client.InNamespace(cb.Namespace), client.MatchingLabels{discoveryv1.LabelServiceName: up.Name}); err != nil {
+		return nil, err
+	}
+	return list.Items, nil
 }
 
 // refuse says in the conditions why cb cannot be served.

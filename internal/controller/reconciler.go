@@ -35,6 +35,8 @@ const (
 	ReasonUpstreamNotAllowed = "UpstreamNotAllowed"
 	ReasonInvalidSpec        = "InvalidSpec"
 	ReasonServiceNotFound    = "ServiceNotFound"
+	// ReasonPortNotFound: the Service has no port of that number or name.
+	ReasonPortNotFound = "PortNotFound"
 )
 
 // CountsFlushInterval is how often failure counts that changed without a

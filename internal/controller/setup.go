@@ -4,9 +4,10 @@ import (
 	"context"
 	"time"
 
-	"golang.org/x/time/rate"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
@@ -76,6 +77,16 @@ func (r *Reconciler) breakersOfService(ctx context.Context, svc client.Object) [
 	return requests
 }
 
+// breakersOfSlice maps an EndpointSlice to the breakers of its Service.
+func (r *Reconciler) breakersOfSlice(ctx context.Context, slice client.Object) []reconcile.Request {
+	name := slice.GetLabels()[discoveryv1.LabelServiceName]
+	if name == "" {
+		return nil
+	}
+	svc := &metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{Namespace: slice.GetNamespace(), Name: name}}
+	return r.breakersOfService(ctx, svc)
+}
+
 // replicaIndex indexes CircuitBreakers by the replicas that have entries in
 // their status, so the entries of a replica that is gone are found.
 const replicaIndex = "status.replicas.name"
@@ -121,6 +132,18 @@ func (r *Reconciler) othersChanged() predicate.Predicate {
 			return (hadSelf && !hasSelf) || !equality.Semantic.DeepEqual(before, after)
 		},
 	}
+}
+
+// RetryLimiter paces the retries of failed reconciles (an API server that
+// went away): each breaker backs off on its own from 5 ms to
+// maxRetryDelay, so every failed status write is retried at least every
+// 5 s however many breakers failed at once. There is no shared token
+// bucket (controller-runtime's default has one of 10/s, burst 100): with
+// 10,000 failures at once, its last retry would wait about 16 minutes.
+// The API server protects itself (API Priority and Fairness), as
+// controller-runtime expects, whose client has no rate limit of its own.
+func RetryLimiter() workqueue.TypedRateLimiter[reconcile.Request] {
+	return workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](5*time.Millisecond, maxRetryDelay)
 }
 
 func (r *Reconciler) enqueue(key breaker.Key) {
@@ -174,6 +197,9 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// A Service appearing, going or changing its type changes what the
 		// breakers that name it may do.
 		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.breakersOfService)).
+		// Its endpoints changing changes where the calls go, and whether
+		// there is anywhere at all.
+		Watches(&discoveryv1.EndpointSlice{}, handler.EnqueueRequestsFromMapFunc(r.breakersOfSlice)).
 		WatchesRawSource(source.Func(func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
 			r.queue.Store(&q)
 			return nil
@@ -186,13 +212,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 			MaxConcurrentReconciles: 32,
 			// Every replica's proxy needs live breakers, not just the leader's.
 			NeedLeaderElection: ptr.To(false),
-			// Failed status writes (an API server that went away) are retried
-			// at least every maxRetryDelay, so the status converges soon after
-			// it returns; the default would back off to 16 minutes.
-			RateLimiter: workqueue.NewTypedMaxOfRateLimiter(
-				workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](5*time.Millisecond, maxRetryDelay),
-				&workqueue.TypedBucketRateLimiter[reconcile.Request]{Limiter: rate.NewLimiter(rate.Limit(10), 100)},
-			),
+			RateLimiter:        RetryLimiter(),
 		}).
 		Complete(r)
 }

@@ -4,13 +4,17 @@ import (
 	"fmt"
 	"mime"
 	"net"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
@@ -56,7 +60,7 @@ type refusal struct {
 // upstream names (nil if missing or not a Service upstream). Everything is
 // validated before anything is created, so a spec that cannot be served is
 // refused whole, never half applied.
-func translate(cb *cbv1.CircuitBreaker, svc *corev1.Service, opts Options) (runtimeConfig, *refusal) {
+func translate(cb *cbv1.CircuitBreaker, svc *corev1.Service, slices []discoveryv1.EndpointSlice, opts Options) (runtimeConfig, *refusal) {
 	spec := &cb.Spec
 	target, why := upstreamURL(cb, svc, opts)
 	if why != nil {
@@ -88,6 +92,12 @@ func translate(cb *cbv1.CircuitBreaker, svc *corev1.Service, opts Options) (runt
 			FailureCodes:      failureCodes,
 		},
 	}
+	if up := spec.Upstream.Service; up != nil {
+		port, _ := servicePort(svc, up.Port) // upstreamURL found it
+		cfg.route.Host = target.Host
+		cfg.route.Endpoints = serviceEndpoints(slices, port.Name)
+		cfg.route.Ejection = ejection(spec.EndpointEjection)
+	}
 	policy(spec, &cfg.settings)
 	if cfg.route.MaxConcurrent <= 0 {
 		cfg.route.MaxConcurrent = defaultMaxConcurrentRequests
@@ -110,6 +120,35 @@ func translate(cb *cbv1.CircuitBreaker, svc *corev1.Service, opts Options) (runt
 		cfg.route.Fallback = &proxy.Fallback{StatusCode: status, ContentType: fb.ContentType, Body: []byte(fb.Body)}
 	}
 	return cfg, nil
+}
+
+// Defaults of spec.endpointEjection, the same as the schema's.
+const (
+	defaultEjectionFailures = 5
+	defaultEjectionBase     = 30 * time.Second
+	defaultEjectionMax      = 5 * time.Minute
+	defaultEjectionPercent  = 50
+)
+
+// ejection translates spec.endpointEjection; nil when absent.
+func ejection(e *cbv1.EndpointEjection) *proxy.Ejection {
+	if e == nil {
+		return nil
+	}
+	p := &proxy.Ejection{
+		ConsecutiveFailures: uint32(max(e.ConsecutiveFailures, 0)),
+		BaseTime:            durationOr(e.BaseEjectionTime, defaultEjectionBase),
+		MaxTime:             durationOr(e.MaxEjectionTime, defaultEjectionMax),
+		MaxPercent:          int(e.MaxEjectionPercent),
+	}
+	if p.ConsecutiveFailures == 0 {
+		p.ConsecutiveFailures = defaultEjectionFailures
+	}
+	if p.MaxPercent <= 0 {
+		p.MaxPercent = defaultEjectionPercent
+	}
+	p.MaxTime = max(p.MaxTime, p.BaseTime)
+	return p
 }
 
 // Defaults of the policy fields, the same as the schema's.
@@ -178,12 +217,19 @@ func upstreamURL(cb *cbv1.CircuitBreaker, svc *corev1.Service, opts Options) (*u
 					"for a cluster CA, so every call would fail; use scheme http, or a URL upstream with --allow-url-upstreams",
 					cb.Namespace, up.Service.Name)}
 		}
+		port, ok := servicePort(svc, up.Service.Port)
+		if !ok {
+			return nil, &refusal{reason: ReasonPortNotFound,
+				message: fmt.Sprintf("Service %s/%s has no TCP port %s: calls are answered 503 until it has", cb.Namespace, up.Service.Name, up.Service.Port.String())}
+		}
 		domain := strings.Trim(opts.ClusterDomain, ".")
 		if domain == "" {
 			domain = DefaultClusterDomain
 		}
-		host := fmt.Sprintf("%s.%s.svc.%s.", up.Service.Name, cb.Namespace, domain)
-		return &url.URL{Scheme: scheme, Host: net.JoinHostPort(host, strconv.Itoa(int(up.Service.Port)))}, nil
+		// Calls are dialled at the endpoints' addresses; this names them
+		// (the Host header, the status).
+		host := fmt.Sprintf("%s.%s.svc.%s", up.Service.Name, cb.Namespace, domain)
+		return &url.URL{Scheme: scheme, Host: net.JoinHostPort(host, strconv.Itoa(int(port.Port)))}, nil
 	case up.URL != "" && up.Service == nil:
 		if !opts.AllowURLUpstreams {
 			return nil, &refusal{reason: ReasonUpstreamNotAllowed, stalled: true,
@@ -243,7 +289,7 @@ func durationOr(d *metav1.Duration, fallback time.Duration) time.Duration {
 }
 
 // TrimService is the cache's transform for Services: an upstream needs a
-// Service's identity and type, not its annotations, labels, ports or
+// Service's identity, type and ports, not its annotations, labels or
 // managed fields, and a cluster may have many Services.
 func TrimService(obj any) (any, error) {
 	svc, ok := obj.(*corev1.Service)
@@ -256,6 +302,105 @@ func TrimService(obj any) (any, error) {
 			Namespace: svc.Namespace, Name: svc.Name, UID: svc.UID, ResourceVersion: svc.ResourceVersion,
 			Generation: svc.Generation, DeletionTimestamp: svc.DeletionTimestamp,
 		},
-		Spec: corev1.ServiceSpec{Type: svc.Spec.Type},
+		Spec: corev1.ServiceSpec{Type: svc.Spec.Type, Ports: svc.Spec.Ports},
 	}, nil
+}
+
+// TrimEndpointSlice is the cache's transform for EndpointSlices: of each,
+// what the endpoints rules read (addresses, conditions, the Pod's name,
+// the ports), and the label that names its Service.
+func TrimEndpointSlice(obj any) (any, error) {
+	slice, ok := obj.(*discoveryv1.EndpointSlice)
+	if !ok {
+		return obj, nil
+	}
+	trimmed := &discoveryv1.EndpointSlice{
+		TypeMeta: slice.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: slice.Namespace, Name: slice.Name, UID: slice.UID, ResourceVersion: slice.ResourceVersion,
+			Labels: map[string]string{discoveryv1.LabelServiceName: slice.Labels[discoveryv1.LabelServiceName]},
+		},
+		AddressType: slice.AddressType,
+		Ports:       slice.Ports,
+		Endpoints:   make([]discoveryv1.Endpoint, len(slice.Endpoints)),
+	}
+	for i, e := range slice.Endpoints {
+		trimmed.Endpoints[i] = discoveryv1.Endpoint{Addresses: e.Addresses, Conditions: e.Conditions}
+		if ref := e.TargetRef; ref != nil && ref.Kind == "Pod" {
+			trimmed.Endpoints[i].TargetRef = &corev1.ObjectReference{Kind: "Pod", Name: ref.Name}
+		}
+	}
+	return trimmed, nil
+}
+
+// serviceEndpoints is the endpoints rule, kube-proxy's: of the slices of a
+// Service, the endpoints at the slice port named as the Service's port
+// (each slice's own number), deduplicated by address and port; the ready
+// ones, or, when none is, the serving and terminating ones. A nil
+// condition reads as ready and serving, not terminating. Only IPv4 and
+// IPv6 slices count, and an endpoint's first address.
+func serviceEndpoints(slices []discoveryv1.EndpointSlice, portName string) []proxy.Endpoint {
+	seen := map[netip.AddrPort]bool{}
+	var ready, fallback []proxy.Endpoint
+	for i := range slices {
+		slice := &slices[i]
+		if slice.AddressType != discoveryv1.AddressTypeIPv4 && slice.AddressType != discoveryv1.AddressTypeIPv6 {
+			continue
+		}
+		var port int32
+		for _, p := range slice.Ports {
+			if p.Port != nil && ptr.Deref(p.Name, "") == portName && (p.Protocol == nil || *p.Protocol == corev1.ProtocolTCP) {
+				port = *p.Port
+				break
+			}
+		}
+		if port <= 0 || port > 65535 {
+			continue
+		}
+		for _, e := range slice.Endpoints {
+			if len(e.Addresses) == 0 {
+				continue
+			}
+			addr, err := netip.ParseAddr(e.Addresses[0])
+			if err != nil {
+				continue
+			}
+			ap := netip.AddrPortFrom(addr.Unmap(), uint16(port))
+			if seen[ap] {
+				continue
+			}
+			seen[ap] = true
+			ep := proxy.Endpoint{Addr: ap}
+			if e.TargetRef != nil && e.TargetRef.Kind == "Pod" {
+				ep.Pod = e.TargetRef.Name
+			}
+			c := e.Conditions
+			isReady := c.Ready == nil || *c.Ready
+			serving := c.Serving == nil || *c.Serving
+			terminating := c.Terminating != nil && *c.Terminating
+			switch {
+			case isReady:
+				ready = append(ready, ep)
+			case serving && terminating:
+				fallback = append(fallback, ep)
+			}
+		}
+	}
+	if len(ready) > 0 {
+		return ready
+	}
+	return fallback
+}
+
+// servicePort is the port of svc that port names (a number or a name).
+func servicePort(svc *corev1.Service, port intstr.IntOrString) (corev1.ServicePort, bool) {
+	for _, p := range svc.Spec.Ports {
+		if p.Protocol != "" && p.Protocol != corev1.ProtocolTCP {
+			continue
+		}
+		if port.Type == intstr.Int && p.Port == port.IntVal || port.Type == intstr.String && p.Name == port.StrVal {
+			return p, true
+		}
+	}
+	return corev1.ServicePort{}, false
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -89,14 +90,47 @@ func newNamespace(t *testing.T) string {
 	return name
 }
 
-// createService creates a ClusterIP Service, as the upstream of breakers
-// whose spec names it.
+// createService creates a selector-less ClusterIP Service with port 8080
+// ("http") and a slice of one ready endpoint, as the upstream of breakers
+// whose spec names it. The endpoint is a test host's address that nothing
+// listens on: tests that call through it make their own (testhosts).
 func createService(t *testing.T, namespace, name string) {
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
-		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 8080}}},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 8080}}},
 	}
 	NewWithT(t).Expect(k8sClient.Create(context.Background(), svc)).To(Succeed())
+	writeSlice(t, namespace, name, "a", 8080, endpointAt("198.18.0.10", true))
+}
+
+// endpointAt is a slice endpoint at address, ready or not.
+func endpointAt(address string, ready bool) discoveryv1.Endpoint {
+	return discoveryv1.Endpoint{Addresses: []string{address}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}
+}
+
+// writeSlice creates or replaces the EndpointSlice service-suffix of
+// Service service, its port "http" at port, with endpoints.
+func writeSlice(t *testing.T, namespace, service, suffix string, port int32, endpoints ...discoveryv1.Endpoint) {
+	g := NewWithT(t)
+	addressType := discoveryv1.AddressTypeIPv4
+	if len(endpoints) > 0 && strings.Contains(endpoints[0].Addresses[0], ":") {
+		addressType = discoveryv1.AddressTypeIPv6
+	}
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: service + "-" + suffix,
+			Labels: map[string]string{discoveryv1.LabelServiceName: service}},
+		AddressType: addressType,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(port)}},
+		Endpoints:   endpoints,
+	}
+	ctx := context.Background()
+	var existing discoveryv1.EndpointSlice
+	if err := k8sClient.Get(ctx, client.ObjectKeyFromObject(slice), &existing); err == nil {
+		existing.Ports, existing.Endpoints, existing.AddressType = slice.Ports, slice.Endpoints, slice.AddressType
+		g.Expect(k8sClient.Update(ctx, &existing)).To(Succeed())
+		return
+	}
+	g.Expect(k8sClient.Create(ctx, slice)).To(Succeed())
 }
 
 // harness is a running manager with a fresh operator, built by the

@@ -147,6 +147,7 @@ func New(mgr manager.Manager, cfg Config) (*Operator, error) {
 		opts.Fleet = fleet
 	}
 	op.Reconciler = controller.New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), op.Registry, op.Routes, op.Elector, opts)
+	op.Routes.OnEjection(op.Reconciler.EndpointEjected)
 	if err := op.Reconciler.SetupWithManager(mgr); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
 	}

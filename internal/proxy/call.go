@@ -57,6 +57,9 @@ type call struct {
 	outHeader http.Header
 	localAddr atomic.Pointer[string]
 	callerHop string
+	// endpoint is the Service endpoint the call goes to (nil for URL
+	// upstreams).
+	endpoint *endpoint
 	// connected and sentHeaders are set once the transport has a
 	// connection, and once it wrote the request's headers to it: an error
 	// between the two that is not the connection's is the transport
@@ -142,6 +145,13 @@ func (c *call) settle(o outcome, f breaker.Failure) {
 		c.metrics.Success.Inc()
 	default:
 		ticket.Cancel()
+	}
+	// The endpoint's own count: the breaker's notion of failure, and
+	// nothing the caller or the proxy itself caused (no verdict).
+	if e, p := c.endpoint, c.route.Ejection; e != nil && p != nil && o != noVerdict {
+		if until := e.outcome(o == failure, time.Now().UnixNano(), p, c.route.endpoints); !until.IsZero() && c.route.onEjection != nil {
+			c.route.onEjection(c.route.key, e.Endpoint, until)
+		}
 	}
 }
 

@@ -58,7 +58,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 	c.setTarget(cleanQuery(r.URL.RawQuery))
 	c.trace.Got1xxResponse = c.got1xx
 	out := r.WithContext(httptrace.WithClientTrace(c, &c.trace))
-	out.URL, out.Host, out.Header, out.RequestURI, out.Close = &c.target, "", h, "", false
+	out.URL, out.Host, out.Header, out.RequestURI, out.Close = &c.target, c.route.Host, h, "", false
 	switch {
 	case r.ContentLength == 0:
 		out.Body = nil // lets the transport retry on a stale pooled connection
@@ -211,6 +211,9 @@ func (c *call) got1xx(code int, header textproto.MIMEHeader) error {
 func (c *call) setTarget(rawQuery string) {
 	target := c.route.Target
 	c.target = url.URL{Scheme: target.Scheme, Host: target.Host, RawQuery: rawQuery}
+	if c.endpoint != nil {
+		c.target.Host = c.endpoint.host // dialled by address; Host says the name
+	}
 	escaped := c.rest // most targets have no path: no concatenation
 	if base := strings.TrimSuffix(target.EscapedPath(), "/"); base != "" {
 		escaped = base + c.rest

@@ -70,7 +70,7 @@ func New(table *Table, clk clock.PassiveClock, opts Options) *Proxy {
 	p := &Proxy{
 		table:     table,
 		clock:     clk,
-		transport: &splitTransport{open: NewTransport(), guarded: newTransport(dialGuard(ownAddresses(), opts.DenyNetworks))},
+		transport: newSplitTransport(dialGuard(ownAddresses(), opts.DenyNetworks)),
 		buffers:   NewBufferPool(),
 		via:       "1.1 circuit-breaker-" + opts.LoopToken,
 	}
@@ -156,6 +156,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.body = &callerBody{ReadCloser: r.Body}
 	}
 	c.trace.GotConn, c.trace.WroteHeaders, c.trace.WroteRequest = c.gotConn, c.wroteHeaders, c.wroteRequest
+	if rt.Host != "" {
+		// A Service upstream: this call's endpoint, picked now.
+		if c.endpoint = pick(rt.endpoints, time.Now().UnixNano()); c.endpoint != nil {
+			c.endpoint.inFlight.Add(1)
+			defer c.endpoint.done()
+		}
+	}
 	c.timer = time.AfterFunc(rt.Timeout, c.expire)
 	defer func() {
 		c.timer.Stop()

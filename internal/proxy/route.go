@@ -32,6 +32,13 @@ type RouteConfig struct {
 	// Fallback, when set, is served while the circuit rejects calls;
 	// otherwise callers get 503 with a JSON error.
 	Fallback *Fallback
+	// Host, when set, makes this a Service upstream's route: each call
+	// goes to one of Endpoints (dialled by address, balanced per call),
+	// with Host as its Host header; Target gives the scheme and base path.
+	Host      string
+	Endpoints []Endpoint
+	// Ejection, when set, takes failing endpoints out for a while.
+	Ejection *Ejection
 }
 
 // Fallback is the response served while the circuit rejects calls.
@@ -59,6 +66,10 @@ type route struct {
 	// route; a reconfigured route takes it over, so that calls in flight
 	// through the old one still count against the cap.
 	inFlight *atomic.Int64
+	// endpoints are Endpoints' live state, taken over from the route this
+	// one replaced; onEjection is the table's hook.
+	endpoints  []*endpoint
+	onEjection func(breaker.Key, Endpoint, time.Time)
 }
 
 // metrics returns the route's series, creating them (and the state series)

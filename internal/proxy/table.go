@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"sync/atomic"
+	"time"
 
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 	"github.com/circuitbreaker-io/operator/internal/metrics"
@@ -13,6 +14,33 @@ import (
 type Table struct {
 	metrics *metrics.Breakers
 	routes  readmostly.Map[breaker.Key, *route]
+	// onEjection is told of each endpoint ejection (set before serving).
+	onEjection func(breaker.Key, Endpoint, time.Time)
+}
+
+// OnEjection sets fn to be told of every endpoint ejection: which
+// breaker's, which endpoint, until when. It runs on the call's goroutine
+// and must not block. Set it before the table serves.
+func (t *Table) OnEjection(fn func(key breaker.Key, e Endpoint, until time.Time)) {
+	t.onEjection = fn
+}
+
+// Endpoints is what the proxy knows now of key's endpoints (a Service
+// upstream's), for the status; nil for other routes.
+func (t *Table) Endpoints(key breaker.Key) []EndpointView {
+	rt, ok := t.routes.Load(key)
+	if !ok || len(rt.endpoints) == 0 {
+		return nil
+	}
+	now := time.Now().UnixNano()
+	views := make([]EndpointView, len(rt.endpoints))
+	for i, e := range rt.endpoints {
+		views[i].Endpoint = e.Endpoint
+		if until := e.ejectedUntil.Load(); until > now {
+			views[i].EjectedUntil = time.Unix(0, until)
+		}
+	}
+	return views
 }
 
 // NewTable returns an empty table whose routes count into series.
@@ -22,9 +50,14 @@ func NewTable(series *metrics.Breakers) *Table {
 
 // Set routes key through b as cfg says.
 func (t *Table) Set(key breaker.Key, b *breaker.Breaker, cfg RouteConfig) {
-	rt := &route{RouteConfig: cfg, key: key, breaker: b, registry: t.metrics, inFlight: new(atomic.Int64)}
+	rt := &route{RouteConfig: cfg, key: key, breaker: b, registry: t.metrics, inFlight: new(atomic.Int64), onEjection: t.onEjection}
 	var replacedBreaker bool
 	t.routes.Update(key, func(old *route, loaded bool) (*route, bool) {
+		var oldEndpoints []*endpoint
+		if loaded {
+			oldEndpoints = old.endpoints
+		}
+		rt.endpoints = carryEndpoints(oldEndpoints, cfg.Endpoints)
 		switch {
 		case loaded && old.breaker == b:
 			// The same breaker, reconfigured (every reconcile of a busy
@@ -64,6 +97,9 @@ func (t *Table) swap(key breaker.Key, rt *route) (old *route, loaded bool) {
 		old, loaded = prev, ok
 		return rt, rt != nil
 	})
+	if loaded {
+		carryEndpoints(old.endpoints, nil) // their pools close
+	}
 	return old, loaded
 }
 

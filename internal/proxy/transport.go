@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"net"
 	"net/http"
 	"syscall"
@@ -41,11 +42,23 @@ func (e *upstreamError) Unwrap() error { return e.err }
 // it returns as the upstream side's.
 type splitTransport struct {
 	open, guarded http.RoundTripper
+	// endpointPool makes a Service endpoint's own transport, guarded.
+	endpointPool func() *http.Transport
 }
 
+// errNoEndpoint: a Service upstream with no endpoint to call (all of them
+// ejected, or none ready before the breaker was told).
+var errNoEndpoint = errors.New("no ready endpoint")
+
 func (t *splitTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	c := callOf(req)
 	rt := t.open
-	if callOf(req).route.GuardDial {
+	switch {
+	case c.endpoint != nil:
+		rt = c.endpoint.pool(t.endpointPool)
+	case c.route.Host != "":
+		return nil, &upstreamError{errNoEndpoint}
+	case c.route.GuardDial:
 		rt = t.guarded
 	}
 	resp, err := rt.RoundTrip(req)
@@ -53,4 +66,19 @@ func (t *splitTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, &upstreamError{err}
 	}
 	return resp, nil
+}
+
+// newSplitTransport returns the transports of URL upstreams (open) and of
+// Service upstreams (guarded: their addresses come from EndpointSlices,
+// which anyone who can write one may fill), each endpoint with its own pool.
+func newSplitTransport(guard func(network, address string, c syscall.RawConn) error) *splitTransport {
+	return &splitTransport{
+		open:    NewTransport(),
+		guarded: newTransport(guard),
+		endpointPool: func() *http.Transport {
+			t := newTransport(guard)
+			t.MaxIdleConns, t.MaxIdleConnsPerHost = MaxIdleConnsPerEndpoint, MaxIdleConnsPerEndpoint
+			return t
+		},
+	}
 }

@@ -47,7 +47,7 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	c := callOf(pr.In)
 	c.setTarget(pr.Out.URL.RawQuery)
 	pr.Out.URL = &c.target
-	pr.Out.Host = ""
+	pr.Out.Host = c.route.Host
 	p.addVia(pr.Out.Header)
 	delete(pr.Out.Header, hopHeader)
 	c.outHeader = pr.Out.Header

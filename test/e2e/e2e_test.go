@@ -197,7 +197,7 @@ func TestE2E(t *testing.T) {
 			MatchRegexp(`search-api\s+Closed\s+0\s+0\s+30s\s+\S+\s+(\S+\s+)?Enforce`),
 			MatchRegexp(`recommendations\s+Closed\s+0\s+5\s+20s\s+\S+\s+(\S+\s+)?Observe`),
 		))
-		g.Expect(c.kubectl(g, "get", "cb", "-o", "wide")).To(MatchRegexp(`order-api\s+Closed.*http://order-api.default.svc.cluster.local.:8080`))
+		g.Expect(c.kubectl(g, "get", "cb", "-o", "wide")).To(MatchRegexp(`order-api\s+Closed.*http://order-api.default.svc.cluster.local:8080`))
 	})
 
 	c.kubectlApply(t, fmt.Sprintf(`apiVersion: circuitbreaker.io/v1alpha1
