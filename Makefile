@@ -99,8 +99,9 @@ verify: tidy manifests generate fmt build-installer ## Regenerate everything (go
 ##@ Build
 
 .PHONY: build
-build: manifests generate fmt vet ## Build the manager binary.
+build: manifests generate fmt vet ## Build the manager binary and the kubectl cb plugin.
 	go build -o bin/manager ./cmd/manager
+	go build -o bin/kubectl-cb ./cmd/kubectl-cb
 
 .PHONY: run
 run: manifests generate fmt vet ## Run the manager against the cluster of your kubeconfig.
