@@ -106,7 +106,9 @@ func (g *getOptions) run(ctx context.Context, name string) error {
 }
 
 // follow is -w: the breakers as they are, then each change, until interrupted.
-func (g *getOptions) follow(ctx context.Context, client dynamic.ResourceInterface, name, namespace string, printer printers.ResourcePrinter, table *tablePrinter) error {
+func (g *getOptions) follow(ctx context.Context, client dynamic.ResourceInterface, name, namespace string,
+	printer printers.ResourcePrinter, table *tablePrinter,
+) error {
 	if name != "" {
 		// An unknown name is an error now, not a silent wait.
 		if _, err := getBreaker(ctx, client, namespace, name); err != nil {

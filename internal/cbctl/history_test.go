@@ -58,8 +58,8 @@ func TestHistory(t *testing.T) {
 	NewWithT(t).Expect(err).NotTo(HaveOccurred())
 	// Another breaker's Event, and one of an earlier breaker of the same name.
 	for name, ref := range map[string]corev1.ObjectReference{
-		"other.opened":  {APIVersion: "circuitbreaker.io/v1alpha1", Kind: "CircuitBreaker", Namespace: ns, Name: "other", UID: "d0d0d0d0-0000-0000-0000-000000000001"},
-		"earlier.event": {APIVersion: "circuitbreaker.io/v1alpha1", Kind: "CircuitBreaker", Namespace: ns, Name: "order-api", UID: "d0d0d0d0-0000-0000-0000-000000000002"},
+		"other.opened":  {APIVersion: regarding.APIVersion, Kind: regarding.Kind, Namespace: ns, Name: "other", UID: "d0d0d0d0-0000-0000-0000-000000000001"},
+		"earlier.event": {APIVersion: regarding.APIVersion, Kind: regarding.Kind, Namespace: ns, Name: "order-api", UID: "d0d0d0d0-0000-0000-0000-000000000002"},
 	} {
 		_, err = clientset.CoreV1().Events(ns).Create(ctx, &corev1.Event{
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, InvolvedObject: ref, Type: corev1.EventTypeWarning,

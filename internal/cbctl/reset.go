@@ -116,7 +116,7 @@ func (r *resetOptions) waitForReset(ctx context.Context, client dynamic.Resource
 	case err == nil:
 		return handled, nil
 	case errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil:
-		return nil, r.notHandled(ctx, client, namespace, name, token)
+		return nil, r.notHandled(ctx, client, name, token)
 	case ctx.Err() != nil:
 		return nil, fmt.Errorf("interrupted: the reset annotation was set (%s=%s) but the manager had not handled it yet",
 			cbv1.ResetAnnotation, token)
@@ -127,7 +127,7 @@ func (r *resetOptions) waitForReset(ctx context.Context, client dynamic.Resource
 // notHandled says what did not happen, and the likeliest why: a breaker
 // the manager refuses (Ready=False) says so in its condition; otherwise
 // nobody is handling breakers.
-func (r *resetOptions) notHandled(ctx context.Context, client dynamic.ResourceInterface, namespace, name, token string) error {
+func (r *resetOptions) notHandled(ctx context.Context, client dynamic.ResourceInterface, name, token string) error {
 	message := fmt.Sprintf("the reset annotation was set (%s=%s) but status.lastHandledReset did not reach it within %s",
 		cbv1.ResetAnnotation, token, r.timeout)
 	u, err := client.Get(ctx, name, metav1.GetOptions{})

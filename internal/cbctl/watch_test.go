@@ -41,8 +41,10 @@ func TestWatch(t *testing.T) {
 		writeStatus(t, ns, "order-api", func(s *cbv1.CircuitBreakerStatus) {
 			s.State = cbv1.StateOpen
 			s.History = append(s.History,
-				cbv1.TransitionRecord{Time: metav1.NewMicroTime(at(2 * time.Minute)), From: cbv1.StateHalfOpen, To: cbv1.StateClosed, Reason: "1 successful probe in a row"},
-				cbv1.TransitionRecord{Time: metav1.NewMicroTime(at(3 * time.Minute)), From: cbv1.StateClosed, To: cbv1.StateOpen, Reason: "5 consecutive failures, last: 503"})
+				cbv1.TransitionRecord{Time: metav1.NewMicroTime(at(2 * time.Minute)),
+					From: cbv1.StateHalfOpen, To: cbv1.StateClosed, Reason: "1 successful probe in a row"},
+				cbv1.TransitionRecord{Time: metav1.NewMicroTime(at(3 * time.Minute)),
+					From: cbv1.StateClosed, To: cbv1.StateOpen, Reason: "5 consecutive failures, last: 503"})
 		})
 		g.Eventually(inNamespace.stdout.String).Should(MatchRegexp(
 			`(?m)^2026-12-01T10:02:00\.000Z\s+order-api\s+HalfOpen\s+Closed\s+1 successful probe in a row\n` +
