@@ -2,6 +2,7 @@ package cbctl
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -9,6 +10,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/cli-runtime/pkg/printers"
+
+	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 )
 
 func newWatchCommand(o *options) *cobra.Command {
@@ -41,10 +44,6 @@ func watchTransitions(ctx context.Context, o *options, allNamespaces bool) error
 		return err
 	}
 	w := printers.GetNewTabWriter(o.streams.Out)
-	columns := []string{"TIME", "NAME", "FROM", "TO", "REASON"}
-	if allNamespaces {
-		columns = append([]string{"TIME", "NAMESPACE"}, columns[1:]...)
-	}
 	newest := map[types.UID]time.Time{}
 	// seenUpTo notes u's newest transition without printing: the state
 	// when the watch starts, or when a breaker is created, is no transition.
@@ -64,7 +63,7 @@ func watchTransitions(ctx context.Context, o *options, allNamespaces bool) error
 		func(breakers []*unstructured.Unstructured) (bool, error) {
 			// The header once the breakers are listed: from then on no
 			// transition is missed.
-			if err := writeRow(w, columns); err != nil {
+			if err := writeRow(w, transitionHeader(breakers, allNamespaces)); err != nil {
 				return false, err
 			}
 			if err := w.Flush(); err != nil {
@@ -112,3 +111,22 @@ func watchTransitions(ctx context.Context, o *options, allNamespaces bool) error
 	}
 	return err
 }
+
+// transitionHeader is the header of watch, its cells padded to the widths
+// the lines will need: it is printed alone, before any line, and the table
+// writer keeps the widths it has seen.
+func transitionHeader(breakers []*unstructured.Unstructured, allNamespaces bool) []string {
+	nameWidth, namespaceWidth := len("NAME"), len("NAMESPACE")
+	for _, u := range breakers {
+		nameWidth = max(nameWidth, len(u.GetName()))
+		namespaceWidth = max(namespaceWidth, len(u.GetNamespace()))
+	}
+	stateWidth := len(cbv1.StateHalfOpen)
+	cells := []string{pad("TIME", len(time.Time{}.Format(timeLayout))), pad("NAME", nameWidth), pad("FROM", stateWidth), pad("TO", stateWidth), "REASON"}
+	if allNamespaces {
+		cells = append([]string{cells[0], pad("NAMESPACE", namespaceWidth)}, cells[1:]...)
+	}
+	return cells
+}
+
+func pad(s string, width int) string { return fmt.Sprintf("%-*s", width, s) }

@@ -1,6 +1,7 @@
 package cbctl_test
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -37,6 +38,9 @@ func TestWatch(t *testing.T) {
 		transition(t, ns, "order-api", time.Minute, cbv1.StateOpen, cbv1.StateHalfOpen, "recovery timeout of 30s elapsed")
 		g.Eventually(inNamespace.stdout.String).Should(MatchRegexp(
 			`(?m)^2026-12-01T10:01:00\.000Z\s+order-api\s+Open\s+HalfOpen\s+recovery timeout of 30s elapsed$`))
+		header, line, _ := strings.Cut(inNamespace.stdout.String(), "\n")
+		g.Expect(strings.Index(line, "recovery timeout")).To(Equal(strings.Index(header, "REASON")),
+			"the header, printed before any line, lines up with them:\n%s\n%s", header, line)
 		// Two transitions in one status write: two lines, in order.
 		writeStatus(t, ns, "order-api", func(s *cbv1.CircuitBreakerStatus) {
 			s.State = cbv1.StateOpen
