@@ -17,7 +17,7 @@ import (
 	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 )
@@ -103,12 +103,14 @@ func (o *options) dynamicClient() (dynamic.Interface, error) {
 	return dynamic.NewForConfig(cfg)
 }
 
-func (o *options) coreClient() (kubernetes.Interface, error) {
+// coreClient reads Events. It is the core group's client alone: the whole
+// clientset would add tens of megabytes of API groups to the binary.
+func (o *options) coreClient() (corev1client.CoreV1Interface, error) {
 	cfg, err := o.config.ToRESTConfig()
 	if err != nil {
 		return nil, err
 	}
-	return kubernetes.NewForConfig(cfg)
+	return corev1client.NewForConfig(cfg)
 }
 
 // breakers is the CircuitBreaker client of a namespace ("" for all).

@@ -60,7 +60,7 @@ func history(ctx context.Context, o *options, name string) error {
 	// The manager writes events.k8s.io Events; the core API serves the
 	// same objects, with regarding as involvedObject. The UID keeps out
 	// the Events of an earlier breaker of the same name.
-	events, err := core.CoreV1().Events(namespace).List(ctx, metav1.ListOptions{FieldSelector: fields.Set{
+	events, err := core.Events(namespace).List(ctx, metav1.ListOptions{FieldSelector: fields.Set{
 		"involvedObject.kind": "CircuitBreaker",
 		"involvedObject.name": name,
 		"involvedObject.uid":  string(cb.UID),
