@@ -129,6 +129,9 @@ func TestReset(t *testing.T) {
 			{[]string{"reset", "nope", "-n", ns}, `no CircuitBreaker "nope" in namespace "` + ns + `"`},
 			{[]string{"reset", "-n", ns}, "accepts 1 arg(s), received 0"},
 			{[]string{"reset", "handled", "-n", ns, "--timeout", "0s"}, "--timeout must be greater than 0"},
+			// The caller's RBAC is all it has: impersonating someone without it is refused.
+			{[]string{"reset", "handled", "-n", ns, "--as", "system:serviceaccount:" + ns + ":nobody"},
+				`circuitbreakers.circuitbreaker.io "handled" is forbidden: User "system:serviceaccount:` + ns + `:nobody" cannot get resource`},
 		} {
 			g := NewWithT(t)
 			out := kubectlCB(bad.args...)
