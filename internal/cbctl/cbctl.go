@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/spf13/cobra"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -61,11 +60,10 @@ func Run(ctx context.Context, args []string, streams genericiooptions.IOStreams)
 type options struct {
 	config  *genericclioptions.ConfigFlags
 	streams genericiooptions.IOStreams
-	now     func() time.Time
 }
 
 func newRootCommand(streams genericiooptions.IOStreams) *cobra.Command {
-	o := &options{config: genericclioptions.NewConfigFlags(true), streams: streams, now: time.Now}
+	o := &options{config: genericclioptions.NewConfigFlags(true), streams: streams}
 	root := &cobra.Command{
 		Use:   "kubectl-cb",
 		Short: "Inspect, reset and switch CircuitBreakers",
@@ -95,14 +93,6 @@ func (o *options) namespace() (string, error) {
 	return ns, nil
 }
 
-func (o *options) dynamicClient() (dynamic.Interface, error) {
-	cfg, err := o.config.ToRESTConfig()
-	if err != nil {
-		return nil, err
-	}
-	return dynamic.NewForConfig(cfg)
-}
-
 // coreClient reads Events. It is the core group's client alone: the whole
 // clientset would add tens of megabytes of API groups to the binary.
 func (o *options) coreClient() (corev1client.CoreV1Interface, error) {
@@ -115,7 +105,11 @@ func (o *options) coreClient() (corev1client.CoreV1Interface, error) {
 
 // breakers is the CircuitBreaker client of a namespace ("" for all).
 func (o *options) breakers(namespace string) (dynamic.ResourceInterface, error) {
-	client, err := o.dynamicClient()
+	cfg, err := o.config.ToRESTConfig()
+	if err != nil {
+		return nil, err
+	}
+	client, err := dynamic.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/spf13/cobra"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -73,7 +74,7 @@ func (g *getOptions) run(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	table := newTablePrinter(g.options, g.allNamespaces)
+	table := newTablePrinter(g.streams.Out, g.allNamespaces)
 	if g.watch {
 		return g.follow(ctx, client, name, namespace, printer, table)
 	}
@@ -153,7 +154,6 @@ func (g *getOptions) noneFound(namespace string) {
 // tablePrinter prints breakers as rows under one header, written once;
 // columns keep the widths they had, so rows printed later by -w line up.
 type tablePrinter struct {
-	o             *options
 	withNamespace bool
 	headerDone    bool
 	writer        interface {
@@ -162,8 +162,8 @@ type tablePrinter struct {
 	}
 }
 
-func newTablePrinter(o *options, withNamespace bool) *tablePrinter {
-	return &tablePrinter{o: o, withNamespace: withNamespace, writer: printers.GetNewTabWriter(o.streams.Out)}
+func newTablePrinter(out io.Writer, withNamespace bool) *tablePrinter {
+	return &tablePrinter{withNamespace: withNamespace, writer: printers.GetNewTabWriter(out)}
 }
 
 func (t *tablePrinter) print(breakers ...*unstructured.Unstructured) error {
@@ -176,7 +176,7 @@ func (t *tablePrinter) print(breakers ...*unstructured.Unstructured) error {
 		}
 		t.headerDone = true
 	}
-	now := t.o.now()
+	now := time.Now()
 	for _, u := range breakers {
 		row, err := tableRow(u, t.withNamespace, now)
 		if err != nil {

@@ -63,7 +63,7 @@ func (r *resetOptions) run(ctx context.Context, name string) error {
 	}
 	// A new value each time: the manager acts on each value once. The
 	// nanoseconds are what the README's `date +%s%N` gives.
-	token := strconv.FormatInt(r.now().UnixNano(), 10)
+	token := strconv.FormatInt(time.Now().UnixNano(), 10)
 	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{cbv1.ResetAnnotation: token}}})
 	if err != nil {
 		return err
@@ -83,7 +83,7 @@ func (r *resetOptions) run(ctx context.Context, name string) error {
 	if _, err := fmt.Fprintf(r.streams.Out, "circuitbreaker/%s reset (%s=%s)\n", name, cbv1.ResetAnnotation, token); err != nil {
 		return err
 	}
-	return newTablePrinter(r.options, false).print(handled)
+	return newTablePrinter(r.streams.Out, false).print(handled)
 }
 
 // waitForReset waits until status.lastHandledReset is token, and returns
