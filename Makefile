@@ -62,8 +62,8 @@ control-plane: ## Build kube-apiserver and etcd from the Go module proxy (cached
 	@hack/control-plane.sh
 
 # The packages whose tests need no API server: every one but the envtests
-# of internal/controller and the e2e.
-UNIT_PKGS = $(shell go list ./... | grep -v -e /internal/controller$$ -e /test/e2e$$)
+# of internal/controller and internal/cbctl (the kubectl cb plugin), and the e2e.
+UNIT_PKGS = $(shell go list ./... | grep -v -e /internal/controller$$ -e /internal/cbctl$$ -e /test/e2e$$)
 
 .PHONY: test-unit
 test-unit: fmt vet ## Run the unit tests (with -race): no API server, seconds.
