@@ -64,8 +64,8 @@ control-plane: ## Build kube-apiserver and etcd from the Go module proxy (cached
 	@hack/control-plane.sh
 
 # The packages whose tests need no API server: every one but the envtests
-# of internal/controller and the e2e.
-UNIT_PKGS = $(shell go list ./... | grep -v -e /internal/controller$$ -e /test/e2e$$)
+# of internal/controller and internal/cbctl (the kubectl cb plugin), and the e2e.
+UNIT_PKGS = $(shell go list ./... | grep -v -e /internal/controller$$ -e /internal/cbctl$$ -e /test/e2e$$)
 
 .PHONY: test-unit
 test-unit: fmt vet ## Run the unit tests (with -race): no API server, seconds.
@@ -110,8 +110,9 @@ verify: tidy manifests generate fmt build-installer helm-chart ## Regenerate eve
 ##@ Build
 
 .PHONY: build
-build: manifests generate fmt vet ## Build the manager binary.
+build: manifests generate fmt vet ## Build the manager binary and the kubectl cb plugin.
 	go build -o bin/manager ./cmd/manager
+	go build -o bin/kubectl-cb ./cmd/kubectl-cb
 
 .PHONY: run
 run: manifests generate fmt vet ## Run the manager against the cluster of your kubeconfig.
