@@ -9,6 +9,7 @@ import (
 	. "github.com/onsi/gomega"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
@@ -20,7 +21,7 @@ import (
 func TestGet(t *testing.T) {
 	ns := newNamespace(t)
 	createBreaker(t, ns, "order-api", cbv1.CircuitBreakerSpec{
-		Upstream: cbv1.Upstream{Service: &cbv1.ServiceUpstream{Name: "order-api", Port: 8080}},
+		Upstream: cbv1.Upstream{Service: &cbv1.ServiceUpstream{Name: "order-api", Port: intstr.FromInt32(8080)}},
 	})
 	writeStatus(t, ns, "order-api", func(s *cbv1.CircuitBreakerStatus) {
 		s.State = cbv1.StateClosed
@@ -49,7 +50,7 @@ func TestGet(t *testing.T) {
 	})
 	// Not yet seen by any manager: no status at all.
 	createBreaker(t, ns, "fresh", cbv1.CircuitBreakerSpec{
-		Upstream: cbv1.Upstream{Service: &cbv1.ServiceUpstream{Name: "catalog", Port: 80}},
+		Upstream: cbv1.Upstream{Service: &cbv1.ServiceUpstream{Name: "catalog", Port: intstr.FromInt32(80)}},
 	})
 	other := newNamespace(t)
 	createBreaker(t, other, "elsewhere", cbv1.CircuitBreakerSpec{})

@@ -124,7 +124,7 @@ func upstream(cb *cbv1.CircuitBreaker) string {
 	case cb.Spec.Upstream.URL != "":
 		return cb.Spec.Upstream.URL
 	case cb.Spec.Upstream.Service != nil:
-		return fmt.Sprintf("service/%s:%d", cb.Spec.Upstream.Service.Name, cb.Spec.Upstream.Service.Port)
+		return fmt.Sprintf("service/%s:%s", cb.Spec.Upstream.Service.Name, cb.Spec.Upstream.Service.Port.String())
 	}
 	return none
 }

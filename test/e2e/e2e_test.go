@@ -31,6 +31,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/circuitbreaker-io/operator/internal/controlplane"
+	"github.com/circuitbreaker-io/operator/internal/testhosts"
 )
 
 const (
@@ -69,6 +70,9 @@ func TestE2E(t *testing.T) {
 	g := NewWithT(t)
 	hooks := newHookReceiver(t)
 	c := startCluster(t)
+	hosts, err := testhosts.New(1)
+	g.Expect(err).NotTo(HaveOccurred(), "the e2e needs the project's test hosts (root and iproute2)")
+	t.Cleanup(hosts.Close)
 	c.webhook = hooks.URL
 	up := newUpstream(t)
 
@@ -188,14 +192,19 @@ func TestE2E(t *testing.T) {
 		c.kubectl(g, "create", "service", "clusterip", "catalog", "--tcp=80:80")
 		c.kubectl(g, "create", "service", "clusterip", "search-api", "--tcp=8080:8080")
 		c.kubectl(g, "create", "service", "clusterip", "recommendations", "--tcp=8080:8080")
+		// No kube-controller-manager runs here to write their endpoints: a
+		// slice each, at a test host's address (nothing dials it in this step).
+		for _, svc := range []string{"order-api", "catalog", "search-api", "recommendations"} {
+			c.writeSlice(g, svc, hosts.IPv4(0).String())
+		}
 		c.kubectl(g, "apply", "-k", filepath.Join(root, "config", "samples"))
 		g.Eventually(func() string { return c.kubectlQuiet("get", "cb") }, 20*time.Second, 200*time.Millisecond).Should(SatisfyAll(
 			MatchRegexp(`NAME\s+STATE\s+FAILURES\s+THRESHOLD\s+TIMEOUT\s+AGE`),
 			MatchRegexp(`order-api\s+Closed\s+0\s+5\s+30s`),
 			MatchRegexp(`payments-gateway\s+Closed\s+0\s+3\s+1m`),
 			MatchRegexp(`catalog\s+Closed\s+0\s+10\s+15s`),
-			MatchRegexp(`search-api\s+Closed\s+0\s+0\s+30s\s+\S+\s+(\S+\s+)?Enforce`),
-			MatchRegexp(`recommendations\s+Closed\s+0\s+5\s+20s\s+\S+\s+(\S+\s+)?Observe`),
+			MatchRegexp(`search-api\s+Closed\s+0\s+0\s+30s\s+\S+\s+(\S+\s+)?1/1\s+Enforce`),
+			MatchRegexp(`recommendations\s+Closed\s+0\s+5\s+20s\s+\S+\s+(\S+\s+)?1/1\s+Observe`),
 		))
 		g.Expect(c.kubectl(g, "get", "cb", "-o", "wide")).To(MatchRegexp(`order-api\s+Closed.*http://order-api.default.svc.cluster.local:8080`))
 	})
@@ -512,6 +521,22 @@ func (c *cluster) stopManager(g Gomega) {
 }
 
 // canI is kubectl auth can-i's answer for who: "yes" or "no".
+// writeSlice applies an EndpointSlice for Service svc in default: one
+// ready endpoint at address, at the port of the Service's first port's
+// name and number.
+func (c *cluster) writeSlice(g Gomega, svc, address string) {
+	port := strings.Fields(c.kubectl(g, "get", "service", svc, "-o", "jsonpath={.spec.ports[0].name} {.spec.ports[0].port}"))
+	g.Expect(port).To(HaveLen(2))
+	_, err := c.kubectlStdin(fmt.Sprintf(`apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: %s-test, namespace: default, labels: {kubernetes.io/service-name: %s}}
+addressType: IPv4
+ports: [{name: %q, port: %s}]
+endpoints: [{addresses: [%q], conditions: {ready: true}}]
+`, svc, svc, port[0], port[1], address), "apply", "-f", "-")
+	g.Expect(err).NotTo(HaveOccurred())
+}
+
 func (c *cluster) canI(who string, args ...string) string {
 	out, _ := c.kubectlErr(append([]string{"auth", "can-i", "--as", who}, args...)...)
 	// The answer is the last line; kubectl may warn before it.
