@@ -10,21 +10,27 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
 
 	"github.com/circuitbreaker-io/operator/internal/controlplane"
+	"github.com/circuitbreaker-io/operator/internal/testhosts"
 )
 
 func main() {
@@ -63,9 +69,16 @@ func run(kubeconfig, samples string, manager []string) error {
 	if err != nil {
 		return err
 	}
-	applied, err := applySamples(c, samples)
+	hosts, why := startTestHosts()
+	if hosts != nil {
+		defer hosts.Close()
+	}
+	applied, err := applySamples(c, samples, hosts)
 	if err != nil {
 		return err
+	}
+	if hosts == nil {
+		fmt.Fprintf(os.Stderr, "localcluster: no test hosts (%v): the samples' Services have no endpoints, so their breakers are Open (NoReadyEndpoints); run as root for two\n", why)
 	}
 
 	fmt.Fprintf(os.Stderr, `
@@ -102,7 +115,7 @@ Press Ctrl-C to stop the manager and the control plane.
 
 // applySamples creates every object in dir's YAML files (except the
 // kustomization) in namespace default.
-func applySamples(c client.Client, dir string) ([]string, error) {
+func applySamples(c client.Client, dir string, hosts *testhosts.Hosts) ([]string, error) {
 	files, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
 	if err != nil {
 		return nil, err
@@ -127,7 +140,7 @@ func applySamples(c client.Client, dir string) ([]string, error) {
 			if obj.GetNamespace() == "" {
 				obj.SetNamespace("default")
 			}
-			if err := createUpstreamService(c, obj); err != nil {
+			if err := createUpstreamService(c, obj, hosts); err != nil {
 				return nil, fmt.Errorf("%s: %w", file, err)
 			}
 			if err := c.Create(context.Background(), obj); err != nil {
@@ -139,10 +152,37 @@ func applySamples(c client.Client, dir string) ([]string, error) {
 	return applied, nil
 }
 
+// localHosts is how many test hosts back each sample Service.
+const localHosts = 2
+
+// startTestHosts makes the local run's test hosts (a network namespace:
+// root only) and serves HTTP on port 8080 of each, answering which host it
+// is; nil, and why, when they cannot be made.
+func startTestHosts() (*testhosts.Hosts, error) {
+	hosts, err := testhosts.New(localHosts)
+	if err != nil {
+		return nil, err
+	}
+	for i := range localHosts {
+		l, err := hosts.Listen(netip.AddrPortFrom(hosts.IPv4(i), 8080))
+		if err != nil {
+			hosts.Close()
+			return nil, err
+		}
+		who := fmt.Sprintf("test host %d (%s)", i, hosts.IPv4(i))
+		srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "hello from %s: %s %s, Host %s\n", who, r.Method, r.URL.Path, r.Host)
+		})}
+		go func() { _ = srv.Serve(l) }()
+	}
+	return hosts, nil
+}
+
 // createUpstreamService creates the Service a sample breaker's upstream
 // names, if it names one: a breaker forwards only to a Service that exists.
-// Nothing runs behind it on this machine; it makes the sample Ready.
-func createUpstreamService(c client.Client, obj *unstructured.Unstructured) error {
+// With test hosts, an EndpointSlice gives it their addresses (port 8080,
+// pods <service>-0, -1); without them it has no endpoints.
+func createUpstreamService(c client.Client, obj *unstructured.Unstructured, hosts *testhosts.Hosts) error {
 	name, _, _ := unstructured.NestedString(obj.Object, "spec", "upstream", "service", "name")
 	// Parsed through JSON: a number is a float64.
 	port, _, _ := unstructured.NestedFloat64(obj.Object, "spec", "upstream", "service", "port")
@@ -155,6 +195,25 @@ func createUpstreamService(c client.Client, obj *unstructured.Unstructured) erro
 	}
 	if err := c.Create(context.Background(), svc); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("creating Service %s: %w", name, err)
+	}
+	if hosts == nil {
+		return nil
+	}
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Namespace: obj.GetNamespace(), Name: name + "-local",
+			Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To(""), Port: ptr.To(int32(8080))}},
+	}
+	for i := range localHosts {
+		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
+			Addresses:  []string{hosts.IPv4(i).String()},
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
+			TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: obj.GetNamespace(), Name: fmt.Sprintf("%s-%d", name, i)},
+		})
+	}
+	if err := c.Create(context.Background(), slice); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("creating the EndpointSlice of %s: %w", name, err)
 	}
 	return nil
 }

@@ -246,9 +246,41 @@ func TestFailingEndpointIsEjectedBelowTheBreaker(t *testing.T) {
 			HaveField("Address", hosts.IPv4(1).String()), HaveField("Pod", "api-b"))))
 	}).Should(Succeed())
 	g.Expect(getBreaker(g, ns, "api").Status.State).To(Equal(cbv1.StateClosed), "the breaker stays Closed")
+	g.Expect(seriesValue(g, h, "circuitbreaker_endpoint_ejections_total", ns, nil)).To(Equal(1.0))
+	g.Expect(seriesValue(g, h, "circuitbreaker_endpoints", ns, map[string]string{"state": "ejected"})).To(Equal(1.0))
+	g.Expect(seriesValue(g, h, "circuitbreaker_endpoints", ns, map[string]string{"state": "ready"})).To(Equal(3.0))
 	hosts.counts()
 	for range 60 {
 		g.Expect(call(g, route)).To(Equal(200))
 	}
 	g.Expect(hosts.counts()[1]).To(BeZero(), "the ejected endpoint gets no calls")
+}
+
+// seriesValue is the value of metric's series for namespace's breaker
+// "api" with the extra labels, from the harness's registry.
+func seriesValue(g Gomega, h *harness, metric, namespace string, extra map[string]string) float64 {
+	families, err := h.metrics.Gather()
+	g.Expect(err).NotTo(HaveOccurred())
+	for _, f := range families {
+		if f.GetName() != metric {
+			continue
+		}
+	series:
+		for _, m := range f.GetMetric() {
+			want := map[string]string{"namespace": namespace, "name": "api"}
+			for k, v := range extra {
+				want[k] = v
+			}
+			for _, l := range m.GetLabel() {
+				if v, ok := want[l.GetName()]; ok && v != l.GetValue() {
+					continue series
+				}
+			}
+			if m.GetCounter() != nil {
+				return m.GetCounter().GetValue()
+			}
+			return m.GetGauge().GetValue()
+		}
+	}
+	return -1
 }

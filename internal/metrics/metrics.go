@@ -16,6 +16,9 @@ type Breakers struct {
 	duration    *prometheus.HistogramVec
 	// failureRate and slowCallRate exist only for breakers with a rate window.
 	failureRate, slowCallRate *prometheus.GaugeVec
+	// endpoints and ejections exist only for Service upstreams.
+	endpoints *prometheus.GaugeVec
+	ejections *prometheus.CounterVec
 }
 
 // Labels of every breaker's series.
@@ -59,9 +62,30 @@ func NewBreakers(reg prometheus.Registerer) *Breakers {
 			Name: "circuitbreaker_slow_call_rate",
 			Help: "Slow calls over the calls in the breaker's rate window, 0..1; updated at most once a second.",
 		}, []string{labelNamespace, labelName}),
+		endpoints: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "circuitbreaker_endpoints",
+			Help: "A Service upstream's endpoints: ready (the ones the proxy may use), and of those ejected now.",
+		}, []string{labelNamespace, labelName, "state"}),
+		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "circuitbreaker_endpoint_ejections_total",
+			Help: "Ejections of a Service upstream's endpoints from the balancing.",
+		}, []string{labelNamespace, labelName}),
 	}
-	reg.MustRegister(m.state, m.requests, m.transitions, m.duration, m.failureRate, m.slowCallRate)
+	reg.MustRegister(m.state, m.requests, m.transitions, m.duration, m.failureRate, m.slowCallRate, m.endpoints, m.ejections)
 	return m
+}
+
+// SetEndpoints sets a Service upstream's endpoint counts.
+func (m *Breakers) SetEndpoints(key breaker.Key, ready, ejected int) {
+	namespace, name := key.Split()
+	m.endpoints.WithLabelValues(namespace, name, "ready").Set(float64(ready))
+	m.endpoints.WithLabelValues(namespace, name, "ejected").Set(float64(ejected))
+}
+
+// EndpointEjected counts an ejection of one of key's endpoints.
+func (m *Breakers) EndpointEjected(key breaker.Key) {
+	namespace, name := key.Split()
+	m.ejections.WithLabelValues(namespace, name).Inc()
 }
 
 // Route is one breaker's request series, resolved once so that a request
@@ -125,4 +149,6 @@ func (m *Breakers) Forget(key breaker.Key) {
 	m.duration.DeletePartialMatch(labels)
 	m.failureRate.DeletePartialMatch(labels)
 	m.slowCallRate.DeletePartialMatch(labels)
+	m.endpoints.DeletePartialMatch(labels)
+	m.ejections.DeletePartialMatch(labels)
 }

@@ -25,6 +25,14 @@ func (t *Table) OnEjection(fn func(key breaker.Key, e Endpoint, until time.Time)
 	t.onEjection = fn
 }
 
+// ejected counts an ejection and tells the hook.
+func (t *Table) ejected(key breaker.Key, e Endpoint, until time.Time) {
+	t.metrics.EndpointEjected(key)
+	if t.onEjection != nil {
+		t.onEjection(key, e, until)
+	}
+}
+
 // Endpoints is what the proxy knows now of key's endpoints (a Service
 // upstream's), for the status; nil for other routes.
 func (t *Table) Endpoints(key breaker.Key) []EndpointView {
@@ -34,12 +42,17 @@ func (t *Table) Endpoints(key breaker.Key) []EndpointView {
 	}
 	now := time.Now().UnixNano()
 	views := make([]EndpointView, len(rt.endpoints))
+	ejected := 0
 	for i, e := range rt.endpoints {
 		views[i].Endpoint = e.Endpoint
 		if until := e.ejectedUntil.Load(); until > now {
 			views[i].EjectedUntil = time.Unix(0, until)
+			ejected++
 		}
 	}
+	// The gauge follows each look: the controller looks again when an
+	// ejection ends.
+	t.metrics.SetEndpoints(key, len(views), ejected)
 	return views
 }
 
@@ -50,7 +63,7 @@ func NewTable(series *metrics.Breakers) *Table {
 
 // Set routes key through b as cfg says.
 func (t *Table) Set(key breaker.Key, b *breaker.Breaker, cfg RouteConfig) {
-	rt := &route{RouteConfig: cfg, key: key, breaker: b, registry: t.metrics, inFlight: new(atomic.Int64), onEjection: t.onEjection}
+	rt := &route{RouteConfig: cfg, key: key, breaker: b, registry: t.metrics, inFlight: new(atomic.Int64), onEjection: t.ejected}
 	var replacedBreaker bool
 	t.routes.Update(key, func(old *route, loaded bool) (*route, bool) {
 		var oldEndpoints []*endpoint

@@ -95,7 +95,7 @@ spec: {upstream: {url: %q}, failureThreshold: 3, recoveryTimeout: 1h}
 			g.Eventually(func() string {
 				return c.kubectlQuiet("get", "cb", "fleet", "-o", "custom-columns=STATE:.status.state,REPLICAS:.status.openReplicas", "--no-headers")
 			}).Should(MatchRegexp(`^Open\s+2/2\s*$`))
-			g.Expect(c.kubectl(g, "get", "cb", "fleet")).To(MatchRegexp(`(?m)^NAME\s+STATE\s+FAILURES\s+THRESHOLD\s+TIMEOUT\s+AGE\s+REPLICAS\s+MODE\n`+
+			g.Expect(c.kubectl(g, "get", "cb", "fleet")).To(MatchRegexp(`(?m)^NAME\s+STATE\s+FAILURES\s+THRESHOLD\s+TIMEOUT\s+AGE\s+REPLICAS\s+ENDPOINTS\s+MODE\n`+
 				`fleet\s+Open\s+3\s+3\s+1h\s+\S+\s+2/2\s+Enforce$`), "kubectl get says how many replicas have it open")
 			names := c.kubectl(g, "get", "cb", "fleet", "-o", "jsonpath={.status.replicas[*].name}")
 			g.Expect(strings.Fields(names)).To(ConsistOf(primaryReplica, secondReplica))
