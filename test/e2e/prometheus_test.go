@@ -245,8 +245,8 @@ spec:
 
 	// Every dashboard query, with the variables as Grafana would set them
 	// for this breaker, answers without error; each returns data but the
-	// ejected-endpoints panel's, whose series the manager does not export
-	// yet (and this breaker has a URL upstream, no endpoints).
+	// endpoint panels', whose series exist only for Service upstreams (this
+	// breaker has a URL upstream).
 	d, err := monitoring.LoadDashboard(monitoring.DashboardPath)
 	g.Expect(err).NotTo(HaveOccurred())
 	queries, err := d.Queries()
@@ -254,7 +254,7 @@ spec:
 	vars := map[string]string{"namespace": "default", "breaker": "orders", "__rate_interval": "10s", "__range": "5m"}
 	for _, q := range queries {
 		expr := monitoring.Expand(q.Expr, vars)
-		noData := strings.Contains(expr, "circuitbreaker_endpoints")
+		noData := strings.Contains(expr, "circuitbreaker_endpoint")
 		g.Eventually(func(g Gomega) {
 			samples := p.query(g, expr)
 			if !noData {
