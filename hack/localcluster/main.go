@@ -78,7 +78,8 @@ func run(kubeconfig, samples string, manager []string) error {
 		return err
 	}
 	if hosts == nil {
-		fmt.Fprintf(os.Stderr, "localcluster: no test hosts (%v): the samples' Services have no endpoints, so their breakers are Open (NoReadyEndpoints); run as root for two\n", why)
+		fmt.Fprintf(os.Stderr, "localcluster: no test hosts (%v): the samples' Services have no endpoints, "+
+			"so their breakers are Open (NoReadyEndpoints); run as root for two\n", why)
 	}
 
 	fmt.Fprintf(os.Stderr, `

@@ -107,7 +107,7 @@ func TestServiceUpstreamsBalanceOverTheirEndpoints(t *testing.T) {
 	hosts := newTestHosts(t, 3)
 	ns := newNamespace(t)
 	createAPIService(t, ns)
-	writeSlice(t, ns, "api", "a", 8080, hosts.endpoint(0), hosts.endpoint(1), hosts.endpoint(2))
+	writeSlice(t, ns, "api", "a", hosts.endpoint(0), hosts.endpoint(1), hosts.endpoint(2))
 	h := startManager(t, ns, controller.Options{})
 	px := proxyFor(t, h)
 	ctx := context.Background()
@@ -134,7 +134,7 @@ func TestServiceUpstreamsBalanceOverTheirEndpoints(t *testing.T) {
 	calls("by-number", 30)
 	g.Expect(hosts.counts()).To(HaveEach(BeNumerically(">", 0)), "a numbered port routes too")
 
-	writeSlice(t, ns, "api", "a", 8080, hosts.endpoint(0), hosts.endpoint(2))
+	writeSlice(t, ns, "api", "a", hosts.endpoint(0), hosts.endpoint(2))
 	g.Eventually(func(g Gomega) { g.Expect(endpointsOf(g, ns, "by-name").Summary).To(Equal("2/2")) }).Should(Succeed())
 	calls("by-name", 300)
 	got := hosts.counts()
@@ -182,7 +182,7 @@ func TestServiceUpstreamEndpointRules(t *testing.T) {
 
 	// An IPv6 endpoint comes: the breaker probes at once, and serves.
 	v6 := endpointAt(hosts.IPv6(0).String(), true)
-	writeSlice(t, ns, "api", "v6", 8080, v6)
+	writeSlice(t, ns, "api", "v6", v6)
 	g.Eventually(func() int { return call(g, route) }, 5*time.Second, 50*time.Millisecond).Should(Equal(200))
 	g.Eventually(func(g Gomega) { g.Expect(getBreaker(g, ns, "api").Status.State).To(Equal(cbv1.StateClosed)) }).Should(Succeed())
 	g.Expect(hosts.counts()[0]).To(BeNumerically(">", 0))
@@ -193,8 +193,8 @@ func TestServiceUpstreamEndpointRules(t *testing.T) {
 	terminating.Conditions = discoveryv1.EndpointConditions{Ready: ptr.To(false), Serving: ptr.To(true), Terminating: ptr.To(true)}
 	notServing := hosts.endpoint(0)
 	notServing.Conditions = discoveryv1.EndpointConditions{Ready: ptr.To(false), Serving: ptr.To(false), Terminating: ptr.To(true)}
-	writeSlice(t, ns, "api", "a", 8080, terminating, notServing)
-	writeSlice(t, ns, "api", "v6", 8080)
+	writeSlice(t, ns, "api", "a", terminating, notServing)
+	writeSlice(t, ns, "api", "v6")
 	g.Eventually(func() []int32 {
 		hosts.counts()
 		for range 5 {
@@ -205,7 +205,7 @@ func TestServiceUpstreamEndpointRules(t *testing.T) {
 	g.Expect(getBreaker(g, ns, "api").Status.State).To(Equal(cbv1.StateClosed))
 
 	// Nothing usable: open again at once, and nothing is dialled.
-	writeSlice(t, ns, "api", "a", 8080, notServing)
+	writeSlice(t, ns, "api", "a", notServing)
 	g.Eventually(func(g Gomega) {
 		st := getBreaker(g, ns, "api").Status
 		g.Expect(st.State).To(Equal(cbv1.StateOpen))
@@ -225,7 +225,7 @@ func TestFailingEndpointIsEjectedBelowTheBreaker(t *testing.T) {
 	hosts := newTestHosts(t, 3)
 	ns := newNamespace(t)
 	createAPIService(t, ns)
-	writeSlice(t, ns, "api", "a", 8080, hosts.endpoint(0), hosts.endpoint(1), hosts.endpoint(2))
+	writeSlice(t, ns, "api", "a", hosts.endpoint(0), hosts.endpoint(1), hosts.endpoint(2))
 	h := startManager(t, ns, controller.Options{})
 	px := proxyFor(t, h)
 	g.Expect(k8sClient.Create(context.Background(), serviceBreaker(ns, "api", intstr.FromString("http"), func(cb *cbv1.CircuitBreaker) {

@@ -100,7 +100,7 @@ func createService(t *testing.T, namespace, name string) {
 		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 8080}}},
 	}
 	NewWithT(t).Expect(k8sClient.Create(context.Background(), svc)).To(Succeed())
-	writeSlice(t, namespace, name, "a", 8080, endpointAt("198.18.0.10", true))
+	writeSlice(t, namespace, name, "a", endpointAt("198.18.0.10", true))
 }
 
 // endpointAt is a slice endpoint at address, ready or not.
@@ -109,8 +109,8 @@ func endpointAt(address string, ready bool) discoveryv1.Endpoint {
 }
 
 // writeSlice creates or replaces the EndpointSlice service-suffix of
-// Service service, its port "http" at port, with endpoints.
-func writeSlice(t *testing.T, namespace, service, suffix string, port int32, endpoints ...discoveryv1.Endpoint) {
+// Service service, its port "http" at 8080, with endpoints.
+func writeSlice(t *testing.T, namespace, service, suffix string, endpoints ...discoveryv1.Endpoint) {
 	g := NewWithT(t)
 	addressType := discoveryv1.AddressTypeIPv4
 	if len(endpoints) > 0 && strings.Contains(endpoints[0].Addresses[0], ":") {
@@ -120,7 +120,7 @@ func writeSlice(t *testing.T, namespace, service, suffix string, port int32, end
 		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: service + "-" + suffix,
 			Labels: map[string]string{discoveryv1.LabelServiceName: service}},
 		AddressType: addressType,
-		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(port)}},
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To(int32(8080))}},
 		Endpoints:   endpoints,
 	}
 	ctx := context.Background()
