@@ -131,6 +131,35 @@ func getBreaker(ctx context.Context, client dynamic.ResourceInterface, namespace
 	return u, nil
 }
 
+// namedBreaker is one breaker of the chosen namespace, typed, with the
+// namespace and its client for what the command does next.
+type namedBreaker struct {
+	namespace string
+	client    dynamic.ResourceInterface
+	cb        *cbv1.CircuitBreaker
+}
+
+// breaker reads the breaker called name in the chosen namespace.
+func (o *options) breaker(ctx context.Context, name string) (namedBreaker, error) {
+	namespace, err := o.namespace()
+	if err != nil {
+		return namedBreaker{}, err
+	}
+	client, err := o.breakers(namespace)
+	if err != nil {
+		return namedBreaker{}, err
+	}
+	u, err := getBreaker(ctx, client, namespace, name)
+	if err != nil {
+		return namedBreaker{}, err
+	}
+	cb, err := typed(u)
+	if err != nil {
+		return namedBreaker{}, err
+	}
+	return namedBreaker{namespace: namespace, client: client, cb: cb}, nil
+}
+
 // typed is u as the API types see it; fields they do not know are dropped.
 func typed(u *unstructured.Unstructured) (*cbv1.CircuitBreaker, error) {
 	var cb cbv1.CircuitBreaker

@@ -37,22 +37,11 @@ type historyLine struct {
 }
 
 func history(ctx context.Context, o *options, name string) error {
-	namespace, err := o.namespace()
+	b, err := o.breaker(ctx, name)
 	if err != nil {
 		return err
 	}
-	client, err := o.breakers(namespace)
-	if err != nil {
-		return err
-	}
-	u, err := getBreaker(ctx, client, namespace, name)
-	if err != nil {
-		return err
-	}
-	cb, err := typed(u)
-	if err != nil {
-		return err
-	}
+	namespace, cb := b.namespace, b.cb
 	core, err := o.coreClient()
 	if err != nil {
 		return err

@@ -39,22 +39,11 @@ func newModeCommand(o *options) *cobra.Command {
 }
 
 func printMode(ctx context.Context, o *options, name string) error {
-	namespace, err := o.namespace()
+	b, err := o.breaker(ctx, name)
 	if err != nil {
 		return err
 	}
-	client, err := o.breakers(namespace)
-	if err != nil {
-		return err
-	}
-	u, err := getBreaker(ctx, client, namespace, name)
-	if err != nil {
-		return err
-	}
-	cb, err := typed(u)
-	if err != nil {
-		return err
-	}
+	cb := b.cb
 	_, err = fmt.Fprintln(o.streams.Out, mode(cb))
 	return err
 }
@@ -70,22 +59,11 @@ func setMode(ctx context.Context, o *options, name, newMode string) error {
 		}
 		return fmt.Errorf("unknown mode %q: use one of %s", newMode, strings.Join(modes, ", "))
 	}
-	namespace, err := o.namespace()
+	b, err := o.breaker(ctx, name)
 	if err != nil {
 		return err
 	}
-	client, err := o.breakers(namespace)
-	if err != nil {
-		return err
-	}
-	u, err := getBreaker(ctx, client, namespace, name)
-	if err != nil {
-		return err
-	}
-	before, err := typed(u)
-	if err != nil {
-		return err
-	}
+	namespace, client, before := b.namespace, b.client, b.cb
 	patch, err := json.Marshal(map[string]any{"spec": map[string]string{"mode": newMode}})
 	if err != nil {
 		return err
