@@ -89,55 +89,20 @@ func settled(read func() int64) {
 	}
 }
 
-// BenchmarkMemoryPerHeldCall: callers that ask for an 8 MiB answer and
-// never read it, each holding its call until the stream idle timeout.
-func BenchmarkMemoryPerHeldCall(b *testing.B) {
-	addr, f := memoryFixture(b, 8<<20)
-	rt, _ := f.table.get("shop/a")
-	goBefore, sockBefore := goBytes(), sockBytes(b)
-	conns := make([]net.Conn, 0, b.N)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
+// callers opens b.N connections to addr, each asking for path, and reads
+// each answer when read says; Cleanup closes them.
+func callers(b *testing.B, addr, path string, read bool) {
 	for range b.N {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			b.Fatal(err)
 		}
-		conns = append(conns, c)
-		if _, err := io.WriteString(c, "GET /shop/a/big HTTP/1.1\r\nHost: p\r\n\r\n"); err != nil {
+		b.Cleanup(func() { c.Close() })
+		if _, err := io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: p\r\n\r\n"); err != nil {
 			b.Fatal(err)
 		}
-	}
-	settled(func() int64 { return rt.inFlight.Load()*1e12 + sockBytes(b) })
-	if held := rt.inFlight.Load(); held != int64(b.N) {
-		b.Fatalf("%d calls held, want %d", held, b.N)
-	}
-	b.ReportMetric(float64(goBytes()-goBefore)/float64(b.N), "go-bytes/op")
-	b.ReportMetric(float64(sockBytes(b)-sockBefore)/float64(b.N), "sock-bytes/op")
-}
-
-// BenchmarkMemoryPerIdleConnection: keep-alive callers idle after one
-// small call.
-func BenchmarkMemoryPerIdleConnection(b *testing.B) {
-	addr, _ := memoryFixture(b, 16)
-	goBefore, sockBefore := goBytes(), sockBytes(b)
-	conns := make([]net.Conn, 0, b.N)
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	for range b.N {
-		c, err := net.Dial("tcp", addr)
-		if err != nil {
-			b.Fatal(err)
-		}
-		conns = append(conns, c)
-		if _, err := io.WriteString(c, "GET /shop/a/small HTTP/1.1\r\nHost: p\r\n\r\n"); err != nil {
-			b.Fatal(err)
+		if !read {
+			continue
 		}
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err != nil {
@@ -146,7 +111,34 @@ func BenchmarkMemoryPerIdleConnection(b *testing.B) {
 		_, _ = io.Copy(io.Discard, resp.Body)
 		resp.Body.Close()
 	}
-	settled(func() int64 { return sockBytes(b) })
+}
+
+// reportMemory reports the memory per op above goBefore and sockBefore.
+func reportMemory(b *testing.B, goBefore, sockBefore int64) {
 	b.ReportMetric(float64(goBytes()-goBefore)/float64(b.N), "go-bytes/op")
 	b.ReportMetric(float64(sockBytes(b)-sockBefore)/float64(b.N), "sock-bytes/op")
+}
+
+// BenchmarkMemoryPerHeldCall: callers that ask for an 8 MiB answer and
+// never read it, each holding its call until the stream idle timeout.
+func BenchmarkMemoryPerHeldCall(b *testing.B) {
+	addr, f := memoryFixture(b, 8<<20)
+	rt, _ := f.table.get("shop/a")
+	goBefore, sockBefore := goBytes(), sockBytes(b)
+	callers(b, addr, "/shop/a/big", false)
+	settled(func() int64 { return rt.inFlight.Load()*1e12 + sockBytes(b) })
+	if held := rt.inFlight.Load(); held != int64(b.N) {
+		b.Fatalf("%d calls held, want %d", held, b.N)
+	}
+	reportMemory(b, goBefore, sockBefore)
+}
+
+// BenchmarkMemoryPerIdleConnection: keep-alive callers idle after one
+// small call.
+func BenchmarkMemoryPerIdleConnection(b *testing.B) {
+	addr, _ := memoryFixture(b, 16)
+	goBefore, sockBefore := goBytes(), sockBytes(b)
+	callers(b, addr, "/shop/a/small", true)
+	settled(func() int64 { return sockBytes(b) })
+	reportMemory(b, goBefore, sockBefore)
 }
