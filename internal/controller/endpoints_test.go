@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/controller"
@@ -283,4 +284,36 @@ func seriesValue(g Gomega, h *harness, metric, namespace string, extra map[strin
 		}
 	}
 	return -1
+}
+
+// A replica that starts while a breaker is Open for NoReadyEndpoints, its
+// recovery timeout long passed, keeps it Open: it learns that the Service
+// still has no endpoint before anything can move the breaker to HalfOpen
+// (which would only open it again: two transitions, two Events and a
+// status write per breaker on every restart).
+func TestRestartKeepsNoReadyEndpointsOpenWithoutFlapping(t *testing.T) {
+	g := NewWithT(t)
+	ns := newNamespace(t)
+	createAPIService(t, ns)
+	ctx := context.Background()
+	g.Expect(k8sClient.Create(ctx, serviceBreaker(ns, "api", intstr.FromString("http")))).To(Succeed())
+	cb := getBreaker(g, ns, "api")
+	patch := client.MergeFrom(cb.DeepCopy())
+	opened := time.Now().Add(-time.Hour)
+	cb.Status = cbv1.CircuitBreakerStatus{
+		State: cbv1.StateOpen, LastOpenReason: "NoReadyEndpoints",
+		LastTransitionTime: &metav1.Time{Time: opened},
+		OpenUntil:          &metav1.Time{Time: opened.Add(2 * time.Minute)},
+		History: []cbv1.TransitionRecord{{Time: metav1.NewMicroTime(opened), From: cbv1.StateClosed, To: cbv1.StateOpen,
+			Reason: "the upstream Service has no ready endpoint", OpenReason: "NoReadyEndpoints"}},
+	}
+	g.Expect(k8sClient.Status().Patch(ctx, cb, patch)).To(Succeed())
+
+	startManager(t, ns, controller.Options{})
+	g.Eventually(func(g Gomega) {
+		st := getBreaker(g, ns, "api").Status
+		g.Expect(st.ObservedGeneration).NotTo(BeZero(), "the manager wrote the status")
+		g.Expect(st.State).To(Equal(cbv1.StateOpen))
+		g.Expect(st.History).To(HaveLen(1), "no HalfOpen and Open again: %v", st.History)
+	}).Should(Succeed())
 }

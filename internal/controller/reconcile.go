@@ -217,12 +217,15 @@ func (r *Reconciler) serve(ctx context.Context, key breaker.Key, cb *cbv1.Circui
 		return nil, cfg, refused, nil
 	}
 	b, created := r.registry.Upsert(key, string(cb.UID), cfg.settings, savedSnapshot(saved))
+	if cb.Spec.Upstream.Service != nil {
+		// Before anything reads the breaker (a snapshot may move a
+		// restored Open breaker to HalfOpen, only for it to open again
+		// for want of endpoints), and before the route: a call it takes
+		// finds the circuit open already.
+		b.SetEndpointsUsable(len(cfg.route.Endpoints) > 0)
+	}
 	if created {
 		ctrl.LoggerFrom(ctx).V(1).Info("breaker created", "namespace", cb.Namespace, "name", cb.Name, "state", statusStates[b.Snapshot().State])
-	}
-	if cb.Spec.Upstream.Service != nil {
-		// Before the route: a call it takes finds the circuit open already.
-		b.SetEndpointsUsable(len(cfg.route.Endpoints) > 0)
 	}
 	r.routes.Set(key, b, cfg.route)
 	return b, cfg, nil, nil
