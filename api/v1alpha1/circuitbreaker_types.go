@@ -14,6 +14,10 @@ const ResetAnnotation = "circuitbreaker.io/reset"
 const (
 	ConditionReady   = "Ready"
 	ConditionStalled = "Stalled"
+	// ConditionExposed is True while spec.expose's Service routes here,
+	// False (reason ServiceConflict) when a Service of that name is not
+	// the operator's. Absent without spec.expose.
+	ConditionExposed = "Exposed"
 )
 
 // State values of CircuitBreakerStatus.State.
@@ -147,6 +151,23 @@ type CircuitBreakerSpec struct {
 	// every call). Off when absent.
 	// +optional
 	EndpointEjection *EndpointEjection `json:"endpointEjection,omitempty"`
+
+	// Expose has the operator keep a Service in this namespace through
+	// which callers reach this breaker by name: an ExternalName Service
+	// pointing at the proxy, owned by this CircuitBreaker. Callers change
+	// their hostname to it, nothing else. Off when absent.
+	// +optional
+	Expose *Expose `json:"expose,omitempty"`
+}
+
+// Expose names the Service through which callers reach a breaker.
+type Expose struct {
+	// ServiceName is the Service's name (default <metadata.name>-breaker).
+	// A Service of that name the operator does not own is never changed.
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z]([-a-z0-9]*[a-z0-9])?$`
+	// +optional
+	ServiceName string `json:"serviceName,omitempty"`
 }
 
 // EndpointEjection is per-endpoint outlier ejection.
@@ -380,6 +401,11 @@ type CircuitBreakerStatus struct {
 	// +optional
 	Endpoints *EndpointsStatus `json:"endpoints,omitempty"`
 
+	// ExposedAs is the exposed Service's DNS name, set while that Service
+	// exists and routes here (spec.expose).
+	// +optional
+	ExposedAs string `json:"exposedAs,omitempty"`
+
 	// Conditions hold Ready (True: serving as specified; False with a
 	// PascalCase reason and a message) and Stalled (True, with the same
 	// reason, while the spec cannot be served).
@@ -480,6 +506,7 @@ type TransitionRecord struct {
 // +kubebuilder:printcolumn:name="Endpoints",type=string,JSONPath=`.status.endpoints.summary`,description="usable endpoints of the ready ones (Service upstreams)"
 // +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.spec.mode`
 // +kubebuilder:printcolumn:name="Upstream",type=string,JSONPath=`.status.upstream`,priority=1
+// +kubebuilder:printcolumn:name="Exposed",type=string,JSONPath=`.status.exposedAs`,priority=1,description="the Service callers reach this breaker through"
 type CircuitBreaker struct {
 	metav1.TypeMeta   `json:",inline"`
 	metav1.ObjectMeta `json:"metadata,omitempty"`

@@ -21,6 +21,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/selection"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/validation"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
@@ -59,6 +61,7 @@ func run() error {
 	var (
 		proxyAddr, apiAddr, metricsAddr, probeAddr string
 		notifyWebhook, clusterDomain, denyCIDRs    string
+		proxyService                               string
 		leaderElectionNamespace                    string
 		leaderElect, metricsSecure, enableHTTP2    bool
 		allowURLUpstreams                          bool
@@ -86,6 +89,9 @@ func run() error {
 		"caller connections open to the proxy; beyond it new ones wait to be accepted (0: sized from the memory limit)")
 	flag.StringVar(&clusterDomain, "cluster-domain", controller.DefaultClusterDomain,
 		"the cluster's DNS domain: Service upstreams are dialled as <name>.<namespace>.svc.<cluster-domain>.")
+	flag.StringVar(&proxyService, "proxy-service", "",
+		"namespace/name of the proxy's own Service, which exposed breakers' Services point at (default: "+controller.DefaultProxyService+
+			" in the manager's namespace, "+controller.DefaultProxyNamespace+" outside a cluster)")
 	zapOpts := zap.Options{Development: true}
 	zapOpts.BindFlags(flag.CommandLine)
 	// --kubeconfig is registered by controller-runtime's config package.
@@ -101,6 +107,11 @@ func run() error {
 		if err != nil {
 			return fmt.Errorf("invalid --notify-webhook: %w", err)
 		}
+	}
+
+	proxySvc, err := parseProxyService(proxyService)
+	if err != nil {
+		return fmt.Errorf("invalid --proxy-service: %w", err)
 	}
 
 	deny, err := parseCIDRs(denyCIDRs)
@@ -177,7 +188,7 @@ func run() error {
 		Registerer:   ctrlmetrics.Registry,
 		Log:          ctrl.Log,
 		Webhook:      webhook,
-		Controller:   controller.Options{AllowURLUpstreams: allowURLUpstreams, ClusterDomain: clusterDomain},
+		Controller:   controller.Options{AllowURLUpstreams: allowURLUpstreams, ClusterDomain: clusterDomain, ProxyService: proxySvc},
 		ProxyAddr:    proxyAddr,
 		APIAddr:      apiAddr,
 		DenyNetworks: deny,
@@ -265,4 +276,31 @@ func parseCIDRs(list string) ([]*net.IPNet, error) {
 		networks = append(networks, n)
 	}
 	return networks, nil
+}
+
+// inClusterNamespace is where a pod finds its own namespace.
+const inClusterNamespace = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+// parseProxyService reads --proxy-service, "namespace/name" or "name" (in
+// the manager's namespace); empty is the install's proxy Service.
+func parseProxyService(s string) (types.NamespacedName, error) {
+	namespace, name, qualified := strings.Cut(s, "/")
+	if !qualified {
+		namespace, name = "", s
+		if own, err := os.ReadFile(inClusterNamespace); err == nil {
+			namespace = strings.TrimSpace(string(own))
+		}
+	}
+	if name == "" {
+		name = controller.DefaultProxyService
+	}
+	if namespace == "" {
+		namespace = controller.DefaultProxyNamespace
+	}
+	for _, part := range []string{namespace, name} {
+		if errs := validation.IsDNS1123Label(part); len(errs) > 0 {
+			return types.NamespacedName{}, fmt.Errorf("%q: %s", part, errs[0])
+		}
+	}
+	return types.NamespacedName{Namespace: namespace, Name: name}, nil
 }

@@ -119,10 +119,10 @@ func TestServiceUpstreamsBalanceOverTheirEndpoints(t *testing.T) {
 		g.Expect(endpointsOf(g, ns, "by-number").Summary).To(Equal("3/3"))
 	}).Should(Succeed())
 
-	client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 1}}
+	oneConn := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 1}}
 	calls := func(name string, n int) {
 		for range n {
-			resp, err := client.Get(px.URL + "/" + ns + "/" + name + "/x")
+			resp, err := oneConn.Get(px.URL + "/" + ns + "/" + name + "/x")
 			g.Expect(err).NotTo(HaveOccurred())
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()

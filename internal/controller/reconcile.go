@@ -23,11 +23,11 @@ import (
 // +kubebuilder:rbac:groups=circuitbreaker.io,resources=circuitbreakers,verbs=get;list;watch
 // +kubebuilder:rbac:groups=circuitbreaker.io,resources=circuitbreakers/status,verbs=get;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
-// +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;patch;delete
 
 // Reconcile puts one CircuitBreaker into the registry and the routes,
 // announces its new transitions, and writes its status (deferred, once),
-// in these steps: serve (the data plane) or refuse, handleReset,
+// in these steps: serve (the data plane), expose, refuse or handleReset,
 // followFleet, announce, recordServing, writeOwnEntry, writeFleetView
 // (leader only) and requeueAfter.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
@@ -53,6 +53,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 
 	b, cfg, refused, err := r.serve(ctx, key, &cb, &base)
 	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.expose(ctx, &cb, key, &base, status); err != nil {
 		return ctrl.Result{}, err
 	}
 	if refused != nil {

@@ -6,10 +6,12 @@ package controller
 import (
 	"context"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -64,7 +66,14 @@ type Options struct {
 	Fleet Fleet
 	// Clock stamps the replica's status entries; default the real clock.
 	Clock clock.PassiveClock
+	// ProxyService is the proxy's own Service (--proxy-service), which
+	// exposed Services point at; default DefaultProxyService in
+	// DefaultProxyNamespace.
+	ProxyService types.NamespacedName
 }
+
+// DefaultProxyNamespace is the install's namespace, for ProxyService.
+const DefaultProxyNamespace = "circuit-breaker-operator-system"
 
 // Reconciler keeps the registry and the proxy's routes in step with the
 // CircuitBreaker resources and writes each breaker's live state into its
@@ -123,6 +132,15 @@ func New(c client.Client, rec recorder.EventRecorder, registry *breaker.Registry
 	}
 	if opts.Clock == nil {
 		opts.Clock = clock.RealClock{}
+	}
+	if opts.ClusterDomain = strings.Trim(opts.ClusterDomain, "."); opts.ClusterDomain == "" {
+		opts.ClusterDomain = DefaultClusterDomain
+	}
+	if opts.ProxyService.Name == "" {
+		opts.ProxyService.Name = DefaultProxyService
+	}
+	if opts.ProxyService.Namespace == "" {
+		opts.ProxyService.Namespace = DefaultProxyNamespace
 	}
 	r := &Reconciler{client: c, recorder: rec, registry: registry, routes: routes, leader: leader, opts: opts}
 	r.leaderStatus = leaderStatusWriter{client: c, leading: leader.Leading}

@@ -64,18 +64,29 @@ func (everyReplica) NeedLeaderElection() bool          { return false }
 // serviceIndex indexes CircuitBreakers by the Service their upstream names.
 const serviceIndex = "spec.upstream.service.name"
 
+// breakersOfService maps a Service to the breakers that name it as their
+// upstream, and to the breaker exposed as it (spec.expose) or that
+// controls it.
 func (r *Reconciler) breakersOfService(ctx context.Context, svc client.Object) []reconcile.Request {
-	var list cbv1.CircuitBreakerList
-	if err := r.client.List(ctx, &list, client.InNamespace(svc.GetNamespace()), client.MatchingFields{serviceIndex: svc.GetName()}); err != nil {
-		ctrl.LoggerFrom(ctx).Error(err, "listing the breakers of a Service", "namespace", svc.GetNamespace(), "service", svc.GetName())
-		return nil
+	var requests []reconcile.Request
+	for _, field := range []client.MatchingFields{{serviceIndex: svc.GetName()}, {exposeIndex: svc.GetName()}} {
+		var list cbv1.CircuitBreakerList
+		if err := r.client.List(ctx, &list, client.InNamespace(svc.GetNamespace()), field); err != nil {
+			ctrl.LoggerFrom(ctx).Error(err, "listing the breakers of a Service", "namespace", svc.GetNamespace(), "service", svc.GetName())
+			return nil
+		}
+		for _, cb := range list.Items {
+			requests = append(requests, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&cb)})
+		}
 	}
-	requests := make([]reconcile.Request, 0, len(list.Items))
-	for _, cb := range list.Items {
-		requests = append(requests, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&cb)})
+	if owner, _ := ownerOf(svc); owner != "" {
+		requests = append(requests, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: svc.GetNamespace(), Name: owner}})
 	}
 	return requests
 }
+
+// exposeIndex indexes CircuitBreakers by the Service they are exposed as.
+const exposeIndex = "spec.expose.serviceName"
 
 // breakersOfSlice maps an EndpointSlice to the breakers of its Service.
 func (r *Reconciler) breakersOfSlice(ctx context.Context, slice client.Object) []reconcile.Request {
@@ -179,6 +190,22 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}); err != nil {
 		return err
 	}
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &cbv1.CircuitBreaker{}, exposeIndex, func(o client.Object) []string {
+		if name := exposedServiceName(o.(*cbv1.CircuitBreaker)); name != "" {
+			return []string{name}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &corev1.Service{}, ownerIndex, func(o client.Object) []string {
+		if owner, _ := ownerOf(o); owner != "" {
+			return []string{owner}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &cbv1.CircuitBreaker{}, replicaIndex, func(o client.Object) []string {
 		entries := o.(*cbv1.CircuitBreaker).Status.Replicas
 		names := make([]string, 0, len(entries))
@@ -195,7 +222,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		For(&cbv1.CircuitBreaker{}, builder.WithPredicates(predicate.Or[client.Object](
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, r.othersChanged()))).
 		// A Service appearing, going or changing its type changes what the
-		// breakers that name it may do.
+		// breakers that name it may do, and whether one is exposed.
 		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.breakersOfService)).
 		// Its endpoints changing changes where the calls go, and whether
 		// there is anywhere at all.

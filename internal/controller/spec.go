@@ -301,8 +301,9 @@ func TrimService(obj any) (any, error) {
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace: svc.Namespace, Name: svc.Name, UID: svc.UID, ResourceVersion: svc.ResourceVersion,
 			Generation: svc.Generation, DeletionTimestamp: svc.DeletionTimestamp,
+			OwnerReferences: svc.OwnerReferences, // whose exposed Service it is
 		},
-		Spec: corev1.ServiceSpec{Type: svc.Spec.Type, Ports: svc.Spec.Ports},
+		Spec: corev1.ServiceSpec{Type: svc.Spec.Type, Ports: svc.Spec.Ports, ExternalName: svc.Spec.ExternalName},
 	}, nil
 }
 

@@ -168,6 +168,7 @@ func New(mgr manager.Manager, cfg Config) (*Operator, error) {
 	deny := append(slices.Clip(cfg.DenyNetworks), apiServerNetworks(ctx, mgr.GetConfig().Host, mgr.GetAPIReader(), cfg.Log)...)
 	op.Proxy = proxy.NewServer(cfg.ProxyAddr, proxy.New(op.Routes, cfg.Clock, proxy.Options{
 		LoopToken: token, LoopSecret: secret, DenyNetworks: deny, MaxConcurrentRequests: cfg.MaxConcurrentRequests,
+		ClusterDomain: cfg.Controller.ClusterDomain,
 	}))
 	op.API = restapi.NewServer(cfg.APIAddr, restapi.New(op.Registry, mgr.GetClient(), cfg.Clock,
 		restapi.Options{BindAddress: cfg.APIAddr, Log: cfg.Log.WithName("api")}))

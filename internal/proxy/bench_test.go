@@ -102,6 +102,27 @@ func BenchmarkProxyHop(b *testing.B) {
 	}
 }
 
+// BenchmarkHostLookup is the Host lookup every proxied request makes first,
+// among 500 exposed breakers, for a Host that names one (in its longest
+// form) and for one that names none (a path-routed call).
+func BenchmarkHostLookup(b *testing.B) {
+	var hosts hostIndex
+	for i := range 500 {
+		hosts.expose(breaker.NewKey("team-"+string(rune('a'+i%20)), "svc-"+string(rune('a'+i/20))), "svc-"+string(rune('a'+i/20))+"-breaker")
+	}
+	for name, host := range map[string]string{
+		"exposed":     "svc-m-breaker.team-k.svc.cluster.local:8080",
+		"not exposed": "circuit-breaker-operator-proxy.circuit-breaker-operator-system:80",
+	} {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				hosts.lookup(host, ".svc.cluster.local")
+			}
+		})
+	}
+}
+
 // BenchmarkTableGet is the route lookup every proxied request makes, among 500 routes.
 func BenchmarkTableGet(b *testing.B) {
 	table := NewTable(metrics.NewBreakers(prometheus.NewRegistry()))

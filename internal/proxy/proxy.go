@@ -38,6 +38,10 @@ type Options struct {
 	// --upstream-deny-cidrs (node and pod ranges) and the API server's
 	// addresses.
 	DenyNetworks []*net.IPNet
+	// ClusterDomain is the cluster's DNS domain (default cluster.local):
+	// a Host "<service>.<namespace>.svc.<cluster-domain>" names an exposed
+	// breaker.
+	ClusterDomain string
 	// MaxConcurrentRequests caps the calls in flight through every route
 	// together (--max-concurrent-requests); beyond it callers get 503
 	// saturated, no verdict. 0 is no cap.
@@ -60,6 +64,8 @@ type Proxy struct {
 	via     string
 	viaOnly []string
 	marks   *marks
+	// svcSuffix is ".svc." and the cluster domain.
+	svcSuffix string
 	// inFlight counts the calls being forwarded, against maxInFlight.
 	inFlight    atomic.Int64
 	maxInFlight int64
@@ -75,6 +81,11 @@ func New(table *Table, clk clock.PassiveClock, opts Options) *Proxy {
 		via:       "1.1 circuit-breaker-" + opts.LoopToken,
 	}
 	p.viaOnly = []string{p.via}
+	domain := opts.ClusterDomain
+	if domain == "" {
+		domain = "cluster.local"
+	}
+	p.svcSuffix = ".svc." + strings.ToLower(strings.TrimSuffix(domain, "."))
 	secret := opts.LoopSecret
 	if len(secret) == 0 {
 		secret = []byte("circuit-breaker-loop " + opts.LoopToken)
@@ -89,10 +100,24 @@ func New(table *Table, clk clock.PassiveClock, opts Options) *Proxy {
 }
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	key, rest, ok := splitPath(r.URL.EscapedPath())
-	if !ok {
-		writeError(w, http.StatusNotFound, "no circuit breaker here: use /<namespace>/<name>/<path>")
+	var (
+		key  breaker.Key
+		rest string
+	)
+	switch hostKey, match := p.table.hosts.lookup(r.Host, p.svcSuffix); match {
+	case hostRouted:
+		// Called by its exposed Service's name: the path is the caller's own.
+		key, rest = hostKey, r.URL.EscapedPath()
+	case hostAmbiguous:
+		writeError(w, http.StatusNotFound, "several circuit breakers are exposed as "+strconv.Quote(r.Host)+
+			": call one as <service>.<namespace>, <service>.<namespace>.svc or <service>.<namespace>"+p.svcSuffix)
 		return
+	default:
+		var ok bool
+		if key, rest, ok = splitPath(r.URL.EscapedPath()); !ok {
+			writeError(w, http.StatusNotFound, "no circuit breaker here: use /<namespace>/<name>/<path>, or an exposed Service's name as the Host")
+			return
+		}
 	}
 	rt, ok := p.table.get(key)
 	if !ok {

@@ -14,6 +14,8 @@ import (
 type Table struct {
 	metrics *metrics.Breakers
 	routes  readmostly.Map[breaker.Key, *route]
+	// hosts routes calls by Host to the breakers exposed as Services.
+	hosts hostIndex
 	// onEjection is told of each endpoint ejection (set before serving).
 	onEjection func(breaker.Key, Endpoint, time.Time)
 }
@@ -97,8 +99,15 @@ func (t *Table) Refuse(key breaker.Key, status int, reason string) {
 	}
 }
 
-// Delete removes the route and its metrics.
+// Expose routes calls whose Host names Service service in key's
+// namespace (spec.expose) to key's route; service "" stops that.
+func (t *Table) Expose(key breaker.Key, service string) {
+	t.hosts.expose(key, service)
+}
+
+// Delete removes the route, its Host route and its metrics.
 func (t *Table) Delete(key breaker.Key) {
+	t.hosts.expose(key, "")
 	if _, loaded := t.swap(key, nil); loaded {
 		t.metrics.Forget(key)
 	}

@@ -106,6 +106,9 @@ func TestE2E(t *testing.T) {
 			{[]string{"create", "events.events.k8s.io", "-n", "default"}, "yes"},
 			{[]string{"update", "leases.coordination.k8s.io", "-n", operatorNamespace}, "yes"},
 			{[]string{"watch", "services", "-A"}, "yes"},
+			{[]string{"create", "services", "-n", "default"}, "yes"}, // spec.expose
+			{[]string{"patch", "services", "-n", "default"}, "yes"},
+			{[]string{"delete", "services", "-n", "default"}, "yes"},
 			{[]string{"list", "endpointslices.discovery.k8s.io", "-n", "default"}, "yes"},
 			{[]string{"create", "tokenreviews.authentication.k8s.io"}, "yes"},
 			{[]string{"create", "subjectaccessreviews.authorization.k8s.io"}, "yes"},
