@@ -92,11 +92,16 @@ func translate(cb *cbv1.CircuitBreaker, svc *corev1.Service, slices []discoveryv
 			FailureCodes:      failureCodes,
 		},
 	}
+	var port *corev1.ServicePort
 	if up := spec.Upstream.Service; up != nil {
-		port, _ := servicePort(svc, up.Port) // upstreamURL found it
+		p, _ := servicePort(svc, up.Port) // upstreamURL found it
+		port = &p
 		cfg.route.Host = target.Host
 		cfg.route.Endpoints = serviceEndpoints(slices, port.Name)
 		cfg.route.Ejection = ejection(spec.EndpointEjection)
+	}
+	if cfg.route.H2C, why = speaksH2C(spec.Upstream.Protocol, target, port); why != nil {
+		return runtimeConfig{}, why
 	}
 	policy(spec, &cfg.settings)
 	if cfg.route.MaxConcurrent <= 0 {
@@ -120,6 +125,26 @@ func translate(cb *cbv1.CircuitBreaker, svc *corev1.Service, slices []discoveryv
 		cfg.route.Fallback = &proxy.Fallback{StatusCode: status, ContentType: fb.ContentType, Body: []byte(fb.Body)}
 	}
 	return cfg, nil
+}
+
+// h2cAppProtocols are the Service port appProtocols spoken to in h2c:
+// Kubernetes' own name for HTTP/2 with prior knowledge, and gRPC, whose
+// servers speak it when they have no TLS.
+var h2cAppProtocols = map[string]bool{"kubernetes.io/h2c": true, "grpc": true}
+
+// speaksH2C says whether calls to target go as h2c: spec.upstream.protocol
+// says so, or the Service port's appProtocol (port is nil for a URL
+// upstream). An https upstream negotiates its protocol by ALPN: h2c is
+// refused there, and the port's appProtocol does not apply.
+func speaksH2C(protocol string, target *url.URL, port *corev1.ServicePort) (bool, *refusal) {
+	if target.Scheme != "http" {
+		if protocol == cbv1.ProtocolH2C {
+			return false, &refusal{reason: ReasonInvalidSpec, stalled: true,
+				message: "spec.upstream.protocol h2c is HTTP/2 without TLS: it needs an http upstream (an https one negotiates HTTP/2 by ALPN)"}
+		}
+		return false, nil
+	}
+	return protocol == cbv1.ProtocolH2C || port != nil && h2cAppProtocols[ptr.Deref(port.AppProtocol, "")], nil
 }
 
 // Defaults of spec.endpointEjection, the same as the schema's.
