@@ -191,8 +191,10 @@ func startManager(t *testing.T, namespace string, opts controller.Options, hopts
 		Scheme:                 controlplane.Scheme(),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
-		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{namespace: {}}},
-		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
+		Cache: cache.Options{DefaultNamespaces: map[string]cache.Config{namespace: {}},
+			// As cmd/manager: the controller sees only the certificates.
+			ByObject: map[client.Object]cache.ByObject{&corev1.ConfigMap{}: {Transform: controller.TrimConfigMap}}},
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
 		NewClient: func(cfg *rest.Config, o client.Options) (client.Client, error) {
 			c, err := client.NewWithWatch(cfg, o)
 			return interceptor.NewClient(c, countPatches), err

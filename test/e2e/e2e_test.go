@@ -107,6 +107,8 @@ func TestE2E(t *testing.T) {
 			{[]string{"update", "leases.coordination.k8s.io", "-n", operatorNamespace}, "yes"},
 			{[]string{"watch", "services", "-A"}, "yes"},
 			{[]string{"list", "endpointslices.discovery.k8s.io", "-n", "default"}, "yes"},
+			{[]string{"watch", "configmaps", "-A"}, "yes"},
+			{[]string{"update", "configmaps", "-A"}, "no"},
 			{[]string{"create", "tokenreviews.authentication.k8s.io"}, "yes"},
 			{[]string{"create", "subjectaccessreviews.authorization.k8s.io"}, "yes"},
 			{[]string{"get", "customresourcedefinitions.apiextensions.k8s.io/circuitbreakers.circuitbreaker.io"}, "yes"},
