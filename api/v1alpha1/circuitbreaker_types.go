@@ -206,6 +206,8 @@ type EndpointEjection struct {
 
 // Upstream is exactly one of a Service in the breaker's namespace or a URL.
 // +kubebuilder:validation:XValidation:rule="has(self.service) != has(self.url)",message="exactly one of upstream.service or upstream.url must be set"
+// +kubebuilder:validation:XValidation:rule="!has(self.protocol) || self.protocol != 'h2c' || (has(self.service) ? (!has(self.service.scheme) || self.service.scheme == 'http') : (isURL(self.url) && url(self.url).getScheme() == 'http'))",message="protocol h2c is HTTP/2 without TLS: it needs an http upstream (an https one negotiates HTTP/2 by ALPN)",fieldPath=".protocol"
+// +kubebuilder:validation:XValidation:rule="!has(self.tls) || (has(self.service) ? (has(self.service.scheme) && self.service.scheme == 'https') : (isURL(self.url) && url(self.url).getScheme() == 'https'))",message="upstream.tls needs an https upstream",fieldPath=".tls"
 type Upstream struct {
 	// Service is a Service in the same namespace, reached as
 	// <scheme>://<name>.<namespace>.svc:<port>.
@@ -218,6 +220,63 @@ type Upstream struct {
 	// +kubebuilder:validation:XValidation:rule="isURL(self) && (url(self).getScheme() == 'http' || url(self).getScheme() == 'https') && url(self).getHostname() != ''",message="upstream.url must be an absolute http or https URL"
 	// +optional
 	URL string `json:"url,omitempty"`
+
+	// Protocol is what the proxy speaks to an http upstream: http
+	// (HTTP/1.1) or h2c (HTTP/2 with prior knowledge, without TLS, as gRPC
+	// servers speak). A Service port whose appProtocol is kubernetes.io/h2c
+	// or grpc is spoken to in h2c whatever this says. An https upstream
+	// negotiates HTTP/2 or HTTP/1.1 by ALPN.
+	// +kubebuilder:validation:Enum=http;h2c
+	// +kubebuilder:default=http
+	// +optional
+	Protocol string `json:"protocol,omitempty"`
+
+	// TLS is whom an https upstream is trusted as.
+	// +optional
+	TLS *UpstreamTLS `json:"tls,omitempty"`
+}
+
+// Protocols of Upstream.Protocol.
+const (
+	ProtocolHTTP = "http"
+	ProtocolH2C  = "h2c"
+)
+
+// UpstreamTLS is how an https upstream's certificate is verified.
+type UpstreamTLS struct {
+	// CAConfigMap names the PEM bundle of the certificate authorities to
+	// trust: a key of a ConfigMap in the breaker's namespace, as
+	// trust-manager writes them. Without it the manager's system roots are
+	// trusted, which a cluster CA is not in.
+	// +optional
+	CAConfigMap *ConfigMapKey `json:"caConfigMap,omitempty"`
+
+	// ServerName is the name the upstream's certificate must be valid for:
+	// by default <service>.<namespace>.svc for a Service upstream (which
+	// is dialled at its endpoints' addresses), the URL's host for a URL one.
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	// +optional
+	ServerName string `json:"serverName,omitempty"`
+}
+
+// ConfigMapKey is one key of a ConfigMap in the breaker's namespace.
+type ConfigMapKey struct {
+	// Name of the ConfigMap.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Name string `json:"name"`
+
+	// Key of the PEM bundle in the ConfigMap's data: ca.crt by default, the
+	// key of the cluster's own kube-root-ca.crt ConfigMap and of
+	// cert-manager's CA certificates.
+	// +kubebuilder:default=ca.crt
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[-._a-zA-Z0-9]+$`
+	// +optional
+	Key string `json:"key,omitempty"`
 }
 
 // ServiceUpstream names a Service port.
@@ -235,8 +294,8 @@ type ServiceUpstream struct {
 	// +kubebuilder:validation:XValidation:rule="type(self) == int ? (self >= 1 && self <= 65535) : (size(self) >= 1 && size(self) <= 63 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))",message="upstream.service.port must be a port number (1..65535) or a port name"
 	Port intstr.IntOrString `json:"port"`
 
-	// Scheme is http or https. An https Service upstream is refused (Stalled,
-	// InvalidUpstream) until the upstream can name the CA to trust.
+	// Scheme is http or https. An https Service upstream's certificate is
+	// verified against upstream.tls (its CA bundle and server name).
 	// +kubebuilder:default=http
 	// +kubebuilder:validation:Enum=http;https
 	// +optional

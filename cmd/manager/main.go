@@ -169,6 +169,8 @@ func run() error {
 				// Only slices that belong to a Service, trimmed to what
 				// the endpoints rules read.
 				&discoveryv1.EndpointSlice{}: {Label: sliceOfService, Transform: controller.TrimEndpointSlice},
+				// Of ConfigMaps, only the entries that hold certificates.
+				&corev1.ConfigMap{}: {Transform: controller.TrimConfigMap},
 			},
 		},
 		HealthProbeBindAddress: probeAddr,

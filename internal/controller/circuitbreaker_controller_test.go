@@ -412,6 +412,28 @@ func TestInvalidSpecsAreRefused(t *testing.T) {
 			want: []string{"spec.endpointEjection.maxEjectionPercent", "should be greater than or equal to 1"}},
 		{name: "endpointEjection max below base", spec: map[string]any{"endpointEjection": map[string]any{"baseEjectionTime": "2m", "maxEjectionTime": "1m"}},
 			want: []string{"spec.endpointEjection.maxEjectionTime", "maxEjectionTime must be at least baseEjectionTime"}},
+		{name: "h2c to an https Service", mutate: func(cb *cbv1.CircuitBreaker) {
+			cb.Spec.Upstream.Service.Scheme, cb.Spec.Upstream.Protocol = "https", cbv1.ProtocolH2C
+		}, want: []string{"spec.upstream.protocol", "protocol h2c is HTTP/2 without TLS"}},
+		{name: "h2c to an https URL", mutate: func(cb *cbv1.CircuitBreaker) {
+			cb.Spec.Upstream = cbv1.Upstream{URL: "https://api.example.com", Protocol: cbv1.ProtocolH2C}
+		}, want: []string{"spec.upstream.protocol", "protocol h2c is HTTP/2 without TLS"}},
+		{name: "protocol h3", mutate: func(cb *cbv1.CircuitBreaker) { cb.Spec.Upstream.Protocol = "h3" },
+			want: []string{"spec.upstream.protocol", "Unsupported value"}},
+		{name: "tls for an http Service", mutate: func(cb *cbv1.CircuitBreaker) {
+			cb.Spec.Upstream.TLS = &cbv1.UpstreamTLS{ServerName: "api.shop.svc"}
+		}, want: []string{"spec.upstream.tls", "upstream.tls needs an https upstream"}},
+		{name: "tls for an http URL", mutate: func(cb *cbv1.CircuitBreaker) {
+			cb.Spec.Upstream = cbv1.Upstream{URL: "http://api.example.com", TLS: &cbv1.UpstreamTLS{ServerName: "api.example.com"}}
+		}, want: []string{"spec.upstream.tls", "upstream.tls needs an https upstream"}},
+		{name: "tls serverName", mutate: func(cb *cbv1.CircuitBreaker) {
+			cb.Spec.Upstream.Service.Scheme = "https"
+			cb.Spec.Upstream.TLS = &cbv1.UpstreamTLS{ServerName: "Not A Name"}
+		}, want: []string{"spec.upstream.tls.serverName", "should match"}},
+		{name: "tls caConfigMap without a name", mutate: func(cb *cbv1.CircuitBreaker) {
+			cb.Spec.Upstream.Service.Scheme = "https"
+			cb.Spec.Upstream.TLS = &cbv1.UpstreamTLS{CAConfigMap: &cbv1.ConfigMapKey{}}
+		}, want: []string{"spec.upstream.tls.caConfigMap.name", "should be at least 1 chars long"}},
 		{name: "service name", mutate: func(cb *cbv1.CircuitBreaker) { cb.Spec.Upstream.Service.Name = "Order_API" },
 			want: []string{"spec.upstream.service.name", "should match"}},
 		{name: "fallback status code", mutate: func(cb *cbv1.CircuitBreaker) { cb.Spec.Fallback = &cbv1.Fallback{StatusCode: 99} },

@@ -71,7 +71,7 @@ func (h *testHosts) counts() []int32 {
 }
 
 func (h *testHosts) endpoint(i int) discoveryv1.Endpoint {
-	e := endpointAt(h.IPv4(i).String(), true)
+	e := endpointAt(h.IPv4(i).String())
 	e.TargetRef = &corev1.ObjectReference{Kind: "Pod", Name: "api-" + string(rune('a'+i))}
 	return e
 }
@@ -182,7 +182,7 @@ func TestServiceUpstreamEndpointRules(t *testing.T) {
 	g.Expect(resp.Header.Get("Retry-After")).NotTo(BeEmpty())
 
 	// An IPv6 endpoint comes: the breaker probes at once, and serves.
-	v6 := endpointAt(hosts.IPv6(0).String(), true)
+	v6 := endpointAt(hosts.IPv6(0).String())
 	writeSlice(t, ns, "api", "v6", v6)
 	g.Eventually(func() int { return call(g, route) }, 5*time.Second, 50*time.Millisecond).Should(Equal(200))
 	g.Eventually(func(g Gomega) { g.Expect(getBreaker(g, ns, "api").Status.State).To(Equal(cbv1.StateClosed)) }).Should(Succeed())

@@ -16,14 +16,15 @@ import (
 	"github.com/circuitbreaker-io/operator/internal/controller"
 )
 
-// A Service upstream is read from the API server: a missing Service is
-// answered 503 until it exists; an ExternalName Service (which could aim
-// the proxy anywhere) is refused.
+// A Service upstream is read from the API server: a missing Service (or
+// CA bundle) is answered 503 until it exists; an ExternalName Service
+// (which could aim the proxy anywhere) is refused.
 func TestServiceUpstreamsAreRead(t *testing.T) {
 	tests := []struct {
 		name    string
 		service *corev1.Service // created before the breaker; nil: none
 		scheme  string          // spec.upstream.service.scheme
+		trust   *cbv1.UpstreamTLS
 		reason  string
 		stalled bool
 		code    int
@@ -34,10 +35,11 @@ func TestServiceUpstreamsAreRead(t *testing.T) {
 			message: "Service %s/backend is an ExternalName Service",
 			service: &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "backend"},
 				Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeExternalName, ExternalName: "localhost"}}},
-		// No trust for a cluster CA yet, and the name checked would be the
-		// dialled FQDN: every call would fail and hold the breaker Open.
-		{name: "https", scheme: "https", reason: controller.ReasonInvalidUpstream, stalled: true, code: 403,
-			message: "Service %s/backend with scheme https is not supported yet",
+		// The CA bundle to trust is missing: answered 503 until it exists
+		// (tls_test.go has the rest).
+		{name: "https", scheme: "https", reason: controller.ReasonCAConfigMapNotFound, code: 503,
+			trust:   &cbv1.UpstreamTLS{CAConfigMap: &cbv1.ConfigMapKey{Name: "cluster-ca"}},
+			message: "ConfigMap %s/cluster-ca (spec.upstream.tls.caConfigMap) not found",
 			service: &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "backend"},
 				Spec: corev1.ServiceSpec{Ports: []corev1.ServicePort{{Port: 8080}}}}},
 	}
@@ -53,7 +55,7 @@ func TestServiceUpstreamsAreRead(t *testing.T) {
 			}
 			g.Expect(k8sClient.Create(context.Background(), newCircuitBreaker(ns, "cb", func(cb *cbv1.CircuitBreaker) {
 				cb.Spec.Upstream.Service.Name = "backend"
-				cb.Spec.Upstream.Service.Scheme = tt.scheme
+				cb.Spec.Upstream.Service.Scheme, cb.Spec.Upstream.TLS = tt.scheme, tt.trust
 			}))).To(Succeed())
 			g.Eventually(func(g Gomega) {
 				cb := getBreaker(g, ns, "cb")

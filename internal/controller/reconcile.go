@@ -24,6 +24,7 @@ import (
 // +kubebuilder:rbac:groups=circuitbreaker.io,resources=circuitbreakers/status,verbs=get;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups="",resources=services,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch
 
 // Reconcile puts one CircuitBreaker into the registry and the routes,
 // announces its new transitions, and writes its status (deferred, once),
@@ -208,7 +209,11 @@ func (r *Reconciler) serve(ctx context.Context, key breaker.Key, cb *cbv1.Circui
 	if err != nil {
 		return nil, runtimeConfig{}, nil, err
 	}
-	cfg, refused := translate(cb, svc, slices, r.opts)
+	bundle, err := r.upstreamCABundle(ctx, cb)
+	if err != nil {
+		return nil, runtimeConfig{}, nil, err
+	}
+	cfg, refused := translate(cb, upstreamObjects{service: svc, slices: slices, caBundle: bundle}, &r.caPools, r.opts)
 	if refused != nil {
 		code := http.StatusServiceUnavailable
 		if refused.stalled {
@@ -280,6 +285,28 @@ func (r *Reconciler) upstreamService(ctx context.Context, cb *cbv1.CircuitBreake
 		return nil, client.IgnoreNotFound(err)
 	}
 	return &svc, nil
+}
+
+// upstreamCABundle returns the ConfigMap of cb's
+// spec.upstream.tls.caConfigMap, nil when there is none (or none named).
+func (r *Reconciler) upstreamCABundle(ctx context.Context, cb *cbv1.CircuitBreaker) (*corev1.ConfigMap, error) {
+	name := caConfigMapName(cb)
+	if name == "" {
+		return nil, nil
+	}
+	var cm corev1.ConfigMap
+	if err := r.client.Get(ctx, types.NamespacedName{Namespace: cb.Namespace, Name: name}, &cm); err != nil {
+		return nil, client.IgnoreNotFound(err)
+	}
+	return &cm, nil
+}
+
+// caConfigMapName is the name of the ConfigMap cb's upstream trusts, "" for none.
+func caConfigMapName(cb *cbv1.CircuitBreaker) string {
+	if t := cb.Spec.Upstream.TLS; t != nil && t.CAConfigMap != nil {
+		return t.CAConfigMap.Name
+	}
+	return ""
 }
 
 // forget removes every trace of a deleted resource.

@@ -39,6 +39,12 @@ const (
 	ReasonServiceNotFound    = "ServiceNotFound"
 	// ReasonPortNotFound: the Service has no port of that number or name.
 	ReasonPortNotFound = "PortNotFound"
+	// ReasonCAConfigMapNotFound: spec.upstream.tls.caConfigMap names a
+	// ConfigMap that does not exist.
+	ReasonCAConfigMapNotFound = "CAConfigMapNotFound"
+	// ReasonCABundleInvalid: the ConfigMap has no PEM certificate under
+	// the key (the key is missing, or holds none).
+	ReasonCABundleInvalid = "CABundleInvalid"
 )
 
 // CountsFlushInterval is how often failure counts that changed without a
@@ -102,6 +108,9 @@ type Reconciler struct {
 
 	// leader says whether this replica leads, and runs the leader's work.
 	leader Leader
+
+	// caPools are the CA bundles of spec.upstream.tls.caConfigMap, parsed.
+	caPools caPools
 
 	// queue is the controller's work queue, captured when it starts, so
 	// breaker changes enqueue their resource without a channel in between.

@@ -88,6 +88,24 @@ func (r *Reconciler) breakersOfService(ctx context.Context, svc client.Object) [
 // exposeIndex indexes CircuitBreakers by the Service they are exposed as.
 const exposeIndex = "spec.expose.serviceName"
 
+// caConfigMapIndex indexes CircuitBreakers by the ConfigMap their
+// upstream's CA bundle is in.
+const caConfigMapIndex = "spec.upstream.tls.caConfigMap.name"
+
+// breakersOfConfigMap maps a ConfigMap to the breakers that trust its bundle.
+func (r *Reconciler) breakersOfConfigMap(ctx context.Context, cm client.Object) []reconcile.Request {
+	var list cbv1.CircuitBreakerList
+	if err := r.client.List(ctx, &list, client.InNamespace(cm.GetNamespace()), client.MatchingFields{caConfigMapIndex: cm.GetName()}); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "listing the breakers of a ConfigMap", "namespace", cm.GetNamespace(), "configMap", cm.GetName())
+		return nil
+	}
+	requests := make([]reconcile.Request, 0, len(list.Items))
+	for _, cb := range list.Items {
+		requests = append(requests, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&cb)})
+	}
+	return requests
+}
+
 // breakersOfSlice maps an EndpointSlice to the breakers of its Service.
 func (r *Reconciler) breakersOfSlice(ctx context.Context, slice client.Object) []reconcile.Request {
 	name := slice.GetLabels()[discoveryv1.LabelServiceName]
@@ -206,6 +224,14 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}); err != nil {
 		return err
 	}
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &cbv1.CircuitBreaker{}, caConfigMapIndex, func(o client.Object) []string {
+		if name := caConfigMapName(o.(*cbv1.CircuitBreaker)); name != "" {
+			return []string{name}
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &cbv1.CircuitBreaker{}, replicaIndex, func(o client.Object) []string {
 		entries := o.(*cbv1.CircuitBreaker).Status.Replicas
 		names := make([]string, 0, len(entries))
@@ -227,6 +253,8 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// Its endpoints changing changes where the calls go, and whether
 		// there is anywhere at all.
 		Watches(&discoveryv1.EndpointSlice{}, handler.EnqueueRequestsFromMapFunc(r.breakersOfSlice)).
+		// The CA bundle changing changes whom the upstream is trusted as.
+		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.breakersOfConfigMap)).
 		WatchesRawSource(source.Func(func(_ context.Context, q workqueue.TypedRateLimitingInterface[reconcile.Request]) error {
 			r.queue.Store(&q)
 			return nil

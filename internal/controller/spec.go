@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"crypto/x509"
 	"fmt"
 	"mime"
 	"net"
@@ -8,11 +9,13 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
@@ -56,12 +59,22 @@ type refusal struct {
 	stalled         bool
 }
 
-// translate turns cb's spec into runtime values; svc is the Service its
-// upstream names (nil if missing or not a Service upstream). Everything is
+// upstreamObjects are the objects a breaker's upstream names, as the
+// cache holds them: nil (or none) when missing or not named.
+type upstreamObjects struct {
+	service *corev1.Service
+	slices  []discoveryv1.EndpointSlice
+	// caBundle is the ConfigMap of spec.upstream.tls.caConfigMap.
+	caBundle *corev1.ConfigMap
+}
+
+// translate turns cb's spec into runtime values, with the objects its
+// upstream names; pools holds the CA bundles parsed before. Everything is
 // validated before anything is created, so a spec that cannot be served is
 // refused whole, never half applied.
-func translate(cb *cbv1.CircuitBreaker, svc *corev1.Service, slices []discoveryv1.EndpointSlice, opts Options) (runtimeConfig, *refusal) {
+func translate(cb *cbv1.CircuitBreaker, objs upstreamObjects, pools *caPools, opts Options) (runtimeConfig, *refusal) {
 	spec := &cb.Spec
+	svc, slices := objs.service, objs.slices
 	target, why := upstreamURL(cb, svc, opts)
 	if why != nil {
 		return runtimeConfig{}, why
@@ -92,11 +105,19 @@ func translate(cb *cbv1.CircuitBreaker, svc *corev1.Service, slices []discoveryv
 			FailureCodes:      failureCodes,
 		},
 	}
+	var port *corev1.ServicePort
 	if up := spec.Upstream.Service; up != nil {
-		port, _ := servicePort(svc, up.Port) // upstreamURL found it
+		p, _ := servicePort(svc, up.Port) // upstreamURL found it
+		port = &p
 		cfg.route.Host = target.Host
 		cfg.route.Endpoints = serviceEndpoints(slices, port.Name)
 		cfg.route.Ejection = ejection(spec.EndpointEjection)
+	}
+	if cfg.route.H2C, why = speaksH2C(spec.Upstream.Protocol, target, port); why != nil {
+		return runtimeConfig{}, why
+	}
+	if cfg.route.TLS, why = upstreamTLS(cb, target, objs.caBundle, pools); why != nil {
+		return runtimeConfig{}, why
 	}
 	policy(spec, &cfg.settings)
 	if cfg.route.MaxConcurrent <= 0 {
@@ -120,6 +141,121 @@ func translate(cb *cbv1.CircuitBreaker, svc *corev1.Service, slices []discoveryv
 		cfg.route.Fallback = &proxy.Fallback{StatusCode: status, ContentType: fb.ContentType, Body: []byte(fb.Body)}
 	}
 	return cfg, nil
+}
+
+// h2cAppProtocols are the Service port appProtocols spoken to in h2c:
+// Kubernetes' own name for HTTP/2 with prior knowledge, and gRPC, whose
+// servers speak it when they have no TLS.
+var h2cAppProtocols = map[string]bool{"kubernetes.io/h2c": true, "grpc": true}
+
+// speaksH2C says whether calls to target go as h2c: spec.upstream.protocol
+// says so, or the Service port's appProtocol (port is nil for a URL
+// upstream). An https upstream negotiates its protocol by ALPN: h2c is
+// refused there, and the port's appProtocol does not apply.
+func speaksH2C(protocol string, target *url.URL, port *corev1.ServicePort) (bool, *refusal) {
+	if target.Scheme != "http" {
+		if protocol == cbv1.ProtocolH2C {
+			return false, &refusal{reason: ReasonInvalidSpec, stalled: true,
+				message: "spec.upstream.protocol h2c is HTTP/2 without TLS: it needs an http upstream (an https one negotiates HTTP/2 by ALPN)"}
+		}
+		return false, nil
+	}
+	return protocol == cbv1.ProtocolH2C || port != nil && h2cAppProtocols[ptr.Deref(port.AppProtocol, "")], nil
+}
+
+// defaultCAKey is the key of spec.upstream.tls.caConfigMap by default, the
+// schema's: the key of the kube-root-ca.crt ConfigMap every namespace has,
+// and of cert-manager's CA certificates.
+const defaultCAKey = "ca.crt"
+
+// upstreamTLS is whom an https upstream is trusted as: the PEM bundle of
+// spec.upstream.tls.caConfigMap (bundle is that ConfigMap, nil when
+// missing), else the system's roots; for tls.serverName, else a Service
+// upstream's <name>.<namespace>.svc (it is dialled at its endpoints'
+// addresses, which no certificate names) or a URL's host. Nil for an http
+// upstream, and for an https URL upstream without tls (the shared
+// transport's trust).
+func upstreamTLS(cb *cbv1.CircuitBreaker, target *url.URL, bundle *corev1.ConfigMap, pools *caPools) (*proxy.UpstreamTLS, *refusal) {
+	up := cb.Spec.Upstream
+	if target.Scheme != "https" || up.TLS == nil && up.Service == nil {
+		return nil, nil
+	}
+	trust := &proxy.UpstreamTLS{}
+	if up.TLS != nil {
+		trust.ServerName = up.TLS.ServerName
+	}
+	if trust.ServerName == "" && up.Service != nil {
+		trust.ServerName = up.Service.Name + "." + cb.Namespace + ".svc"
+	}
+	if up.TLS == nil || up.TLS.CAConfigMap == nil {
+		return trust, nil
+	}
+	ref := up.TLS.CAConfigMap
+	key := ref.Key
+	if key == "" {
+		key = defaultCAKey
+	}
+	if bundle == nil {
+		pools.forget(cb.Namespace, ref.Name)
+		return nil, &refusal{reason: ReasonCAConfigMapNotFound,
+			message: fmt.Sprintf("ConfigMap %s/%s (spec.upstream.tls.caConfigMap) not found: calls are answered 503 until it exists", cb.Namespace, ref.Name)}
+	}
+	if trust.RootCAs = pools.get(bundle, key); trust.RootCAs == nil {
+		return nil, &refusal{reason: ReasonCABundleInvalid,
+			message: fmt.Sprintf("ConfigMap %s/%s has no PEM certificate under key %q (spec.upstream.tls.caConfigMap): calls are answered 503 until it has",
+				cb.Namespace, ref.Name, key)}
+	}
+	return trust, nil
+}
+
+// caPools holds the CA bundles parsed from ConfigMaps, by ConfigMap and
+// key, for as long as the ConfigMap keeps its resource version: a
+// reconcile (once a second for a busy breaker) does not parse a bundle of
+// a hundred certificates again, and the breakers that name one ConfigMap
+// share one pool (and their routes keep their connections, the pool being
+// the same). An entry goes when a breaker finds its ConfigMap gone.
+type caPools struct {
+	mu    sync.Mutex
+	pools map[caKey]caPool
+}
+
+type caKey struct{ namespace, name, key string }
+
+type caPool struct {
+	uid             types.UID
+	resourceVersion string
+	pool            *x509.CertPool // nil: no certificate under the key
+}
+
+// get returns the pool of the certificates under key in cm, nil when it
+// has none.
+func (p *caPools) get(cm *corev1.ConfigMap, key string) *x509.CertPool {
+	k := caKey{cm.Namespace, cm.Name, key}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.pools[k]; ok && c.uid == cm.UID && c.resourceVersion == cm.ResourceVersion && cm.ResourceVersion != "" {
+		return c.pool
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(cm.Data[key])) {
+		pool = nil
+	}
+	if p.pools == nil {
+		p.pools = map[caKey]caPool{}
+	}
+	p.pools[k] = caPool{uid: cm.UID, resourceVersion: cm.ResourceVersion, pool: pool}
+	return pool
+}
+
+// forget drops the pools of a ConfigMap that is gone.
+func (p *caPools) forget(namespace, name string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for k := range p.pools {
+		if k.namespace == namespace && k.name == name {
+			delete(p.pools, k)
+		}
+	}
 }
 
 // Defaults of spec.endpointEjection, the same as the schema's.
@@ -209,14 +345,6 @@ func upstreamURL(cb *cbv1.CircuitBreaker, svc *corev1.Service, opts Options) (*u
 		if scheme == "" {
 			scheme = "http"
 		}
-		if scheme == "https" {
-			// The proxy has no trust for a cluster's CA, and would check the
-			// certificate against the dialled name: every call would fail.
-			return nil, &refusal{reason: ReasonInvalidUpstream, stalled: true,
-				message: fmt.Sprintf("Service %s/%s with scheme https is not supported yet: the proxy has no trust configuration "+
-					"for a cluster CA, so every call would fail; use scheme http, or a URL upstream with --allow-url-upstreams",
-					cb.Namespace, up.Service.Name)}
-		}
 		port, ok := servicePort(svc, up.Service.Port)
 		if !ok {
 			return nil, &refusal{reason: ReasonPortNotFound,
@@ -305,6 +433,36 @@ func TrimService(obj any) (any, error) {
 		},
 		Spec: corev1.ServiceSpec{Type: svc.Spec.Type, Ports: svc.Spec.Ports, ExternalName: svc.Spec.ExternalName},
 	}, nil
+}
+
+// pemCertificate begins a PEM certificate block.
+const pemCertificate = "-----BEGIN CERTIFICATE-----"
+
+// TrimConfigMap is the cache's transform for ConfigMaps: of each, its
+// identity and the data entries that hold a PEM certificate, which is all
+// spec.upstream.tls.caConfigMap reads. A cluster's ConfigMaps hold every
+// application's configuration, none of which the manager keeps.
+func TrimConfigMap(obj any) (any, error) {
+	cm, ok := obj.(*corev1.ConfigMap)
+	if !ok {
+		return obj, nil
+	}
+	trimmed := &corev1.ConfigMap{
+		TypeMeta: cm.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Namespace: cm.Namespace, Name: cm.Name, UID: cm.UID, ResourceVersion: cm.ResourceVersion,
+			DeletionTimestamp: cm.DeletionTimestamp,
+		},
+	}
+	for k, v := range cm.Data {
+		if strings.Contains(v, pemCertificate) {
+			if trimmed.Data == nil {
+				trimmed.Data = map[string]string{}
+			}
+			trimmed.Data[k] = v
+		}
+	}
+	return trimmed, nil
 }
 
 // TrimEndpointSlice is the cache's transform for EndpointSlices: of each,

@@ -100,12 +100,12 @@ func createService(t *testing.T, namespace, name string) {
 		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "http", Port: 8080}}},
 	}
 	NewWithT(t).Expect(k8sClient.Create(context.Background(), svc)).To(Succeed())
-	writeSlice(t, namespace, name, "a", endpointAt("198.18.0.10", true))
+	writeSlice(t, namespace, name, "a", endpointAt("198.18.0.10"))
 }
 
-// endpointAt is a slice endpoint at address, ready or not.
-func endpointAt(address string, ready bool) discoveryv1.Endpoint {
-	return discoveryv1.Endpoint{Addresses: []string{address}, Conditions: discoveryv1.EndpointConditions{Ready: &ready}}
+// endpointAt is a ready slice endpoint at address.
+func endpointAt(address string) discoveryv1.Endpoint {
+	return discoveryv1.Endpoint{Addresses: []string{address}, Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}}
 }
 
 // writeSlice creates or replaces the EndpointSlice service-suffix of
@@ -191,8 +191,10 @@ func startManager(t *testing.T, namespace string, opts controller.Options, hopts
 		Scheme:                 controlplane.Scheme(),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
-		Cache:                  cache.Options{DefaultNamespaces: map[string]cache.Config{namespace: {}}},
-		Controller:             config.Controller{SkipNameValidation: ptr.To(true)},
+		Cache: cache.Options{DefaultNamespaces: map[string]cache.Config{namespace: {}},
+			// As cmd/manager: the controller sees only the certificates.
+			ByObject: map[client.Object]cache.ByObject{&corev1.ConfigMap{}: {Transform: controller.TrimConfigMap}}},
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
 		NewClient: func(cfg *rest.Config, o client.Options) (client.Client, error) {
 			c, err := client.NewWithWatch(cfg, o)
 			return interceptor.NewClient(c, countPatches), err

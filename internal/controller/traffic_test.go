@@ -46,12 +46,12 @@ func call(g Gomega, url string) int {
 	return resp.StatusCode
 }
 
-func urlBreaker(namespace, name, target string, threshold int32, recovery time.Duration) *cbv1.CircuitBreaker {
-	return newCircuitBreaker(namespace, name, func(cb *cbv1.CircuitBreaker) {
+func urlBreaker(namespace, name, target string, threshold int32, recovery time.Duration, mutate ...func(*cbv1.CircuitBreaker)) *cbv1.CircuitBreaker {
+	return newCircuitBreaker(namespace, name, append([]func(*cbv1.CircuitBreaker){func(cb *cbv1.CircuitBreaker) {
 		cb.Spec.Upstream = cbv1.Upstream{URL: target}
 		cb.Spec.FailureThreshold = threshold
 		cb.Spec.RecoveryTimeout = &metav1.Duration{Duration: recovery}
-	})
+	}}, mutate...)...)
 }
 
 func TestTrafficThroughTheProxyDrivesTheStatus(t *testing.T) {

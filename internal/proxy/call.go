@@ -237,6 +237,8 @@ func writeVerdict(w http.ResponseWriter, v errorVerdict, key breaker.Key) {
 		writeError(w, v.status, "the request cannot be sent to the upstream of circuit breaker '"+string(key)+"': "+v.detail)
 	case classMalformed:
 		writeError(w, v.status, "malformed request: "+v.detail)
+	case classCertificate:
+		writeError(w, v.status, "upstream of circuit breaker '"+string(key)+"' failed: "+v.class.kind()+": "+v.detail)
 	default:
 		writeError(w, v.status, "upstream of circuit breaker '"+string(key)+"' failed: "+v.class.kind())
 	}

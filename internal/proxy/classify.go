@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -58,6 +59,9 @@ const (
 	classConnReset
 	// classDNS: the upstream's name did not resolve.
 	classDNS
+	// classCertificate: the upstream's TLS certificate did not verify
+	// (an unknown authority, another name, expired).
+	classCertificate
 	// classConnError: any other error dialing or talking to the upstream
 	// (a TLS error, a broken answer, ...).
 	classConnError
@@ -69,6 +73,7 @@ var failureKinds = [...]string{
 	classConnRefused: "connection refused",
 	classConnReset:   "connection reset",
 	classDNS:         "dns error",
+	classCertificate: "certificate verification failed",
 	classConnError:   "connection error",
 }
 
@@ -109,8 +114,9 @@ type errorVerdict struct {
 	class errorClass
 	// status is what the caller gets.
 	status int
-	// detail is the dial guard's reason (classDialRefused) or the error
-	// (classMalformed); "" otherwise.
+	// detail is the dial guard's reason (classDialRefused), the error
+	// (classMalformed, classRefusedLocally) or why the certificate did not
+	// verify (classCertificate); "" otherwise.
 	detail string
 }
 
@@ -143,7 +149,10 @@ func classifyError(err error, end callEnd) errorVerdict {
 		return errorVerdict{class: classRefusedLocally, status: status, detail: err.Error()}
 	}
 	var dnsErr *net.DNSError
+	var certErr *tls.CertificateVerificationError
 	switch {
+	case errors.As(err, &certErr):
+		return errorVerdict{class: classCertificate, status: http.StatusBadGateway, detail: certErr.Err.Error()}
 	case errors.Is(end.cause, errRequestTimeout) || errors.Is(err, context.DeadlineExceeded):
 		return errorVerdict{class: classTimeout, status: http.StatusGatewayTimeout}
 	case errors.Is(err, syscall.ECONNREFUSED):

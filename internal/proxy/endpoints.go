@@ -41,11 +41,11 @@ type endpoint struct {
 	// host is the address as the URL's host, dialled as it is.
 	host     string
 	inFlight atomic.Int64
-	// transport is the endpoint's own connection pool, made on its first
-	// call; removed marks an endpoint no longer in the set, whose pool is
-	// closed as its last calls end.
-	transport atomic.Pointer[http.Transport]
-	removed   atomic.Bool
+	// connPool is the endpoint's own connections, made on its first call;
+	// removed marks an endpoint no longer in the set, whose pool is closed
+	// as its last calls end.
+	connPool
+	removed atomic.Bool
 	// ejectedUntil is UnixNano; 0 or past: not ejected.
 	ejectedUntil atomic.Int64
 	mu           sync.Mutex // guards the counters below
@@ -62,16 +62,29 @@ func newEndpoint(e Endpoint) *endpoint {
 
 func (e *endpoint) ejected(now int64) bool { return e.ejectedUntil.Load() > now }
 
-// pool returns the endpoint's transport, making it with make on first use.
-func (e *endpoint) pool(make func() *http.Transport) *http.Transport {
-	if t := e.transport.Load(); t != nil {
+// connPool is one transport, made on its first call: an endpoint's, or a
+// URL upstream route's own.
+type connPool struct {
+	transport atomic.Pointer[http.Transport]
+}
+
+// get returns the pool's transport, making it with make on first use.
+func (p *connPool) get(make func() *http.Transport) *http.Transport {
+	if t := p.transport.Load(); t != nil {
 		return t
 	}
 	t := make()
-	if e.transport.CompareAndSwap(nil, t) {
+	if p.transport.CompareAndSwap(nil, t) {
 		return t
 	}
-	return e.transport.Load()
+	return p.transport.Load()
+}
+
+// closeIdle closes the pool's idle connections.
+func (p *connPool) closeIdle() {
+	if t := p.transport.Load(); t != nil {
+		t.CloseIdleConnections()
+	}
 }
 
 // done ends a call to e; the last call to an endpoint that left the set
@@ -79,13 +92,6 @@ func (e *endpoint) pool(make func() *http.Transport) *http.Transport {
 func (e *endpoint) done() {
 	if e.inFlight.Add(-1) == 0 && e.removed.Load() {
 		e.closeIdle()
-	}
-}
-
-// closeIdle closes the endpoint's idle connections.
-func (e *endpoint) closeIdle() {
-	if t := e.transport.Load(); t != nil {
-		t.CloseIdleConnections()
 	}
 }
 

@@ -29,7 +29,7 @@ type endpointsFixture struct {
 
 func newEndpointsFixture(t *testing.T, n int) *endpointsFixture {
 	f := &endpointsFixture{fixture: newFixture(t), hits: make([]atomic.Int32, n), failing: make([]atomic.Bool, n)}
-	f.proxy.Config.Handler.(*Proxy).transport.endpointPool = NewTransport
+	f.proxy.Config.Handler.(*Proxy).transport.guard = nil
 	for i := range n {
 		up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			f.hits[i].Add(1)

@@ -100,6 +100,9 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 			keys = append(keys, k)
 		}
 		dst.Add("Trailer", strings.Join(keys, ", "))
+		// An HTTP/2 upstream may send a length with its trailers; an
+		// HTTP/1.1 caller gets them only in a chunked answer.
+		delete(dst, "Content-Length")
 	}
 	// Every write to the caller has a deadline, renewed per write: a
 	// caller that stops reading holds its call for one stream idle

@@ -467,9 +467,10 @@ func (f *fixture) trustUpstream(up *httptest.Server) {
 	p.transport.open.(*http.Transport).TLSClientConfig = up.Client().Transport.(*http.Transport).TLSClientConfig.Clone()
 }
 
-// Against an HTTP/2 upstream, what Go's client refuses to send is no
-// failure of the upstream's: an upgrade HTTP/2 cannot carry, or headers
-// beyond the upstream's advertised bound, which it never received.
+// Against an HTTP/2 upstream, by ALPN (https) or by prior knowledge (h2c),
+// what Go's client refuses to send is no failure of the upstream's: an
+// upgrade HTTP/2 cannot carry, or headers beyond the upstream's advertised
+// bound, which it never received.
 func TestHTTP2RefusalsAreNoVerdict(t *testing.T) {
 	const threshold = 3
 	tests := []struct {
@@ -484,41 +485,50 @@ func TestHTTP2RefusalsAreNoVerdict(t *testing.T) {
 		{name: "headers beyond the upstream's SETTINGS_MAX_HEADER_LIST_SIZE", status: 431,
 			header: http.Header{"X-Big": {strings.Repeat("a", 16<<10)}}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			g := NewWithT(t)
-			var hits atomic.Int32
-			up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				hits.Add(1)
-				_, _ = io.WriteString(w, r.Proto)
-			}))
-			up.EnableHTTP2 = true
-			up.Config.MaxHeaderBytes = 4 << 10
-			up.StartTLS()
-			defer up.Close()
-			f := newFixture(t)
-			f.trustUpstream(up)
-			b := f.add(t, "a", up.URL, breaker.Settings{FailureThreshold: threshold})
-			// A first call sees the upstream's settings in.
-			_, body := f.get(t, "/shop/a/")
-			g.Expect(body).To(Equal("HTTP/2.0"))
-
-			for range threshold + 1 {
-				req, err := http.NewRequest(http.MethodGet, f.proxy.URL+"/shop/a/x", nil)
-				g.Expect(err).NotTo(HaveOccurred())
-				for k, vv := range tt.header {
-					req.Header[k] = vv
+	for _, h2 := range []string{"https", "h2c"} {
+		for _, tt := range tests {
+			t.Run(h2+"/"+tt.name, func(t *testing.T) {
+				g := NewWithT(t)
+				var hits atomic.Int32
+				up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					hits.Add(1)
+					_, _ = io.WriteString(w, r.Proto)
+				}))
+				up.Config.MaxHeaderBytes = 4 << 10
+				f := newFixture(t)
+				var opts []routeOption
+				if h2 == "https" {
+					up.EnableHTTP2 = true
+					up.StartTLS()
+					f.trustUpstream(up)
+				} else {
+					up.Config.Protocols = h2cOnly()
+					up.Start()
+					opts = append(opts, withH2C())
 				}
-				resp, err := http.DefaultClient.Do(req)
-				g.Expect(err).NotTo(HaveOccurred())
-				text, _ := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				g.Expect(resp.StatusCode).To(Equal(tt.status), string(text))
-			}
-			g.Expect(b.Snapshot().State).To(Equal(breaker.StateClosed))
-			g.Expect(b.Snapshot().Failures).To(BeZero())
-			g.Expect(hits.Load()).To(Equal(int32(1)), "the upstream got only the first call")
-		})
+				defer up.Close()
+				b := f.add(t, "a", up.URL, breaker.Settings{FailureThreshold: threshold}, opts...)
+				// A first call sees the upstream's settings in.
+				_, body := f.get(t, "/shop/a/")
+				g.Expect(body).To(Equal("HTTP/2.0"))
+
+				for range threshold + 1 {
+					req, err := http.NewRequest(http.MethodGet, f.proxy.URL+"/shop/a/x", nil)
+					g.Expect(err).NotTo(HaveOccurred())
+					for k, vv := range tt.header {
+						req.Header[k] = vv
+					}
+					resp, err := http.DefaultClient.Do(req)
+					g.Expect(err).NotTo(HaveOccurred())
+					text, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					g.Expect(resp.StatusCode).To(Equal(tt.status), string(text))
+				}
+				g.Expect(b.Snapshot().State).To(Equal(breaker.StateClosed))
+				g.Expect(b.Snapshot().Failures).To(BeZero())
+				g.Expect(hits.Load()).To(Equal(int32(1)), "the upstream got only the first call")
+			})
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/x509"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -39,7 +40,42 @@ type RouteConfig struct {
 	Endpoints []Endpoint
 	// Ejection, when set, takes failing endpoints out for a while.
 	Ejection *Ejection
+	// H2C speaks HTTP/2 with prior knowledge, without TLS, to the
+	// upstream (an http one); otherwise HTTP/1.1, or for https what ALPN
+	// agrees.
+	H2C bool
+	// TLS, when set, is how an https upstream's certificate is verified;
+	// otherwise against the system's roots, for the URL's host.
+	TLS *UpstreamTLS
 }
+
+// UpstreamTLS is whom an https upstream is trusted as.
+type UpstreamTLS struct {
+	// RootCAs verify the upstream's certificate; nil: the system's roots.
+	RootCAs *x509.CertPool
+	// ServerName is the name the certificate must be valid for (and the
+	// SNI sent); "": the URL's host.
+	ServerName string
+}
+
+// sameTransport reports whether a and b's calls may share connections:
+// the same protocol and the same trust. A route reconfigured otherwise
+// gets new connection pools.
+func sameTransport(a, b *RouteConfig) bool {
+	if a.H2C != b.H2C || (a.TLS == nil) != (b.TLS == nil) {
+		return false
+	}
+	if a.TLS == nil {
+		return true
+	}
+	return a.TLS.ServerName == b.TLS.ServerName &&
+		(a.TLS.RootCAs == b.TLS.RootCAs || a.TLS.RootCAs != nil && a.TLS.RootCAs.Equal(b.TLS.RootCAs))
+}
+
+// ownTransport reports whether a URL upstream's route needs connections of
+// its own, not the shared transport's (which speaks HTTP/1.1 or ALPN and
+// trusts the system's roots).
+func (c *RouteConfig) ownTransport() bool { return c.H2C || c.TLS != nil }
 
 // Fallback is the response served while the circuit rejects calls.
 type Fallback struct {
@@ -70,6 +106,10 @@ type route struct {
 	// one replaced; onEjection is the table's hook.
 	endpoints  []*endpoint
 	onEjection func(breaker.Key, Endpoint, time.Time)
+	// pool is a URL upstream's own connections when ownTransport says it
+	// needs them (nil otherwise), taken over from the route this one
+	// replaced while sameTransport holds.
+	pool *connPool
 }
 
 // metrics returns the route's series, creating them (and the state series)

@@ -69,10 +69,26 @@ func (t *Table) Set(key breaker.Key, b *breaker.Breaker, cfg RouteConfig) {
 	var replacedBreaker bool
 	t.routes.Update(key, func(old *route, loaded bool) (*route, bool) {
 		var oldEndpoints []*endpoint
-		if loaded {
-			oldEndpoints = old.endpoints
+		var oldPool *connPool
+		switch {
+		case loaded && sameTransport(&old.RouteConfig, &cfg):
+			oldEndpoints, oldPool = old.endpoints, old.pool
+		case loaded:
+			// Another protocol or trust: connections start afresh (and
+			// so do the endpoints' ejections, a rare price).
+			carryEndpoints(old.endpoints, nil)
+			if old.pool != nil {
+				// Calls in flight finish; their connections idle out.
+				old.pool.closeIdle()
+			}
 		}
 		rt.endpoints = carryEndpoints(oldEndpoints, cfg.Endpoints)
+		if cfg.Host == "" && cfg.ownTransport() {
+			rt.pool = oldPool
+			if rt.pool == nil {
+				rt.pool = new(connPool)
+			}
+		}
 		switch {
 		case loaded && old.breaker == b:
 			// The same breaker, reconfigured (every reconcile of a busy
@@ -121,6 +137,9 @@ func (t *Table) swap(key breaker.Key, rt *route) (old *route, loaded bool) {
 	})
 	if loaded {
 		carryEndpoints(old.endpoints, nil) // their pools close
+		if old.pool != nil {
+			old.pool.closeIdle()
+		}
 	}
 	return old, loaded
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"crypto/tls"
 	"errors"
 	"net"
 	"net/http"
@@ -42,8 +43,9 @@ func (e *upstreamError) Unwrap() error { return e.err }
 // it returns as the upstream side's.
 type splitTransport struct {
 	open, guarded http.RoundTripper
-	// endpointPool makes a Service endpoint's own transport, guarded.
-	endpointPool func() *http.Transport
+	// guard vets each address a Service endpoint's connections dial (nil
+	// in the unit tests, whose endpoints are on loopback).
+	guard func(network, address string, c syscall.RawConn) error
 }
 
 // errNoEndpoint: a Service upstream with no endpoint to call (all of them
@@ -53,12 +55,14 @@ var errNoEndpoint = errors.New("no ready endpoint")
 func (t *splitTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	c := callOf(req)
 	rt := t.open
-	switch {
+	switch cfg := &c.route.RouteConfig; {
 	case c.endpoint != nil:
-		rt = c.endpoint.pool(t.endpointPool)
-	case c.route.Host != "":
+		rt = c.endpoint.get(func() *http.Transport { return t.newPool(t.guard, cfg, MaxIdleConnsPerEndpoint) })
+	case cfg.Host != "":
 		return nil, &upstreamError{errNoEndpoint}
-	case c.route.GuardDial:
+	case c.route.pool != nil:
+		rt = c.route.pool.get(func() *http.Transport { return t.newPool(nil, cfg, MaxIdleConnsPerHost) })
+	case cfg.GuardDial:
 		rt = t.guarded
 	}
 	resp, err := rt.RoundTrip(req)
@@ -68,17 +72,28 @@ func (t *splitTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
+// newPool returns a transport of its own for cfg's protocol and trust,
+// dialling through guard (when set), with at most idle idle connections.
+func (t *splitTransport) newPool(guard func(network, address string, c syscall.RawConn) error, cfg *RouteConfig, idle int) *http.Transport {
+	tr := newTransport(guard)
+	tr.MaxIdleConns, tr.MaxIdleConnsPerHost = idle, idle
+	if cfg.H2C {
+		// Prior knowledge: no HTTP/1.1 and no Upgrade dance, which gRPC
+		// servers do not answer. The same dial (guard included) and the
+		// same header bound as HTTP/1.1.
+		tr.Protocols = new(http.Protocols)
+		tr.Protocols.SetUnencryptedHTTP2(true)
+	}
+	if cfg.TLS != nil {
+		// ForceAttemptHTTP2 still offers h2 by ALPN with a config of our own.
+		tr.TLSClientConfig = &tls.Config{RootCAs: cfg.TLS.RootCAs, ServerName: cfg.TLS.ServerName, MinVersion: tls.VersionTLS12}
+	}
+	return tr
+}
+
 // newSplitTransport returns the transports of URL upstreams (open) and of
 // Service upstreams (guarded: their addresses come from EndpointSlices,
 // which anyone who can write one may fill), each endpoint with its own pool.
 func newSplitTransport(guard func(network, address string, c syscall.RawConn) error) *splitTransport {
-	return &splitTransport{
-		open:    NewTransport(),
-		guarded: newTransport(guard),
-		endpointPool: func() *http.Transport {
-			t := newTransport(guard)
-			t.MaxIdleConns, t.MaxIdleConnsPerHost = MaxIdleConnsPerEndpoint, MaxIdleConnsPerEndpoint
-			return t
-		},
-	}
+	return &splitTransport{open: NewTransport(), guarded: newTransport(guard), guard: guard}
 }

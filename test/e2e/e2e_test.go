@@ -110,6 +110,8 @@ func TestE2E(t *testing.T) {
 			{[]string{"patch", "services", "-n", "default"}, "yes"},
 			{[]string{"delete", "services", "-n", "default"}, "yes"},
 			{[]string{"list", "endpointslices.discovery.k8s.io", "-n", "default"}, "yes"},
+			{[]string{"watch", "configmaps", "-A"}, "yes"},
+			{[]string{"update", "configmaps", "-A"}, "no"},
 			{[]string{"create", "tokenreviews.authentication.k8s.io"}, "yes"},
 			{[]string{"create", "subjectaccessreviews.authorization.k8s.io"}, "yes"},
 			{[]string{"get", "customresourcedefinitions.apiextensions.k8s.io/circuitbreakers.circuitbreaker.io"}, "yes"},
