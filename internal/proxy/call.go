@@ -70,9 +70,12 @@ type call struct {
 	// slow call is timed from there, not from the caller's first byte.
 	wrote atomic.Int64
 	// rest is the escaped path after /<namespace>/<name>.
-	rest     string
-	start    time.Time
-	reported bool
+	rest string
+	// grpcCaller: the caller speaks gRPC, and is answered as gRPC does;
+	// grpcStream: the answer is a gRPC stream, judged when it ends.
+	grpcCaller, grpcStream bool
+	start                  time.Time
+	reported               bool
 }
 
 type callKey struct{}
@@ -181,20 +184,72 @@ func (c *call) answer(resp *http.Response) {
 	} else {
 		resp.Body = &idleBody{ReadCloser: resp.Body, c: c}
 	}
-	c.metrics.Duration.Observe(time.Since(c.start).Seconds())
-	o := classifyAnswer(resp, &c.route.FailureCodes, c.ownLoop(resp))
+	ownLoop := c.ownLoop(resp)
 	// What an upstream says of breakers is not ours to pass on: a loop
 	// answer goes back re-marked, and only to a caller that is a hop.
 	delete(resp.Header, StateHeader)
 	delete(resp.Header, loopHeader)
-	if o == noVerdict && c.callerHop != "" {
+	if ownLoop && c.callerHop != "" {
 		resp.Header[loopHeader] = []string{c.marks.mark(loopLabel, c.callerHop)}
 	}
+	if !ownLoop && resp.StatusCode == http.StatusOK && isGRPC(resp.Header) {
+		if status, ok := grpcAnswerStatus(resp.Header); ok {
+			c.judgeGRPC(status, true) // trailers-only: the answer is complete
+			return
+		}
+		// The verdict is in the trailers: forward gives it at the end.
+		c.reported = false
+		c.grpcStream = true
+		return
+	}
+	c.metrics.Duration.Observe(time.Since(c.start).Seconds())
+	o := classifyAnswer(resp, &c.route.FailureCodes, ownLoop)
 	var f breaker.Failure
 	if o == failure {
 		f = breaker.Failure{StatusCode: resp.StatusCode, RetryAfter: retryAfter(resp, time.Now)}
 	}
 	c.settle(o, f)
+}
+
+// endGRPC gives a gRPC answer's verdict when its stream has ended (err
+// nil) by the grpc-status of its trailers; when the stream broke, it is
+// the upstream's failure unless the caller stopped taking it or left, or
+// the stream idled out (no verdict, as for other streams).
+func (c *call) endGRPC(trailer http.Header, err error) {
+	if !c.grpcStream || c.reported {
+		return
+	}
+	if err != nil {
+		c.reported = true
+		var toCaller *callerWriteError
+		if errors.As(err, &toCaller) || c.callerCtx.Err() != nil || errors.Is(context.Cause(c), errStreamIdle) {
+			c.settle(noVerdict, breaker.Failure{})
+			return
+		}
+		c.metrics.Duration.Observe(time.Since(c.start).Seconds())
+		c.settle(failure, breaker.Failure{Kind: "gRPC stream broken"})
+		return
+	}
+	status, ok := grpcAnswerStatus(trailer)
+	c.judgeGRPC(status, ok)
+}
+
+// judgeGRPC gives the verdict for a gRPC answer whose grpc-status maps to
+// HTTP status (hasStatus false: the answer ended without one, which breaks
+// the protocol: a failure). CANCELLED (499) is the caller's: no verdict.
+func (c *call) judgeGRPC(status int, hasStatus bool) {
+	c.reported = true
+	c.metrics.Duration.Observe(time.Since(c.start).Seconds())
+	switch {
+	case !hasStatus:
+		c.settle(failure, breaker.Failure{Kind: "gRPC answer without grpc-status"})
+	case status == statusClientClosed:
+		c.settle(noVerdict, breaker.Failure{})
+	case c.route.FailureCodes.Contains(status):
+		c.settle(failure, breaker.Failure{StatusCode: status})
+	default:
+		c.settle(success, breaker.Failure{})
+	}
 }
 
 // ownLoop reports whether resp is this proxy's loop answer to this call,
@@ -218,28 +273,28 @@ func (c *call) fail(w http.ResponseWriter, err error) {
 			c.metrics.Duration.Observe(time.Since(c.start).Seconds())
 		}
 	}
-	writeVerdict(w, v, c.route.key)
+	writeVerdict(w, c.grpcCaller, v, c.route.key)
 }
 
 // writeVerdict tells the caller of key's call what v says went wrong.
-func writeVerdict(w http.ResponseWriter, v errorVerdict, key breaker.Key) {
+func writeVerdict(w http.ResponseWriter, grpc bool, v errorVerdict, key breaker.Key) {
 	switch v.class {
 	case classUpgradeBroke:
-		writeError(w, v.status, "upstream of circuit breaker '"+string(key)+"' broke the upgrade")
+		answerError(w, grpc, v.status, "upstream of circuit breaker '"+string(key)+"' broke the upgrade")
 	case classBodyBroke:
 		w.Header().Set("Connection", "close")
-		writeError(w, v.status, "the request body did not arrive whole")
+		answerError(w, grpc, v.status, "the request body did not arrive whole")
 	case classCallerGone:
 		w.WriteHeader(v.status) // nobody reads it: the caller is gone
 	case classDialRefused:
-		writeError(w, v.status, "upstream of circuit breaker '"+string(key)+"' is not allowed: "+v.detail)
+		answerError(w, grpc, v.status, "upstream of circuit breaker '"+string(key)+"' is not allowed: "+v.detail)
 	case classRefusedLocally:
-		writeError(w, v.status, "the request cannot be sent to the upstream of circuit breaker '"+string(key)+"': "+v.detail)
+		answerError(w, grpc, v.status, "the request cannot be sent to the upstream of circuit breaker '"+string(key)+"': "+v.detail)
 	case classMalformed:
-		writeError(w, v.status, "malformed request: "+v.detail)
+		answerError(w, grpc, v.status, "malformed request: "+v.detail)
 	case classCertificate:
-		writeError(w, v.status, "upstream of circuit breaker '"+string(key)+"' failed: "+v.class.kind()+": "+v.detail)
+		answerError(w, grpc, v.status, "upstream of circuit breaker '"+string(key)+"' failed: "+v.class.kind()+": "+v.detail)
 	default:
-		writeError(w, v.status, "upstream of circuit breaker '"+string(key)+"' failed: "+v.class.kind())
+		answerError(w, grpc, v.status, "upstream of circuit breaker '"+string(key)+"' failed: "+v.class.kind())
 	}
 }

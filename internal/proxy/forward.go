@@ -114,6 +114,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 
 	if err := p.copyBody(w, rc, idle, res); err != nil {
 		_ = res.Body.Close()
+		c.endGRPC(nil, err)
 		if r.Context().Value(http.ServerContextKey) != nil {
 			// The answer is cut short; net/http aborts the connection
 			// without logging (as ReverseProxy does).
@@ -122,6 +123,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 		return
 	}
 	_ = res.Body.Close() // now, not deferred: it fills res.Trailer
+	c.endGRPC(res.Trailer, nil)
 	// The answer's end (last chunk, trailers) is written after the handler
 	// returns, under this deadline.
 	_ = rc.SetWriteDeadline(time.Now().Add(idle))
@@ -164,10 +166,10 @@ func (p *Proxy) copyBody(w http.ResponseWriter, rc *http.ResponseController, idl
 			_ = rc.SetWriteDeadline(time.Now().Add(idle))
 			written, werr := w.Write(buf[:n])
 			if werr != nil {
-				return werr
+				return &callerWriteError{werr}
 			}
 			if written != n {
-				return io.ErrShortWrite
+				return &callerWriteError{io.ErrShortWrite}
 			}
 			if flush {
 				_ = rc.Flush()
@@ -181,6 +183,13 @@ func (p *Proxy) copyBody(w http.ResponseWriter, rc *http.ResponseController, idl
 		}
 	}
 }
+
+// callerWriteError is a write to the caller that failed: the caller's
+// doing, not the upstream's.
+type callerWriteError struct{ err error }
+
+func (e *callerWriteError) Error() string { return "writing to the caller: " + e.err.Error() }
+func (e *callerWriteError) Unwrap() error { return e.err }
 
 // maxInformational bounds the 1xx answers an upstream may send before its
 // final one (net/http's own bound, 5, applies only without a hook like

@@ -32,19 +32,55 @@ const (
 	// MaxIdleConns and MaxIdleConnsPerHost bound the upstream connection pool.
 	MaxIdleConns        = 1024
 	MaxIdleConnsPerHost = 256
+
+	// HTTP/2 from callers (h2c, prior knowledge, on the proxy's port).
+	// Each stream is one call: the concurrency caps count streams.
+
+	// MaxConcurrentStreams bounds a caller connection's streams in flight;
+	// Go's server also bounds the handlers a connection runs to it, so a
+	// Rapid Reset flood (CVE-2023-44487) queues instead of piling up.
+	MaxConcurrentStreams = 250
+	// MaxReceiveBufferPerStream and MaxReceiveBufferPerConnection are the
+	// flow-control windows a caller may fill with request body the proxy
+	// has not forwarded yet.
+	MaxReceiveBufferPerStream     = 256 << 10
+	MaxReceiveBufferPerConnection = 1 << 20
+	// MaxReadFrameSize bounds one HTTP/2 frame from a caller.
+	MaxReadFrameSize = 1 << 20
+	// PingTimeout closes a caller connection that does not answer a
+	// health-check ping within it; SendPingTimeout is the quiet time after
+	// which one is sent.
+	SendPingTimeout = 30 * time.Second
+	PingTimeout     = 15 * time.Second
 )
 
 // NewServer returns the data plane's HTTP server on addr with the bounds
 // above. It has no read or write timeout for the whole exchange: a route's
 // requestTimeout and streamIdleTimeout bound each call instead, so
 // streaming bodies and upgraded connections can live as long as they move.
+//
+// It speaks HTTP/1.1 and, on the same port, HTTP/2 without TLS (h2c with
+// prior knowledge: gRPC's in-cluster form), whose header list is bounded
+// by MaxHeaderBytes too.
 func NewServer(addr string, handler http.Handler) *http.Server {
+	var protocols http.Protocols
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
 	return &http.Server{
 		Addr:              addr,
 		Handler:           handler,
 		ReadHeaderTimeout: ReadHeaderTimeout,
 		IdleTimeout:       IdleTimeout,
 		MaxHeaderBytes:    MaxHeaderBytes,
+		Protocols:         &protocols,
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams:          MaxConcurrentStreams,
+			MaxReadFrameSize:              MaxReadFrameSize,
+			MaxReceiveBufferPerConnection: MaxReceiveBufferPerConnection,
+			MaxReceiveBufferPerStream:     MaxReceiveBufferPerStream,
+			SendPingTimeout:               SendPingTimeout,
+			PingTimeout:                   PingTimeout,
+		},
 	}
 }
 

@@ -100,6 +100,9 @@ func New(table *Table, clk clock.PassiveClock, opts Options) *Proxy {
 }
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// A gRPC caller gets every answer of the proxy's own as gRPC does
+	// (grpc.go): a trailers-only answer with its status.
+	grpc := isGRPC(r.Header)
 	var (
 		key  breaker.Key
 		rest string
@@ -109,27 +112,27 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// Called by its exposed Service's name: the path is the caller's own.
 		key, rest = hostKey, r.URL.EscapedPath()
 	case hostAmbiguous:
-		writeError(w, http.StatusNotFound, "several circuit breakers are exposed as "+strconv.Quote(r.Host)+
+		answerError(w, grpc, http.StatusNotFound, "several circuit breakers are exposed as "+strconv.Quote(r.Host)+
 			": call one as <service>.<namespace>, <service>.<namespace>.svc or <service>.<namespace>"+p.svcSuffix)
 		return
 	default:
 		var ok bool
 		if key, rest, ok = splitPath(r.URL.EscapedPath()); !ok {
-			writeError(w, http.StatusNotFound, "no circuit breaker here: use /<namespace>/<name>/<path>, or an exposed Service's name as the Host")
+			answerError(w, grpc, http.StatusNotFound, "no circuit breaker here: use /<namespace>/<name>/<path>, or an exposed Service's name as the Host")
 			return
 		}
 	}
 	rt, ok := p.table.get(key)
 	if !ok {
-		writeError(w, http.StatusNotFound, "circuit breaker '"+string(key)+"' not found")
+		answerError(w, grpc, http.StatusNotFound, "circuit breaker '"+string(key)+"' not found")
 		return
 	}
 	if climbs(rest) {
-		writeError(w, http.StatusBadRequest, "circuit breaker '"+string(key)+"': a path may not have . or .. segments")
+		answerError(w, grpc, http.StatusBadRequest, "circuit breaker '"+string(key)+"': a path may not have . or .. segments")
 		return
 	}
 	if rt.refused != "" {
-		writeError(w, rt.refusedStatus, "circuit breaker '"+string(key)+"' may not forward: "+rt.refused)
+		answerError(w, grpc, rt.refusedStatus, "circuit breaker '"+string(key)+"' may not forward: "+rt.refused)
 		return
 	}
 	looped, fromHop := p.looped(r)
@@ -137,40 +140,36 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if fromHop {
 			w.Header().Set(loopHeader, p.marks.mark(loopLabel, r.RemoteAddr))
 		}
-		writeError(w, http.StatusLoopDetected, "circuit breaker '"+string(key)+"': this call already passed through this proxy (a loop)")
+		answerError(w, grpc, http.StatusLoopDetected, "circuit breaker '"+string(key)+"': this call already passed through this proxy (a loop)")
 		return
 	}
 	upgrade := upgradeType(r.Header)
 	if upgrade != "" && !strings.EqualFold(upgrade, "websocket") {
 		// Another protocol (h2c above all) would become a tunnel whose
 		// calls the breaker never sees.
-		writeError(w, http.StatusBadRequest, "circuit breaker '"+string(key)+"' passes on only WebSocket upgrades, not "+strconv.Quote(upgrade))
+		answerError(w, grpc, http.StatusBadRequest, "circuit breaker '"+string(key)+"' passes on only WebSocket upgrades, not "+strconv.Quote(upgrade))
 		return
 	}
 	if p.inFlight.Add(1) > p.maxInFlight {
 		p.inFlight.Add(-1)
-		w.Header().Set(StateHeader, "saturated")
-		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusServiceUnavailable, "the proxy has "+strconv.FormatInt(p.maxInFlight, 10)+" calls in flight already")
+		answerSaturated(w, grpc, "the proxy has "+strconv.FormatInt(p.maxInFlight, 10)+" calls in flight already")
 		return
 	}
 	defer p.inFlight.Add(-1)
 	if rt.inFlight.Add(1) > rt.MaxConcurrent {
 		rt.inFlight.Add(-1)
-		w.Header().Set(StateHeader, "saturated")
-		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusServiceUnavailable, "circuit breaker '"+string(key)+"' has "+strconv.FormatInt(rt.MaxConcurrent, 10)+" calls in flight already")
+		answerSaturated(w, grpc, "circuit breaker '"+string(key)+"' has "+strconv.FormatInt(rt.MaxConcurrent, 10)+" calls in flight already")
 		return
 	}
 	defer rt.inFlight.Add(-1)
 	ticket, err := rt.breaker.Allow()
 	if err != nil {
-		p.reject(w, rt, err)
+		p.reject(w, grpc, rt, err)
 		return
 	}
 	ctx, cancel := context.WithCancelCause(r.Context())
 	c := &call{Context: ctx, callerCtx: r.Context(), cancel: cancel, route: rt, metrics: rt.metrics(), ticket: ticket, w: w, rest: rest, start: time.Now(),
-		marks: p.marks}
+		marks: p.marks, grpcCaller: grpc}
 	if fromHop {
 		c.callerHop = r.RemoteAddr
 	}
