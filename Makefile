@@ -97,6 +97,10 @@ bench: ## Run the benchmarks of docs/benchmarks.md in interleaved rounds, with b
 bench-proxy: ## The proxy hop under wrk against separate processes: bare ReverseProxy (A/A), nginx, the real manager (docs/benchmarks.md).
 	hack/bench-proxy.sh
 
+.PHONY: bench-grpc
+bench-grpc: ## gRPC unary calls through the proxy (h2c both ways, by the exposed name) against a bare ReverseProxy, separate processes (docs/benchmarks.md).
+	hack/bench-grpc.sh
+
 N ?= 1000
 .PHONY: bench-scale
 bench-scale: build ## N CircuitBreakers on a local control plane: time to ready, to every status, write rate, RSS, idle CPU (docs/benchmarks.md).

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/controller/priorityqueue"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
@@ -49,7 +50,7 @@ func (r *Reconciler) primeRoutes(ctx context.Context, c cache.Cache) {
 		if _, _, _, err := r.serve(ctx, key, cb, &cb.Status); err != nil {
 			ctrl.LoggerFrom(ctx).Error(err, "routing a CircuitBreaker", "namespace", cb.Namespace, "name", cb.Name)
 		}
-		r.enqueue(key)
+		r.enqueueBackground(key)
 	}
 	ctrl.LoggerFrom(ctx).Info("routed every CircuitBreaker", "count", len(list.Items))
 }
@@ -182,6 +183,24 @@ func (r *Reconciler) enqueue(key breaker.Key) {
 	}
 }
 
+// enqueueBackground enqueues key behind everything that happens now: the
+// sweeps over every breaker (a replica starting, a leader elected) must not
+// delay a breaker just created, or a transition, behind thousands of
+// unchanged ones (the queue's initial listing is low priority likewise).
+func (r *Reconciler) enqueueBackground(key breaker.Key) {
+	q := r.queue.Load()
+	if q == nil {
+		return
+	}
+	namespace, name := key.Split()
+	req := reconcile.Request{NamespacedName: types.NamespacedName{Namespace: namespace, Name: name}}
+	if pq, ok := (*q).(priorityqueue.PriorityQueue[reconcile.Request]); ok {
+		pq.AddWithOpts(priorityqueue.AddOpts{Priority: ptr.To(handler.LowPriority)}, req)
+		return
+	}
+	(*q).Add(req)
+}
+
 // SetupWithManager registers the controller on every replica, subscribes it
 // to the registry's changes, and adds the leader's work: on election, write
 // every breaker's state as this replica sees it, then flush count changes.
@@ -197,7 +216,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}
 	r.leader.OnElected(func(context.Context) {
 		for _, key := range r.registry.Keys() {
-			r.enqueue(key)
+			r.enqueueBackground(key)
 		}
 	})
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &cbv1.CircuitBreaker{}, serviceIndex, func(o client.Object) []string {

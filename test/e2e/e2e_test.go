@@ -326,6 +326,10 @@ spec:
 		hostileCallersStep(t, g, c)
 	})
 
+	step("a gRPC client reaches a breaker by its exposed name: NOT_FOUND is an answer, UNAVAILABLE opens it, rejections are gRPC's", func(g Gomega) {
+		grpcStep(t, g, c)
+	})
+
 	step("recovery through half-open closes it", func(g Gomega) {
 		trip(g)
 		up.failing.Store(false)

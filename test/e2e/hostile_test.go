@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -38,19 +39,27 @@ func hostileCallersStep(t *testing.T, g Gomega, c *cluster) {
 	c.kubectlApply(t, fmt.Sprintf(`apiVersion: circuitbreaker.io/v1alpha1
 kind: CircuitBreaker
 metadata: {name: hostile, namespace: default}
-spec: {upstream: {url: %q}, maxConcurrentRequests: 2, streamIdleTimeout: 1s}
+spec: {upstream: {url: %q}, maxConcurrentRequests: 2, streamIdleTimeout: 2s}
 `, up.URL))
 	defer c.kubectlQuiet("delete", "cb", "hostile")
 	base := "http://" + c.proxyAddr + "/default/hostile"
 	g.Eventually(func() int { return httpGet(g, base+"/x") }, 10*time.Second).Should(Equal(200))
 
-	// Two callers that never read hold both slots, for one idle timeout.
-	for range 2 {
+	// Two callers that never read (beyond the status line, which says
+	// they hold a slot) hold both slots, for one idle timeout. A holder
+	// that came while the last call above still had its slot tries again.
+	for held := 0; held < 2; {
 		conn, err := net.Dial("tcp", c.proxyAddr)
 		g.Expect(err).NotTo(HaveOccurred())
 		defer conn.Close()
 		_, err = io.WriteString(conn, "GET /default/hostile/big HTTP/1.1\r\nHost: p\r\n\r\n")
 		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(conn.SetReadDeadline(time.Now().Add(10 * time.Second))).To(Succeed())
+		status, err := bufio.NewReader(conn).ReadString('\n')
+		g.Expect(err).NotTo(HaveOccurred())
+		if strings.HasPrefix(status, "HTTP/1.1 200") {
+			held++
+		}
 	}
 	g.Eventually(func() int { return httpGet(g, base+"/x") }, 10*time.Second, 20*time.Millisecond).Should(Equal(503), "both slots held")
 	g.Eventually(func() int { return httpGet(g, base+"/x") }, 10*time.Second, 100*time.Millisecond).Should(Equal(200),
