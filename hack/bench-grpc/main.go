@@ -38,7 +38,7 @@ func main() {
 
 func run(args []string) error {
 	if len(args) < 2 {
-		return fmt.Errorf("usage: bench-grpc upstream|bare|load ADDR ...")
+		return fmt.Errorf("usage: bench-grpc upstream|bare|load ADDR [ARGS]")
 	}
 	switch args[0] {
 	case "upstream":
