@@ -72,7 +72,10 @@ func (r *Reconciler) proxyTarget() string {
 // on a conflict say how it went.
 func (r *Reconciler) expose(ctx context.Context, cb *cbv1.CircuitBreaker, key breaker.Key, base, status *cbv1.CircuitBreakerStatus) error {
 	name := exposedServiceName(cb)
-	if r.leading() {
+	// A breaker that is not exposed, and was not as far as its status
+	// says, has no Service to remove: no lookup (the common case).
+	wasExposed := base.ExposedAs != "" || meta.FindStatusCondition(base.Conditions, cbv1.ConditionExposed) != nil
+	if r.leading() && (name != "" || wasExposed) {
 		if err := r.removeExposed(ctx, cb, name); err != nil {
 			return err
 		}
