@@ -59,7 +59,11 @@ type goneRecorder struct {
 	names []string
 }
 
-func (r *goneRecorder) add(name string) { r.mu.Lock(); defer r.mu.Unlock(); r.names = append(r.names, name) }
+func (r *goneRecorder) add(name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.names = append(r.names, name)
+}
 func (r *goneRecorder) take() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
