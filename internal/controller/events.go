@@ -174,14 +174,14 @@ func (r *Reconciler) announce(ctx context.Context, cb *cbv1.CircuitBreaker, key 
 	if !r.leading() {
 		return nil, nil
 	}
-	keys := liveKeys(snap.History)
+	facts := liveFacts(snap.History)
+	keys := keysOf(facts)
 	inStatus := storedKeys(stored)
 	// The horizon of the record: the oldest decision the status holds.
 	var horizon time.Time
 	if len(stored) > 0 {
 		horizon = decisionTime(storedFacts(stored), 0)
 	}
-	facts := liveFacts(snap.History)
 	done := make([]uint64, 0, len(keys))
 	for i, t := range snap.History {
 		k := keys[i]

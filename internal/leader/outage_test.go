@@ -44,8 +44,9 @@ type apiServer struct {
 func newAPIServer(objects ...runtime.Object) *apiServer {
 	s := &apiServer{Clientset: fake.NewClientset(objects...)}
 	s.PrependReactor("*", "leases", func(clienttesting.Action) (bool, runtime.Object, error) {
+		down := s.down.Load()
 		s.requests.Add(1)
-		if s.down.Load() {
+		if down {
 			return true, nil, errors.New("dial tcp 127.0.0.1:6443: connect: connection refused")
 		}
 		return false, nil, nil
@@ -183,6 +184,8 @@ func TestMembersRenewAsSoonAsTheAPIServerAnswers(t *testing.T) {
 		step(maxRetry)
 		g.Eventually(api.requests.Load).Should(BeNumerically(">", before), "tried again within maxRetry")
 	}
+	// Once the loop is done with its last failed try, and waits.
+	g.Eventually(clk.HasWaiters).Should(BeTrue())
 	api.down.Store(false)
 	step(maxRetry)
 	answered := clk.Now()
