@@ -66,8 +66,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 	resetRefused := r.handleReset(ctx, &cb, key, b)
 	r.followFleet(&cb, b)
 	snap := b.Snapshot()
-	r.announce(ctx, &cb, key, b, snap)
+	// What the status has of the history (as this replica last wrote it)
+	// is what has been announced; what is left to announce stays out of it
+	// until it is, and the reconcile is tried again (events.go).
+	pending, announceErr := r.announce(ctx, &cb, key, b, snap, base.History)
+	retErr = errors.Join(retErr, announceErr)
 	recordServing(status, &cb, cfg, snap, resetRefused)
+	status.History = withoutPending(status.History, pending)
 	ejectedUntil := recordEndpoints(status, cfg, r.routes.Endpoints(key))
 	if err := r.writeOwnEntry(ctx, key, &cb, snap); err != nil {
 		return ctrl.Result{}, err
@@ -132,7 +137,7 @@ func (r *Reconciler) handleReset(ctx context.Context, cb *cbv1.CircuitBreaker, k
 	case refused != "":
 		r.refuseReset(ctx, cb, key, value, refused)
 	case value != "":
-		b.Reset(value, "breaker reset to Closed by annotation "+cbv1.ResetAnnotation+"="+shownResetValue(value))
+		b.Reset(value, resetReasonPrefix+cbv1.ResetAnnotation+"="+shownResetValue(value))
 	}
 	return refused
 }

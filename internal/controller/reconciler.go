@@ -70,12 +70,15 @@ type Options struct {
 	ClusterDomain string
 	// Fleet is this replica among the others; default Alone(host name).
 	Fleet Fleet
-	// Clock stamps the replica's status entries; default the real clock.
+	// Clock stamps the replica's status entries and Events; default the real clock.
 	Clock clock.PassiveClock
 	// ProxyService is the proxy's own Service (--proxy-service), which
 	// exposed Services point at; default DefaultProxyService in
 	// DefaultProxyNamespace.
 	ProxyService types.NamespacedName
+	// Notifier, when set, is told of each transition the leader announces
+	// (the webhook).
+	Notifier Notifier
 }
 
 // DefaultProxyNamespace is the install's namespace, for ProxyService.
@@ -99,8 +102,9 @@ type Reconciler struct {
 	leaderStatus leaderStatusWriter
 	entries      replicaEntryWriter
 
-	// announced holds, by key, the last transition logged and recorded as
-	// an Event, so each one is announced once.
+	// announced holds, by key, the announcement of what this replica
+	// logged and announced (events.go), so each transition is logged once
+	// and announced once.
 	announced sync.Map
 	// refusedResets holds, by key, the reset value last refused, so each
 	// refused value is reported once.
@@ -115,12 +119,6 @@ type Reconciler struct {
 	// queue is the controller's work queue, captured when it starts, so
 	// breaker changes enqueue their resource without a channel in between.
 	queue atomic.Pointer[workqueue.TypedRateLimitingInterface[reconcile.Request]]
-}
-
-// announcement is the last transition of breaker that was announced.
-type announcement struct {
-	breaker *breaker.Breaker
-	seq     uint64
 }
 
 // Leader is the replica's part in leader election (internal/leader).

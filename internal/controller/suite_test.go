@@ -2,7 +2,9 @@ package controller_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -16,6 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/rest"
@@ -34,6 +37,7 @@ import (
 	"github.com/circuitbreaker-io/operator/internal/controller"
 	"github.com/circuitbreaker-io/operator/internal/controlplane"
 	"github.com/circuitbreaker-io/operator/internal/leader"
+	"github.com/circuitbreaker-io/operator/internal/notify"
 	"github.com/circuitbreaker-io/operator/internal/operator"
 )
 
@@ -156,6 +160,12 @@ type harnessConfig struct {
 	manager        ctrl.Options
 	clock          clock.WithTicker
 	leaseNamespace string // "": no leader election
+	// webhook, when set, is the URL the manager notifies of transitions.
+	webhook string
+	// unreachable, when set, makes every request of the manager fail while
+	// it is true (the API server away); refuseWrites, its status writes and
+	// Event creates (the API server refusing them).
+	unreachable, refuseWrites *atomic.Bool
 }
 
 type harnessOption func(*harnessConfig)
@@ -171,20 +181,68 @@ func withLeaderElection(namespace string) harnessOption {
 	return func(c *harnessConfig) { c.leaseNamespace = namespace }
 }
 
+// withWebhook has the manager notify url of transitions.
+func withWebhook(url string) harnessOption {
+	return func(c *harnessConfig) { c.webhook = url }
+}
+
+// withOutage makes every request the manager sends fail while down is
+// true, as if the API server were away: its watches that are open stay
+// open, as a TCP connection to a stopped process does.
+func withOutage(down *atomic.Bool) harnessOption {
+	return func(c *harnessConfig) { c.unreachable = down }
+}
+
+// withRefusedWrites makes the manager's status writes and Event creates
+// fail while refused is true; leader election goes on.
+func withRefusedWrites(refused *atomic.Bool) harnessOption {
+	return func(c *harnessConfig) { c.refuseWrites = refused }
+}
+
+// errUnavailable is what a request gets from an API server that is away.
+var errUnavailable = errors.New("dial tcp: connect: connection refused")
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// refused is the error of a write the API server refuses while refusing is set.
+func refused(refusing *atomic.Bool) error {
+	if refusing != nil && refusing.Load() {
+		return apierrors.NewServiceUnavailable("the API server refuses writes")
+	}
+	return nil
+}
+
 // startManager runs a manager with a fresh Reconciler that sees only namespace,
 // as a restarted manager would start: with an empty registry.
 func startManager(t *testing.T, namespace string, opts controller.Options, hopts ...harnessOption) *harness {
 	t.Helper()
 	g := NewWithT(t)
 	h := &harness{metrics: prometheus.NewRegistry()}
+	var refusing *atomic.Bool
 	countPatches := interceptor.Funcs{
 		SubResourcePatch: func(ctx context.Context, c client.Client, sub string, obj client.Object, patch client.Patch, opts ...client.SubResourcePatchOption) error {
 			h.statusPatches.Add(1)
+			if err := refused(refusing); err != nil {
+				return err
+			}
 			return c.SubResource(sub).Patch(ctx, obj, patch, opts...)
 		},
 		SubResourceApply: func(ctx context.Context, c client.Client, sub string, obj runtime.ApplyConfiguration, opts ...client.SubResourceApplyOption) error {
 			h.entryWrites.Add(1)
+			if err := refused(refusing); err != nil {
+				return err
+			}
 			return c.SubResource(sub).Apply(ctx, obj, opts...)
+		},
+		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+			if _, ok := obj.(*eventsv1.Event); ok {
+				if err := refused(refusing); err != nil {
+					return err
+				}
+			}
+			return c.Create(ctx, obj, opts...)
 		},
 	}
 	cfg := harnessConfig{clock: clock.RealClock{}, manager: ctrl.Options{
@@ -203,7 +261,20 @@ func startManager(t *testing.T, namespace string, opts controller.Options, hopts
 	for _, o := range hopts {
 		o(&cfg)
 	}
-	mgr, err := ctrl.NewManager(restConfig, cfg.manager)
+	refusing = cfg.refuseWrites
+	rc := restConfig
+	if down := cfg.unreachable; down != nil {
+		rc = rest.CopyConfig(restConfig)
+		rc.WrapTransport = func(next http.RoundTripper) http.RoundTripper {
+			return roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+				if down.Load() {
+					return nil, errUnavailable
+				}
+				return next.RoundTrip(r)
+			})
+		}
+	}
+	mgr, err := ctrl.NewManager(rc, cfg.manager)
 	g.Expect(err).NotTo(HaveOccurred())
 	h.name = fmt.Sprintf("replica-%d", replicaCounter.Add(1))
 	h.cache = mgr.GetCache()
@@ -215,6 +286,10 @@ func startManager(t *testing.T, namespace string, opts controller.Options, hopts
 		Registerer:  h.metrics,
 		Log:         log.Log.WithName(h.name),
 		Controller:  opts,
+	}
+	if cfg.webhook != "" {
+		ocfg.Webhook, err = notify.NewWebhook(cfg.webhook, notify.Options{Backoff: 10 * time.Millisecond, Log: ocfg.Log.WithName("webhook")})
+		g.Expect(err).NotTo(HaveOccurred())
 	}
 	if cfg.leaseNamespace != "" {
 		ocfg.LeaderElection = &leader.Config{

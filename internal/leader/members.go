@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,6 +29,13 @@ const (
 	// status entry may be written and still count (breaker.MaxFollowSkew).
 	MaxClockSkew      = 30 * time.Second
 	MemberRenewPeriod = 5 * time.Second
+	// A renew or listing that fails is tried again after
+	// minRetry, doubling up to maxRetry, not after a whole renew period:
+	// a replica renews its Lease within maxRetry of the API server
+	// answering again (and at once when a request that was waiting on it
+	// is answered, as after a SIGSTOP).
+	minRetry = 100 * time.Millisecond
+	maxRetry = time.Second
 )
 
 // memberLabel marks the Leases of replicas, so one List finds them all.
@@ -42,12 +50,16 @@ type Members struct {
 	self      string
 	// leaseName is this replica's Lease.
 	leaseName string
-	clock     clock.PassiveClock
-	log       logr.Logger
+	// clock times the renewals and judges the Leases; cmd/manager's is the
+	// real one, the tests step a fake one.
+	clock clock.Clock
+	log   logr.Logger
 
 	// view is the last successful listing: replica name to expiry, and when
 	// it was taken.
 	view atomic.Pointer[memberView]
+	// listFailed is set when a listing failed since the last one that did not.
+	listFailed atomic.Bool
 
 	mu     sync.Mutex
 	onGone []func(name string)
@@ -56,10 +68,25 @@ type Members struct {
 type memberView struct {
 	takenAt time.Time
 	expiry  map[string]time.Time
+	// blindSince and contactSince bound this replica's last outage: the
+	// last listing before it could not list the Leases, and the first one
+	// after. Zero when it has seen no outage. A Lease that expired in
+	// between expired while every replica may have been cut off from the
+	// API server, this one included: it is not evidence that its replica
+	// is gone until the replica had a whole Lease duration of contact to
+	// renew it (unreachable is not gone).
+	blindSince, contactSince time.Time
+}
+
+// expiredInOutage reports whether a Lease that expired at expiry did so
+// during this replica's last outage, less than a Lease duration of contact
+// ago.
+func (v *memberView) expiredInOutage(expiry, now time.Time) bool {
+	return !v.contactSince.IsZero() && expiry.After(v.blindSince) && now.Before(v.contactSince.Add(MemberLeaseDuration))
 }
 
 // NewMembers returns the membership of replica self, with Leases in namespace.
-func NewMembers(restConfig *rest.Config, namespace, self string, clk clock.PassiveClock, log logr.Logger) (*Members, error) {
+func NewMembers(restConfig *rest.Config, namespace, self string, clk clock.Clock, log logr.Logger) (*Members, error) {
 	cs, err := kubernetes.NewForConfig(rest.CopyConfig(restConfig))
 	if err != nil {
 		return nil, err
@@ -76,6 +103,15 @@ func (m *Members) Self() string { return m.self }
 // write before the others list its Lease. While this replica cannot list
 // the Leases (the API server away), it does not know, and says every
 // replica is live rather than forget what they decided.
+//
+// After an outage an expired Lease is weaker evidence than what the
+// replica wrote since: an entry written after the listing, or after its
+// own Lease expired (both stamped by that replica's clock, so no skew
+// between them), shows that the replica was there when its Lease said it
+// was gone, cut off from the API server as everyone was. Such an entry
+// counts for as long as an entry without a Lease does. And a Lease that
+// expired during this replica's own outage counts as live for a Lease
+// duration of contact (see memberView).
 func (m *Members) Live(name string, lastUpdate time.Time) bool {
 	if name == m.self {
 		return true
@@ -85,11 +121,21 @@ func (m *Members) Live(name string, lastUpdate time.Time) bool {
 	if v == nil || now.Sub(v.takenAt) > 2*MemberRenewPeriod {
 		return true
 	}
-	if expiry, ok := v.expiry[name]; ok {
-		return now.Before(expiry)
+	expiry, ok := v.expiry[name]
+	switch {
+	case !ok:
+		return recentEntry(lastUpdate, now)
+	case now.Before(expiry), v.expiredInOutage(expiry, now):
+		return true
 	}
-	// An entry from further in the future than clocks drift apart is
-	// forged or its clock broken: not evidence of life.
+	return (lastUpdate.After(expiry) || lastUpdate.After(v.takenAt)) && recentEntry(lastUpdate, now)
+}
+
+// recentEntry reports whether an entry written at lastUpdate is evidence
+// of life now: younger than a Lease duration. An entry from further in the
+// future than clocks drift apart is forged or its clock broken: not
+// evidence of life.
+func recentEntry(lastUpdate, now time.Time) bool {
 	return now.Sub(lastUpdate) < MemberLeaseDuration && lastUpdate.Sub(now) < MaxClockSkew
 }
 
@@ -106,20 +152,31 @@ func (m *Members) NeedLeaderElection() bool { return false }
 
 // Start renews this replica's Lease and lists the others' until ctx ends,
 // then lets its own expire at once, so the others know it is gone at their
-// next listing.
+// next listing. While the API server does not answer it tries again every
+// maxRetry at most, so that its Lease is renewed as soon as the API server
+// answers again, not a renew period later.
 func (m *Members) Start(ctx context.Context) error {
-	ticker := time.NewTicker(MemberRenewPeriod)
-	defer ticker.Stop()
+	retry := minRetry
+	var failingSince time.Time
 	for {
-		m.renew(ctx)
-		m.list(ctx)
+		wait := MemberRenewPeriod
+		if err := errors.Join(m.renew(ctx), m.list(ctx)); err != nil && ctx.Err() == nil {
+			if failingSince.IsZero() {
+				failingSince = m.clock.Now()
+				m.log.Error(err, "cannot reach the API server: renewing this replica's Lease again until it answers", "lease", m.leaseName, "retry", retry)
+			}
+			wait, retry = retry, min(2*retry, maxRetry)
+		} else if !failingSince.IsZero() {
+			m.log.Info("the API server answers again: renewed this replica's Lease", "lease", m.leaseName, "unreachableFor", m.clock.Since(failingSince))
+			failingSince, retry = time.Time{}, minRetry
+		}
 		select {
 		case <-ctx.Done():
 			release, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
-			m.write(release, m.clock.Now().Add(-MemberLeaseDuration))
+			_ = m.write(release, m.clock.Now().Add(-MemberLeaseDuration))
 			return nil
-		case <-ticker.C:
+		case <-m.clock.After(wait):
 		}
 	}
 }
@@ -135,14 +192,14 @@ func leaseName(self string) string {
 	return "circuit-breaker-replica-" + hex.EncodeToString(sum[:8])
 }
 
-func (m *Members) renew(ctx context.Context) {
+func (m *Members) renew(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, MemberRenewPeriod)
 	defer cancel()
-	m.write(ctx, m.clock.Now())
+	return m.write(ctx, m.clock.Now())
 }
 
 // write records in this replica's Lease that it was live at renewed.
-func (m *Members) write(ctx context.Context, renewed time.Time) {
+func (m *Members) write(ctx context.Context, renewed time.Time) error {
 	now := metav1.NewMicroTime(renewed)
 	spec := coordinationv1.LeaseSpec{
 		HolderIdentity:       ptr.To(m.self),
@@ -162,19 +219,32 @@ func (m *Members) write(ctx context.Context, renewed time.Time) {
 		_, err = m.leases.Update(ctx, lease, metav1.UpdateOptions{})
 	}
 	if err != nil && ctx.Err() == nil {
-		m.log.Error(err, "writing this replica's Lease", "lease", m.leaseName)
+		m.log.V(1).Info("writing this replica's Lease failed", "lease", m.leaseName, "error", err.Error())
 	}
+	return err
 }
 
-func (m *Members) list(ctx context.Context) {
+// list takes a new view of the replicas' Leases, and tells OnGone of the
+// replicas found gone. A failed listing leaves the view as it was (it goes
+// stale, and Live says so) and marks the outage the next one ends.
+func (m *Members) list(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, MemberRenewPeriod)
 	defer cancel()
 	leases, err := m.leases.List(ctx, metav1.ListOptions{LabelSelector: memberLabel + "=true"})
 	if err != nil {
-		return // the view goes stale, and Live says so
+		m.listFailed.Store(true)
+		return err
 	}
 	now := m.clock.Now()
 	next := &memberView{takenAt: now, expiry: map[string]time.Time{}}
+	if prev := m.view.Load(); prev != nil {
+		next.blindSince, next.contactSince = prev.blindSince, prev.contactSince
+		// An outage: listings failed, or none was taken for longer than
+		// the renew period allows (this process paused).
+		if m.listFailed.Swap(false) || now.Sub(prev.takenAt) > 2*MemberRenewPeriod {
+			next.blindSince, next.contactSince = prev.takenAt, now
+		}
+	}
 	var gone []string
 	for _, l := range leases.Items {
 		if l.Spec.HolderIdentity == nil || l.Spec.RenewTime == nil || l.Spec.LeaseDurationSeconds == nil {
@@ -183,14 +253,19 @@ func (m *Members) list(ctx context.Context) {
 		expiry := l.Spec.RenewTime.Add(time.Duration(*l.Spec.LeaseDurationSeconds) * time.Second)
 		name := *l.Spec.HolderIdentity
 		next.expiry[name] = expiry
-		if now.After(expiry.Add(4 * MemberLeaseDuration)) {
+		switch {
+		case now.Before(expiry) || name == m.self:
+			continue
+		case next.expiredInOutage(expiry, now):
+			m.log.Info("a replica's Lease expired while this replica could not reach the API server: not gone until it had time to renew it",
+				"replica", name, "expiredAt", expiry, "contactSince", next.contactSince)
+			continue
+		case now.After(expiry.Add(4 * MemberLeaseDuration)):
 			// Long gone, its entries removed meanwhile: anyone may clear
 			// its Lease away.
 			_ = m.leases.Delete(ctx, l.Name, metav1.DeleteOptions{})
 		}
-		if !now.Before(expiry) {
-			gone = append(gone, name)
-		}
+		gone = append(gone, name)
 	}
 	m.view.Store(next)
 	m.mu.Lock()
@@ -201,4 +276,5 @@ func (m *Members) list(ctx context.Context) {
 			fn(name)
 		}
 	}
+	return nil
 }

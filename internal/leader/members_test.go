@@ -14,6 +14,7 @@ func TestMembersLive(t *testing.T) {
 	fresh := &memberView{takenAt: now.Add(-MemberRenewPeriod), expiry: map[string]time.Time{
 		"renewing": now.Add(time.Second),
 		"expired":  now.Add(-time.Second),
+		"lapsed":   now.Add(-8 * time.Second),
 	}}
 	stale := &memberView{takenAt: now.Add(-2*MemberRenewPeriod - time.Second), expiry: map[string]time.Time{
 		"expired": now.Add(-time.Minute),
@@ -27,7 +28,13 @@ func TestMembersLive(t *testing.T) {
 	}{
 		{"itself, always", fresh, "me", time.Time{}, true},
 		{"a Lease still renewed", fresh, "renewing", time.Time{}, true},
-		{"an expired or released Lease, however recent its entry", fresh, "expired", now, false},
+		{"an expired or released Lease, its entry written before the listing", fresh, "expired", now.Add(-MemberRenewPeriod - time.Second), false},
+		// After an outage: the replica wrote after the listing found its
+		// Lease expired, so it was only cut off from the API server.
+		{"an expired Lease, an entry written after the listing", fresh, "expired", now.Add(-time.Second), true},
+		{"an expired Lease, an entry written after it expired", fresh, "lapsed", now.Add(-7 * time.Second), true},
+		{"an expired Lease, an entry written before it expired", fresh, "lapsed", now.Add(-9 * time.Second), false},
+		{"an expired Lease, an entry after the listing dated years ahead: forged", fresh, "expired", now.AddDate(10, 0, 0), false},
 		{"no Lease yet, an entry written moments ago: a replica just started", fresh, "new", now.Add(-time.Second), true},
 		{"no Lease and an old entry", fresh, "gone", now.Add(-MemberLeaseDuration), false},
 		{"no Lease and an entry from a clock a little ahead", fresh, "ahead", now.Add(MaxClockSkew - time.Second), true},

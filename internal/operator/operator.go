@@ -127,14 +127,9 @@ func New(mgr manager.Manager, cfg Config) (*Operator, error) {
 	})
 	if cfg.Webhook != nil {
 		// Every replica follows the fleet's decisions, so the leader's
-		// transitions are the fleet's: notified once, not once per replica.
-		elector, webhook := op.Elector, cfg.Webhook
-		op.Registry.OnTransition(func(key breaker.Key, t breaker.Transition) {
-			if elector.Leading() {
-				webhook.Notify(key, t)
-			}
-		})
-		if err := mgr.Add(manager.RunnableFunc(webhook.Run)); err != nil {
+		// transitions are the fleet's: the leader announces each, with its
+		// Event, once, not once per replica (the controller's events.go).
+		if err := mgr.Add(manager.RunnableFunc(cfg.Webhook.Run)); err != nil {
 			return nil, err
 		}
 	}
@@ -145,6 +140,9 @@ func New(mgr manager.Manager, cfg Config) (*Operator, error) {
 	opts := cfg.Controller
 	if opts.Fleet == nil {
 		opts.Fleet = fleet
+	}
+	if cfg.Webhook != nil && opts.Notifier == nil {
+		opts.Notifier = cfg.Webhook
 	}
 	op.Reconciler = controller.New(mgr.GetClient(), mgr.GetEventRecorder("circuit-breaker-operator"), op.Registry, op.Routes, op.Elector, opts)
 	op.Routes.OnEjection(op.Reconciler.EndpointEjected)
