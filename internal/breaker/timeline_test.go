@@ -13,12 +13,11 @@ import (
 )
 
 // proxyCall does what the proxy does for one call: permission, verdict,
-// and the call on the timeline (a rejection puts itself there). It
-// reports whether the call was admitted.
-func proxyCall(b *Breaker, latency time.Duration, failed bool) bool {
+// and the call on the timeline (a rejection puts itself there).
+func proxyCall(b *Breaker, latency time.Duration, failed bool) {
 	t, err := b.Allow()
 	if err != nil {
-		return false
+		return
 	}
 	if failed {
 		t.Failure(http503)
@@ -26,7 +25,6 @@ func proxyCall(b *Breaker, latency time.Duration, failed bool) bool {
 		t.Success()
 	}
 	b.RecordCall(latency, failed)
-	return true
 }
 
 // pt is a timeline point without its time and p99, for comparisons.
