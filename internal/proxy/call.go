@@ -132,10 +132,8 @@ func (c *call) wroteRequest(info httptrace.WroteRequestInfo) {
 	}
 }
 
-// settle gives the call's verdict to its breaker, and counts it; took is
-// the time to the answer's headers (or to the failure), for the
-// breaker's timeline.
-func (c *call) settle(o outcome, f breaker.Failure, took time.Duration) {
+// settle gives the call's verdict to its breaker, and counts it.
+func (c *call) settle(o outcome, f breaker.Failure) {
 	// A copy: the transport's goroutine may still read c.ticket.
 	ticket := c.ticket.TimedFrom(c.wrote.Load())
 	switch o {
@@ -149,7 +147,9 @@ func (c *call) settle(o outcome, f breaker.Failure, took time.Duration) {
 		ticket.Cancel()
 	}
 	if o != noVerdict {
-		c.route.breaker.RecordCall(took, o == failure)
+		// On the breaker's timeline, timed to the verdict as the
+		// duration metric is.
+		c.route.breaker.RecordCall(time.Since(c.start), o == failure)
 	}
 	// The endpoint's own count: the breaker's notion of failure, and
 	// nothing the caller or the proxy itself caused (no verdict).
@@ -186,8 +186,7 @@ func (c *call) answer(resp *http.Response) {
 	} else {
 		resp.Body = &idleBody{ReadCloser: resp.Body, c: c}
 	}
-	took := time.Since(c.start)
-	c.metrics.Duration.Observe(took.Seconds())
+	c.metrics.Duration.Observe(time.Since(c.start).Seconds())
 	o := classifyAnswer(resp, &c.route.FailureCodes, c.ownLoop(resp))
 	// What an upstream says of breakers is not ours to pass on: a loop
 	// answer goes back re-marked, and only to a caller that is a hop.
@@ -200,7 +199,7 @@ func (c *call) answer(resp *http.Response) {
 	if o == failure {
 		f = breaker.Failure{StatusCode: resp.StatusCode, RetryAfter: retryAfter(resp, time.Now)}
 	}
-	c.settle(o, f, took)
+	c.settle(o, f)
 }
 
 // ownLoop reports whether resp is this proxy's loop answer to this call,
@@ -219,10 +218,9 @@ func (c *call) fail(w http.ResponseWriter, err error) {
 	if v.class != classUpgradeBroke { // otherwise answer gave the verdict already
 		c.reported = true
 		o := v.class.outcome()
-		took := time.Since(c.start)
-		c.settle(o, breaker.Failure{Kind: v.class.kind()}, took)
+		c.settle(o, breaker.Failure{Kind: v.class.kind()})
 		if o == failure {
-			c.metrics.Duration.Observe(took.Seconds())
+			c.metrics.Duration.Observe(time.Since(c.start).Seconds())
 		}
 	}
 	writeVerdict(w, v, c.route.key)

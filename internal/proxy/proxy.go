@@ -169,7 +169,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		cancel(nil)
 		if !c.reported {
 			// No verdict was reached (e.g. a panic): give a probe slot back.
-			c.settle(noVerdict, breaker.Failure{}, 0)
+			c.settle(noVerdict, breaker.Failure{})
 		}
 	}()
 	if upgrade != "" {
