@@ -329,7 +329,7 @@ func (h *histogram) quantile(q float64) time.Duration {
 func (b *Breaker) Timeline() *Timeline { return b.timeline.Load() }
 
 // RecordCall puts a call that ended now with a verdict, failed or not,
-// after latency (to its answer's headers) on the breaker's timeline,
+// after latency (the proxy times it to the verdict) on the breaker's timeline,
 // which the first call starts. It takes no lock but on the first call of a
 // minute, and allocates nothing but the timeline itself.
 func (b *Breaker) RecordCall(latency time.Duration, failed bool) {

@@ -295,7 +295,7 @@ type Timeline struct {
 // TimelinePoint is one minute: time is its start in Unix seconds; calls
 // are the calls that ended in it with a verdict, failures and slow calls
 // among them; p99_ms their approximate 99th percentile latency to the
-// answer's headers (within 20%); state the worst state of the minute.
+// verdict (within 20%); state the worst state of the minute.
 // A minute without traffic is a zero point in the state the breaker had.
 type TimelinePoint struct {
 	Time       int64   `json:"time"`
