@@ -7,6 +7,7 @@ import (
 	"errors"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"k8s.io/utils/clock"
@@ -128,6 +129,10 @@ type Breaker struct {
 	lastOpenReason   OpenReason
 	// noEndpoints holds the circuit open: its upstream has no endpoint.
 	noEndpoints bool
+
+	// timeline is the last hour in minutes (timeline.go), started by the
+	// first call or rejection; written under mu, read without it.
+	timeline atomic.Pointer[Timeline]
 }
 
 // Options are the optional hooks of a Breaker. Both are called without any
@@ -200,23 +205,26 @@ func (b *Breaker) allowLocked() (Ticket, *Transition, error) {
 		}
 		return t, nil, nil
 	case b.settings.Mode == ModeForcedOpen:
-		b.rejected++
+		b.rejectLocked(b.clock.Now())
 		return Ticket{}, nil, ErrForcedOpen
 	}
 	var fired *Transition
 	var err error
+	var now time.Time
 	switch {
 	case b.state == StateOpen:
-		if fired = b.halfOpenIfDueLocked(); fired == nil {
+		now = b.clock.Now()
+		if fired = b.halfOpenIfDueLocked(now); fired == nil {
 			err = ErrOpen
 		} else if b.probesInFlight >= b.settings.HalfOpenMaxRequests {
 			err = ErrProbeLimit
 		}
 	case b.probesInFlight >= b.settings.HalfOpenMaxRequests:
+		now = b.clock.Now()
 		err = ErrProbeLimit
 	}
 	if err != nil {
-		b.rejected++
+		b.rejectLocked(now)
 		return Ticket{}, fired, b.settings.Mode.rejection(err)
 	}
 	b.allowed++
@@ -273,6 +281,9 @@ func (b *Breaker) updateLocked(settings Settings) effects {
 	old := b.settings
 	b.settings = settings
 	b.plainClosed = settings.plainClosed()
+	if t := b.timeline.Load(); t != nil {
+		t.slowAfter.Store(int64(settings.SlowCallDuration))
+	}
 	if old.Windowed() != settings.Windowed() || old.Window != settings.Window {
 		b.window = nil
 		if settings.Windowed() {
@@ -328,11 +339,10 @@ func WholeSecondsUntil(t, now time.Time) int64 {
 
 // halfOpenIfDueLocked moves an Open breaker whose recovery timeout has
 // passed to HalfOpen, and returns that transition (nil if not yet due).
-func (b *Breaker) halfOpenIfDueLocked() *Transition {
+func (b *Breaker) halfOpenIfDueLocked(now time.Time) *Transition {
 	if b.settings.Mode == ModeForcedOpen || b.noEndpoints {
 		return nil
 	}
-	now := b.clock.Now()
 	if now.Before(b.openUntil) {
 		return nil
 	}
@@ -368,6 +378,11 @@ func (b *Breaker) setStateLocked(to State, now time.Time, reason string) *Transi
 		b.history = append(b.history[:0], b.history[1:]...)
 	}
 	b.history = append(b.history, t)
+	if tl := b.timeline.Load(); tl != nil {
+		// The clock's now, not the transition's time: a followed
+		// decision carries the other replica's.
+		tl.transition(b.clock.Now(), to)
+	}
 	return &t
 }
 

@@ -45,7 +45,7 @@ func (b *Breaker) Snapshot() Snapshot {
 	var fired *Transition
 	b.mu.Lock()
 	if b.state == StateOpen {
-		fired = b.halfOpenIfDueLocked()
+		fired = b.halfOpenIfDueLocked(b.clock.Now())
 	}
 	s := b.snapshotLocked()
 	s.At = b.clock.Now()

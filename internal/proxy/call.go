@@ -149,6 +149,11 @@ func (c *call) settle(o outcome, f breaker.Failure) {
 	default:
 		ticket.Cancel()
 	}
+	if o != noVerdict {
+		// On the breaker's timeline, timed to the verdict as the
+		// duration metric is.
+		c.route.breaker.RecordCall(time.Since(c.start), o == failure)
+	}
 	// The endpoint's own count: the breaker's notion of failure, and
 	// nothing the caller or the proxy itself caused (no verdict).
 	if e, p := c.endpoint, c.route.Ejection; e != nil && p != nil && o != noVerdict {

@@ -8,6 +8,7 @@ import (
 	_ "embed"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -96,6 +97,7 @@ func New(registry *breaker.Registry, c client.Client, clk clock.PassiveClock, op
 	s.mux.HandleFunc("/api/circuit-breakers", s.list)
 	s.mux.HandleFunc("/api/circuit-breakers/{namespace}/{name}", s.get)
 	s.mux.HandleFunc("/api/circuit-breakers/{namespace}/{name}/reset", s.reset)
+	s.mux.HandleFunc("/api/circuit-breakers/{namespace}/{name}/timeline", s.timeline)
 	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "no such route: "+r.URL.Path)
 	})
@@ -280,6 +282,49 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request) {
 		status = &cb.Status
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"success": true, "circuit_breaker": s.entry(key, b, status)})
+}
+
+// Timeline is a breaker's last hour as this replica saw it, in one-minute
+// points, oldest first: none before the breaker's first call here, and
+// none at all for a breaker without traffic.
+type Timeline struct {
+	StepSeconds int             `json:"step_seconds"`
+	Points      []TimelinePoint `json:"points"`
+}
+
+// TimelinePoint is one minute: time is its start in Unix seconds; calls
+// are the calls that ended in it with a verdict, failures and slow calls
+// among them; p99_ms their approximate 99th percentile latency to the
+// verdict (within 20%); state the worst state of the minute.
+// A minute without traffic is a zero point in the state the breaker had.
+type TimelinePoint struct {
+	Time       int64   `json:"time"`
+	Calls      uint32  `json:"calls"`
+	Failures   uint32  `json:"failures"`
+	Rejections uint32  `json:"rejections"`
+	Slow       uint32  `json:"slow"`
+	P99Ms      float64 `json:"p99_ms"`
+	State      string  `json:"state"`
+}
+
+func (s *Server) timeline(w http.ResponseWriter, r *http.Request) {
+	if !allowMethod(w, r, http.MethodGet) {
+		return
+	}
+	_, b, ok := s.lookup(w, r)
+	if !ok {
+		return
+	}
+	out := Timeline{StepSeconds: int(time.Minute / time.Second), Points: []TimelinePoint{}}
+	if t := b.Timeline(); t != nil {
+		for _, p := range t.Points(s.clock.Now()) {
+			out.Points = append(out.Points, TimelinePoint{
+				Time: p.Time.Unix(), Calls: p.Calls, Failures: p.Failures, Rejections: p.Rejections, Slow: p.Slow,
+				P99Ms: math.Round(float64(p.P99)/float64(time.Microsecond)) / 1000, State: apiState(p.State),
+			})
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"success": true, "timeline": out})
 }
 
 // reset sets the reset annotation, as `kubectl annotate` would, and answers

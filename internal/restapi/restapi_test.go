@@ -126,6 +126,60 @@ func TestListAndGet(t *testing.T) {
 	g.Expect(entry["time_remaining"]).To(Equal(0.0))
 }
 
+func TestTimeline(t *testing.T) {
+	g := NewWithT(t)
+	f := newFixture(t)
+	b, _ := f.registry.Upsert(breaker.NewKey("shop", "order-api"), "uid",
+		breaker.Settings{FailureThreshold: 2, RecoveryTimeout: time.Hour, SlowCallDuration: time.Second}, nil)
+	f.registry.Upsert(breaker.NewKey("shop", "catalog"), "uid", breaker.Settings{}, nil)
+	// What the proxy does per call: the verdict, then the call on the timeline.
+	call := func(latency time.Duration, failed bool) {
+		tk, err := b.Allow()
+		if err != nil {
+			return // a rejection is on the timeline already
+		}
+		if failed {
+			tk.Failure(breaker.Failure{StatusCode: 503})
+		} else {
+			tk.Success()
+		}
+		b.RecordCall(latency, failed)
+	}
+	f.clock.Step(20 * time.Second) // 17:00:20
+	for range 3 {
+		call(10*time.Millisecond, false)
+	}
+	call(2*time.Second, false) // slow
+	f.clock.Step(time.Minute)  // 17:01:20
+	call(time.Millisecond, true)
+	call(time.Millisecond, true) // opens
+	call(0, false)               // rejected
+	f.clock.Step(2 * time.Minute)
+
+	resp, body := f.do(t, http.MethodGet, "/api/circuit-breakers/shop/order-api/timeline")
+	g.Expect(resp.StatusCode).To(Equal(http.StatusOK))
+	minute := func(n int) float64 { return float64(epoch.Add(time.Duration(n) * time.Minute).Unix()) }
+	point := func(n int, calls, failures, rejections, slow, p99 float64, state string) map[string]any {
+		return map[string]any{"time": minute(n), "calls": calls, "failures": failures, "rejections": rejections,
+			"slow": slow, "p99_ms": p99, "state": state}
+	}
+	g.Expect(body).To(Equal(map[string]any{
+		"success": true,
+		"timeline": map[string]any{"step_seconds": 60.0, "points": []any{
+			// p99 is the midpoint of its histogram bucket: 2 s is in
+			// [1572.864, 2097.152) ms, 1 ms in [0.768, 1.024) ms.
+			point(0, 4, 0, 0, 1, 1835.008, "closed"),
+			point(1, 2, 2, 1, 0, 0.896, "open"),
+			point(2, 0, 0, 0, 0, 0, "open"), // no traffic, still open
+			point(3, 0, 0, 0, 0, 0, "open"),
+		}},
+	}))
+
+	_, body = f.do(t, http.MethodGet, "/api/circuit-breakers/shop/catalog/timeline")
+	g.Expect(body).To(Equal(map[string]any{"success": true, "timeline": map[string]any{"step_seconds": 60.0, "points": []any{}}}),
+		"a breaker without traffic has no timeline")
+}
+
 func TestErrors(t *testing.T) {
 	f := newFixture(t)
 	f.registry.Upsert(breaker.NewKey("shop", "order-api"), "uid", breaker.Settings{}, nil)
@@ -146,6 +200,9 @@ func TestErrors(t *testing.T) {
 		{"POST", "/", 405, "GET", "method POST not allowed: use GET"},
 		{"GET", "/api/unknown", 404, "", "no such route: /api/unknown"},
 		{"GET", "/api/circuit-breakers/shop/order-api/reset/more", 404, "", "no such route"},
+		{"GET", "/api/circuit-breakers/shop/missing/timeline", 404, "", "Circuit breaker 'shop/missing' not found"},
+		{"GET", "/api/circuit-breakers/shop/Bad_Name/timeline", 400, "", `invalid name "Bad_Name"`},
+		{"POST", "/api/circuit-breakers/shop/order-api/timeline", 405, "GET", "method POST not allowed: use GET"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.method+" "+tt.path, func(t *testing.T) {

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -55,6 +56,79 @@ func screenshot(t *testing.T, ctx context.Context, name string) {
 	t.Logf("screenshot: %s", path)
 }
 
+// timelineDrawn checks that the tile draws the breaker's timeline as the
+// API gives it: a band rectangle per minute, the last one open at the
+// right edge, a step per minute in each sparkline, and the totals those
+// of the points: at least 22 calls of which 2 failed, and 5 rejections
+// (the traffic dashboardTest sent).
+func timelineDrawn(t *testing.T, c *cluster, ctx context.Context, tile string) {
+	g := NewWithT(t)
+	svg := tile + ` svg.timeline`
+	attr := func(name string) (string, error) {
+		return chromedp.Run(ctx, chromedp.Evaluate[string](fmt.Sprintf(`document.querySelector(%q).dataset.%s || ""`, svg, name)))
+	}
+	g.Eventually(func() (string, error) { return attr("rejections") }, 15*time.Second, 200*time.Millisecond).Should(Equal("5"))
+
+	type point struct {
+		Time                              int64
+		Calls, Failures, Rejections, Slow int
+		P99Ms                             float64 `json:"p99_ms"`
+		State                             string
+	}
+	var points []point
+	// The page fetched its timeline a moment before the test does: they
+	// agree unless a minute began in between, and then again at the
+	// page's next fetch.
+	g.Eventually(func(g Gomega) {
+		var api struct {
+			Success  bool
+			Timeline struct {
+				StepSeconds int `json:"step_seconds"`
+				Points      []point
+			}
+		}
+		resp := httpDo(g, "http://"+c.api+"/api/circuit-breakers/default/dash/timeline")
+		g.Expect(resp.status).To(Equal(200))
+		g.Expect(json.Unmarshal([]byte(resp.body), &api)).To(Succeed(), resp.body)
+		g.Expect(api.Success).To(BeTrue())
+		g.Expect(api.Timeline.StepSeconds).To(Equal(60))
+		points = api.Timeline.Points
+		g.Expect(points).NotTo(BeEmpty())
+		g.Expect(len(points)).To(BeNumerically("<=", 3), "the breaker is a minute or two old")
+		calls, failures, rejections := 0, 0, 0
+		for _, p := range points {
+			calls, failures, rejections = calls+p.Calls, failures+p.Failures, rejections+p.Rejections
+			g.Expect(p.Time % 60).To(BeZero())
+		}
+		g.Expect(calls).To(BeNumerically(">=", 22))
+		g.Expect(failures).To(Equal(2))
+		g.Expect(rejections).To(Equal(5))
+		last := points[len(points)-1]
+		g.Expect(last.State).To(Equal("open"))
+
+		for name, want := range map[string]string{
+			"points": fmt.Sprint(len(points)), "calls": fmt.Sprint(calls), "failures": "2", "rejections": "5",
+		} {
+			g.Expect(attr(name)).To(Equal(want), "data-%s", name)
+		}
+		rects, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](fmt.Sprintf(
+			`[...document.querySelectorAll(%q)].map(r => r.dataset.time + " " + r.getAttribute("class") + " " + r.getAttribute("x"))`, svg+` .band rect`)))
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(rects).To(HaveLen(len(points)), "a band rectangle per minute")
+		g.Expect(rects[len(rects)-1]).To(Equal(fmt.Sprintf("%d open 59", last.Time)), "the last minute at the right edge, open")
+		for _, line := range []string{"calls", "failures", "rejections"} {
+			vertices, err := chromedp.Run(ctx, chromedp.Evaluate[int](fmt.Sprintf(
+				`document.querySelector(%q).points.numberOfItems`, svg+" polyline."+line)))
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(vertices).To(Equal(2*len(points)), "a step per minute for %s", line)
+		}
+		legend, err := chromedp.Run(ctx, chromedp.Text(tile+` .legend`))
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(legend).To(MatchRegexp(`^last (minute|\d min): %d calls · 2 failed · 5 rejected · p99 [0-9.]+ ms$`, calls))
+	}, 40*time.Second, time.Second).Should(Succeed())
+	t.Logf("timeline: %+v", points)
+}
+
 // dashboardTest loads the dashboard of the running manager, sees a tile turn
 // open after its upstream fails, clicks reset and sees it close.
 func dashboardTest(c *cluster, up *upstream) func(t *testing.T) {
@@ -82,12 +156,19 @@ spec:
 
 		route := "http://" + c.proxyAddr + "/default/dash/"
 		g.Eventually(func() int { return httpGet(g, route) }, 10*time.Second).Should(Equal(200))
+		for range 20 {
+			g.Expect(httpGet(g, route)).To(Equal(200))
+		}
 		up.failing.Store(true)
 		defer up.failing.Store(false)
 		for range 2 {
 			g.Expect(httpGet(g, route)).To(Equal(500))
 		}
+		for range 5 {
+			g.Expect(httpGet(g, route)).To(Equal(503), "rejected while open")
+		}
 		g.Expect(chromedp.Do(ctx, chromedp.WaitVisible(tile+`[data-state="open"]`))).To(Succeed())
+		timelineDrawn(t, c, ctx, tile)
 		failures, err := chromedp.Run(ctx, chromedp.Text(tile+` .muted`))
 		g.Expect(err).NotTo(HaveOccurred())
 		countdown, err := chromedp.Run(ctx, chromedp.Text(tile+` .countdown`))
@@ -99,6 +180,12 @@ spec:
 			return chromedp.Run(ctx, chromedp.Text(tile+` .replicas`))
 		}, 10*time.Second).Should(MatchRegexp(`^open on 1/1 replicas: \S+ open \(2\)$`))
 		screenshot(t, ctx, "dashboard-open.png")
+		if os.Getenv("E2E_UPDATE_DOCS") != "" {
+			// docs/dashboard.png, the README's picture: this run's real data.
+			png, err := chromedp.Run(ctx, chromedp.CaptureScreenshot())
+			g.Expect(err).NotTo(HaveOccurred())
+			g.Expect(os.WriteFile(filepath.Join(root, "docs", "dashboard.png"), png, 0o644)).To(Succeed())
+		}
 
 		g.Expect(chromedp.Do(ctx,
 			chromedp.Click(tile+` button[data-action="reset"]`),
