@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"strings"
+
+	"github.com/circuitbreaker-io/operator/internal/controller"
 )
 
 // managerFlag is one flag of cmd/manager as the chart sets it. flags_test
@@ -32,6 +34,10 @@ const (
 	metricsAddressFlag
 	// secureFlag is true by default: passed as --name=false only when its value is false.
 	secureFlag
+	// proxyServiceFlag is namespace/name of the release's proxy Service,
+	// passed when it is not the manager's default (its name is the
+	// release's) or when the value names another.
+	proxyServiceFlag
 )
 
 var managerFlags = []managerFlag{
@@ -61,6 +67,8 @@ var managerFlags = []managerFlag{
 		"--max-connections: caller connections open to the proxy; beyond it new ones wait; 0: sized from the memory limit"},
 	{"cluster-domain", "manager.clusterDomain", stringFlag,
 		"--cluster-domain: the cluster's DNS domain; empty: cluster.local"},
+	{"proxy-service", "manager.proxyService", proxyServiceFlag,
+		"--proxy-service: namespace/name of the proxy's Service, which exposed breakers' Services point at; empty: the release's proxy Service"},
 	{"notify-webhook", "manager.notifyWebhook", stringFlag,
 		"--notify-webhook: URL to POST a JSON notification to on every transition; empty: off"},
 }
@@ -100,7 +108,7 @@ func (c *chart) managerArgs(container map[string]any) ([]string, error) {
 				return nil, fmt.Errorf("config/manager passes %q; the chart expects --%s=:<port>", arg, name)
 			}
 			c.args[name] = strings.TrimPrefix(value, ":")
-		case stringFlag, countFlag:
+		case stringFlag, countFlag, proxyServiceFlag:
 			c.args[name] = value
 		case secureFlag:
 			return nil, fmt.Errorf("config/manager passes %q; the chart only passes %s=false", arg, name)
@@ -137,6 +145,13 @@ func (f managerFlag) template() []string {
 			"- --" + f.name + "=:{{ " + v + " }}",
 			"{{- else }}",
 			"- --" + f.name + "=0",
+			"{{- end }}",
+		}
+	case proxyServiceFlag:
+		return []string{
+			`{{- $proxyService := include "circuit-breaker-operator.resourceName" (dict "suffix" "proxy" "context" $) }}`,
+			"{{- if or " + v + ` (ne $proxyService "` + controller.DefaultProxyService + `") }}`,
+			`- {{ printf "--` + f.name + `=%s" (` + v + ` | default (printf "%s/%s" $.Release.Namespace $proxyService)) | quote }}`,
 			"{{- end }}",
 		}
 	default: // secureFlag

@@ -79,6 +79,7 @@ func (c *chart) values() (string, error) {
 	flag(1, "maxConcurrentRequests", "manager.maxConcurrentRequests")
 	flag(1, "maxConnections", "manager.maxConnections")
 	flag(1, "clusterDomain", "manager.clusterDomain")
+	flag(1, "proxyService", "manager.proxyService")
 	flag(1, "notifyWebhook", "manager.notifyWebhook")
 	w(1, "More flags, after the ones above, e.g. [--zap-log-level=debug].", "extraArgs", []any{})
 	w(1, "More environment variables of the manager container.", "env", []any{})

@@ -173,6 +173,25 @@ type Entry struct {
 	// FailureRate and SlowCallRate are the rate window's, 0..1 (0 without one).
 	FailureRate  float64 `json:"failure_rate"`
 	SlowCallRate float64 `json:"slow_call_rate"`
+	// ExposedAs is the Service name callers reach it by (spec.expose), from
+	// the status; empty when not exposed.
+	ExposedAs string `json:"exposed_as,omitempty"`
+	// Endpoints are a Service upstream's, from the status: "usable/ready"
+	// and the ejected ones; absent for URL upstreams.
+	Endpoints *EndpointsEntry `json:"endpoints,omitempty"`
+}
+
+// EndpointsEntry is a Service upstream's endpoints; until is Unix seconds.
+type EndpointsEntry struct {
+	Summary string         `json:"summary"`
+	Ejected []EjectedEntry `json:"ejected"`
+}
+
+// EjectedEntry is one ejected endpoint.
+type EjectedEntry struct {
+	Address string `json:"address"`
+	Pod     string `json:"pod,omitempty"`
+	Until   int64  `json:"until"`
 }
 
 // ReplicaEntry is one replica's view; last_update is Unix seconds.
@@ -231,6 +250,13 @@ func (s *Server) entry(key breaker.Key, b *breaker.Breaker, status *cbv1.Circuit
 	}
 	if status != nil {
 		e.OpenReplicas = status.OpenReplicas
+		e.ExposedAs = status.ExposedAs
+		if ep := status.Endpoints; ep != nil {
+			e.Endpoints = &EndpointsEntry{Summary: ep.Summary, Ejected: make([]EjectedEntry, 0, len(ep.EjectedEndpoints))}
+			for _, x := range ep.EjectedEndpoints {
+				e.Endpoints.Ejected = append(e.Endpoints.Ejected, EjectedEntry{Address: x.Address, Pod: x.Pod, Until: x.Until.Unix()})
+			}
+		}
 		for _, r := range status.Replicas {
 			e.Replicas = append(e.Replicas, ReplicaEntry{Name: r.Name, State: apiStatusStates[r.State], FailureCount: r.FailureCount, LastUpdate: r.LastUpdate.Unix()})
 		}

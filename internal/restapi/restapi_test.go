@@ -39,10 +39,13 @@ func newFixture(t *testing.T) *fixture {
 	NewWithT(t).Expect(cbv1.AddToScheme(scheme)).To(Succeed())
 	withReplicas := &cbv1.CircuitBreaker{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "order-api"},
-		Status: cbv1.CircuitBreakerStatus{OpenReplicas: "1/2", Replicas: []cbv1.ReplicaStatus{
-			{Name: "pod-a", State: cbv1.StateOpen, FailureCount: 2, LastUpdate: metav1.NewMicroTime(epoch)},
-			{Name: "pod-b", State: cbv1.StateHalfOpen, LastUpdate: metav1.NewMicroTime(epoch)},
-		}},
+		Status: cbv1.CircuitBreakerStatus{OpenReplicas: "1/2", ExposedAs: "order-api-breaker.shop.svc.cluster.local",
+			Endpoints: &cbv1.EndpointsStatus{Ready: 3, Ejected: 1, Summary: "2/3", EjectedEndpoints: []cbv1.EjectedEndpoint{
+				{Address: "10.1.2.3", Pod: "order-api-x2x", Until: metav1.NewTime(epoch.Add(30 * time.Second))}}},
+			Replicas: []cbv1.ReplicaStatus{
+				{Name: "pod-a", State: cbv1.StateOpen, FailureCount: 2, LastUpdate: metav1.NewMicroTime(epoch)},
+				{Name: "pod-b", State: cbv1.StateHalfOpen, LastUpdate: metav1.NewMicroTime(epoch)},
+			}},
 	}
 	c := fake.NewClientBuilder().WithScheme(scheme).WithObjects(withReplicas).Build()
 	f.srv = httptest.NewServer(New(f.registry, c, clk, Options{ResetTimeout: time.Second, BindAddress: "127.0.0.1:8082", Log: logr.Discard()}))
@@ -98,6 +101,9 @@ func TestListAndGet(t *testing.T) {
 			"open_replicas": "1/2",
 			"mode":          "Enforce", "last_open_reason": "ConsecutiveFailures", "consecutive_opens": 1.0,
 			"failure_rate": 0.0, "slow_call_rate": 0.0,
+			"exposed_as": "order-api-breaker.shop.svc.cluster.local",
+			"endpoints": map[string]any{"summary": "2/3", "ejected": []any{
+				map[string]any{"address": "10.1.2.3", "pod": "order-api-x2x", "until": float64(epoch.Add(30 * time.Second).Unix())}}},
 			"replicas": []any{
 				map[string]any{"name": "pod-a", "state": "open", "failure_count": 2.0, "last_update": float64(epoch.Unix())},
 				map[string]any{"name": "pod-b", "state": "half-open", "failure_count": 0.0, "last_update": float64(epoch.Unix())},

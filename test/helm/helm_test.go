@@ -183,6 +183,9 @@ func TestReleaseNamePrefixesNames(t *testing.T) {
 	}
 	deployment := kindOf(objects, "Deployment")[0]
 	g.Expect(get(deployment, "spec", "template", "spec", "serviceAccountName")).To(Equal(prefix + "controller-manager"))
+	// Exposed breakers' Services point at this release's proxy Service.
+	container := get(deployment, "spec", "template", "spec", "containers").([]any)[0].(map[string]any)
+	g.Expect(container["args"]).To(ContainElement("--proxy-service=" + namespace + "/" + prefix + "proxy"))
 }
 
 // The default render, with the NetworkPolicy, is what the API server accepts
