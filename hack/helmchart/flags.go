@@ -128,15 +128,18 @@ func (c *chart) managerArgs(container map[string]any) ([]string, error) {
 	return lines, nil
 }
 
+// endTemplate ends a template's if or with.
+const endTemplate = "{{- end }}"
+
 func (f managerFlag) template() []string {
 	v := ".Values." + f.value
 	switch f.kind {
 	case boolFlag:
-		return []string{"{{- if " + v + " }}", "- --" + f.name, "{{- end }}"}
+		return []string{"{{- if " + v + " }}", "- --" + f.name, endTemplate}
 	case stringFlag:
-		return []string{"{{- with " + v + " }}", `- {{ printf "--` + f.name + `=%s" . | quote }}`, "{{- end }}"}
+		return []string{"{{- with " + v + " }}", `- {{ printf "--` + f.name + `=%s" . | quote }}`, endTemplate}
 	case countFlag:
-		return []string{"{{- with " + v + " }}", "- --" + f.name + "={{ int64 . }}", "{{- end }}"}
+		return []string{"{{- with " + v + " }}", "- --" + f.name + "={{ int64 . }}", endTemplate}
 	case portFlag:
 		return []string{"- --" + f.name + "=:{{ " + v + " }}"}
 	case metricsAddressFlag:
@@ -145,17 +148,17 @@ func (f managerFlag) template() []string {
 			"- --" + f.name + "=:{{ " + v + " }}",
 			"{{- else }}",
 			"- --" + f.name + "=0",
-			"{{- end }}",
+			endTemplate,
 		}
 	case proxyServiceFlag:
 		return []string{
 			`{{- $proxyService := include "circuit-breaker-operator.resourceName" (dict "suffix" "proxy" "context" $) }}`,
 			"{{- if or " + v + ` (ne $proxyService "` + controller.DefaultProxyService + `") }}`,
 			`- {{ printf "--` + f.name + `=%s" (` + v + ` | default (printf "%s/%s" $.Release.Namespace $proxyService)) | quote }}`,
-			"{{- end }}",
+			endTemplate,
 		}
 	default: // secureFlag
-		return []string{"{{- if not " + v + " }}", "- --" + f.name + "=false", "{{- end }}"}
+		return []string{"{{- if not " + v + " }}", "- --" + f.name + "=false", endTemplate}
 	}
 }
 
