@@ -104,15 +104,14 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 		// HTTP/1.1 caller gets them only in a chunked answer.
 		delete(dst, "Content-Length")
 	}
-	// Every write to the caller has a deadline, renewed per write: a
-	// caller that stops reading holds its call for one stream idle
-	// timeout, not for ever.
-	rc := http.NewResponseController(w)
-	idle := c.route.StreamIdleTimeout
-	_ = rc.SetWriteDeadline(time.Now().Add(idle))
+	// Every write to the caller has a deadline: a caller that stops
+	// reading holds its call for about one stream idle timeout, not for
+	// ever.
+	wd := writeDeadline{rc: http.NewResponseController(w), idle: c.route.StreamIdleTimeout}
+	wd.renew()
 	w.WriteHeader(res.StatusCode)
 
-	if err := p.copyBody(w, rc, idle, res); err != nil {
+	if err := p.copyBody(w, &wd, res); err != nil {
 		_ = res.Body.Close()
 		c.endGRPC(nil, err)
 		if r.Context().Value(http.ServerContextKey) != nil {
@@ -126,10 +125,10 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 	c.endGRPC(res.Trailer, nil)
 	// The answer's end (last chunk, trailers) is written after the handler
 	// returns, under this deadline.
-	_ = rc.SetWriteDeadline(time.Now().Add(idle))
+	wd.renew()
 	if len(res.Trailer) > 0 {
 		// Chunked, even for a short body, so that the trailers can follow.
-		_ = rc.Flush()
+		_ = wd.rc.Flush()
 	}
 	if len(res.Trailer) == announced {
 		for k, vv := range res.Trailer {
@@ -148,7 +147,8 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 // copyBody streams the upstream's body to the caller, each write under a
 // deadline idle from now. A stream (no length, or server-sent events) is
 // flushed as it comes, headers first.
-func (p *Proxy) copyBody(w http.ResponseWriter, rc *http.ResponseController, idle time.Duration, res *http.Response) error {
+func (p *Proxy) copyBody(w http.ResponseWriter, wd *writeDeadline, res *http.Response) error {
+	rc := wd.rc
 	flush := res.ContentLength == -1
 	if !flush {
 		if base, _, _ := mime.ParseMediaType(res.Header.Get("Content-Type")); base == "text/event-stream" {
@@ -163,7 +163,7 @@ func (p *Proxy) copyBody(w http.ResponseWriter, rc *http.ResponseController, idl
 	for {
 		n, rerr := res.Body.Read(buf)
 		if n > 0 {
-			_ = rc.SetWriteDeadline(time.Now().Add(idle))
+			wd.renew()
 			written, werr := w.Write(buf[:n])
 			if werr != nil {
 				return &callerWriteError{werr}
@@ -182,6 +182,27 @@ func (p *Proxy) copyBody(w http.ResponseWriter, rc *http.ResponseController, idl
 			return rerr
 		}
 	}
+}
+
+// writeDeadline keeps a deadline on the writes to the caller, about one
+// stream idle timeout ahead of each. It is moved only once a quarter of
+// the timeout has passed since it was last set, so a write's deadline is
+// between 3/4 and 1 idle timeout away: setting it is a channel round trip
+// to the connection's goroutine for an HTTP/2 caller, which per write
+// would cost a gRPC call about a tenth more CPU (docs/benchmarks.md).
+type writeDeadline struct {
+	rc   *http.ResponseController
+	idle time.Duration
+	set  time.Time // when it was last set; zero before
+}
+
+func (d *writeDeadline) renew() {
+	now := time.Now()
+	if !d.set.IsZero() && now.Sub(d.set) < d.idle/4 {
+		return
+	}
+	d.set = now
+	_ = d.rc.SetWriteDeadline(now.Add(d.idle))
 }
 
 // callerWriteError is a write to the caller that failed: the caller's
