@@ -65,21 +65,27 @@ func (everyReplica) NeedLeaderElection() bool          { return false }
 // serviceIndex indexes CircuitBreakers by the Service their upstream names.
 const serviceIndex = "spec.upstream.service.name"
 
+// breakersWhere are the breakers of namespace that index field says have
+// value, as requests; what names them is for the log (e.g. "Service").
+func (r *Reconciler) breakersWhere(ctx context.Context, namespace, field, value, what string) []reconcile.Request {
+	var list cbv1.CircuitBreakerList
+	if err := r.client.List(ctx, &list, client.InNamespace(namespace), client.MatchingFields{field: value}); err != nil {
+		ctrl.LoggerFrom(ctx).Error(err, "listing the breakers of a "+what, "namespace", namespace, "name", value)
+		return nil
+	}
+	requests := make([]reconcile.Request, 0, len(list.Items))
+	for _, cb := range list.Items {
+		requests = append(requests, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&cb)})
+	}
+	return requests
+}
+
 // breakersOfService maps a Service to the breakers that name it as their
 // upstream, and to the breaker exposed as it (spec.expose) or that
 // controls it.
 func (r *Reconciler) breakersOfService(ctx context.Context, svc client.Object) []reconcile.Request {
-	var requests []reconcile.Request
-	for _, field := range []client.MatchingFields{{serviceIndex: svc.GetName()}, {exposeIndex: svc.GetName()}} {
-		var list cbv1.CircuitBreakerList
-		if err := r.client.List(ctx, &list, client.InNamespace(svc.GetNamespace()), field); err != nil {
-			ctrl.LoggerFrom(ctx).Error(err, "listing the breakers of a Service", "namespace", svc.GetNamespace(), "service", svc.GetName())
-			return nil
-		}
-		for _, cb := range list.Items {
-			requests = append(requests, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&cb)})
-		}
-	}
+	requests := append(r.breakersWhere(ctx, svc.GetNamespace(), serviceIndex, svc.GetName(), "Service"),
+		r.breakersWhere(ctx, svc.GetNamespace(), exposeIndex, svc.GetName(), "Service")...)
 	if owner, _ := ownerOf(svc); owner != "" {
 		requests = append(requests, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: svc.GetNamespace(), Name: owner}})
 	}
@@ -95,16 +101,7 @@ const caConfigMapIndex = "spec.upstream.tls.caConfigMap.name"
 
 // breakersOfConfigMap maps a ConfigMap to the breakers that trust its bundle.
 func (r *Reconciler) breakersOfConfigMap(ctx context.Context, cm client.Object) []reconcile.Request {
-	var list cbv1.CircuitBreakerList
-	if err := r.client.List(ctx, &list, client.InNamespace(cm.GetNamespace()), client.MatchingFields{caConfigMapIndex: cm.GetName()}); err != nil {
-		ctrl.LoggerFrom(ctx).Error(err, "listing the breakers of a ConfigMap", "namespace", cm.GetNamespace(), "configMap", cm.GetName())
-		return nil
-	}
-	requests := make([]reconcile.Request, 0, len(list.Items))
-	for _, cb := range list.Items {
-		requests = append(requests, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&cb)})
-	}
-	return requests
+	return r.breakersWhere(ctx, cm.GetNamespace(), caConfigMapIndex, cm.GetName(), "ConfigMap")
 }
 
 // breakersOfSlice maps an EndpointSlice to the breakers of its Service.
@@ -164,6 +161,17 @@ func (r *Reconciler) othersChanged() predicate.Predicate {
 	}
 }
 
+// indexOne indexes obj's kind by field, whose value for an object is one
+// string ("" for none).
+func indexOne(mgr ctrl.Manager, obj client.Object, field string, value func(client.Object) string) error {
+	return mgr.GetFieldIndexer().IndexField(context.Background(), obj, field, func(o client.Object) []string {
+		if v := value(o); v != "" {
+			return []string{v}
+		}
+		return nil
+	})
+}
+
 // RetryLimiter paces the retries of failed reconciles (an API server that
 // went away): each breaker backs off on its own from 5 ms to
 // maxRetryDelay, so every failed status write is retried at least every
@@ -219,35 +227,24 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 			r.enqueueBackground(key)
 		}
 	})
-	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &cbv1.CircuitBreaker{}, serviceIndex, func(o client.Object) []string {
-		if svc := o.(*cbv1.CircuitBreaker).Spec.Upstream.Service; svc != nil {
-			return []string{svc.Name}
-		}
-		return nil
-	}); err != nil {
-		return err
+	breakerIndexes := map[string]func(*cbv1.CircuitBreaker) string{
+		serviceIndex: func(cb *cbv1.CircuitBreaker) string {
+			if svc := cb.Spec.Upstream.Service; svc != nil {
+				return svc.Name
+			}
+			return ""
+		},
+		exposeIndex:      exposedServiceName,
+		caConfigMapIndex: caConfigMapName,
 	}
-	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &cbv1.CircuitBreaker{}, exposeIndex, func(o client.Object) []string {
-		if name := exposedServiceName(o.(*cbv1.CircuitBreaker)); name != "" {
-			return []string{name}
+	for field, value := range breakerIndexes {
+		if err := indexOne(mgr, &cbv1.CircuitBreaker{}, field, func(o client.Object) string { return value(o.(*cbv1.CircuitBreaker)) }); err != nil {
+			return err
 		}
-		return nil
-	}); err != nil {
-		return err
 	}
-	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &corev1.Service{}, ownerIndex, func(o client.Object) []string {
-		if owner, _ := ownerOf(o); owner != "" {
-			return []string{owner}
-		}
-		return nil
-	}); err != nil {
-		return err
-	}
-	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &cbv1.CircuitBreaker{}, caConfigMapIndex, func(o client.Object) []string {
-		if name := caConfigMapName(o.(*cbv1.CircuitBreaker)); name != "" {
-			return []string{name}
-		}
-		return nil
+	if err := indexOne(mgr, &corev1.Service{}, ownerIndex, func(o client.Object) string {
+		owner, _ := ownerOf(o)
+		return owner
 	}); err != nil {
 		return err
 	}
