@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/circuitbreaker-io/operator/internal/grpctest"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
 
@@ -47,7 +48,7 @@ func run(args []string) error {
 			return err
 		}
 		s := grpc.NewServer()
-		healthpb.RegisterHealthServer(s, serving{})
+		healthpb.RegisterHealthServer(s, &grpctest.Health{})
 		return s.Serve(l)
 	case "bare":
 		if len(args) != 3 {
@@ -83,14 +84,6 @@ func run(args []string) error {
 		return load(args[1], args[2], d, conns, concurrency)
 	}
 	return fmt.Errorf("unknown mode %q", args[0])
-}
-
-type serving struct {
-	healthpb.UnimplementedHealthServer
-}
-
-func (serving) Check(context.Context, *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
-	return &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}, nil
 }
 
 // load runs concurrency callers over conns connections for d, each making

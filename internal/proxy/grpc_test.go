@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"strconv"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,43 +20,9 @@ import (
 	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/grpctest"
 	"github.com/circuitbreaker-io/operator/internal/metrics"
 )
-
-// healthUpstream is a gRPC health service that answers the code it is
-// told to, and counts the calls that reach it.
-type healthUpstream struct {
-	healthpb.UnimplementedHealthServer
-	code  atomic.Uint32
-	calls atomic.Int32
-	// watchGap is how long Watch waits between its two answers.
-	watchGap time.Duration
-}
-
-func (h *healthUpstream) Check(context.Context, *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
-	h.calls.Add(1)
-	if c := codes.Code(h.code.Load()); c != codes.OK {
-		return nil, status.Error(c, "told to answer "+c.String())
-	}
-	return &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}, nil
-}
-
-func (h *healthUpstream) Watch(_ *healthpb.HealthCheckRequest, stream healthpb.Health_WatchServer) error {
-	h.calls.Add(1)
-	for i := range 2 {
-		if i > 0 {
-			select {
-			case <-time.After(h.watchGap):
-			case <-stream.Context().Done():
-				return stream.Context().Err()
-			}
-		}
-		if err := stream.Send(&healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}); err != nil {
-			return err
-		}
-	}
-	return nil
-}
 
 // grpcFixture is a proxy served as the manager serves it (HTTP/1.1 and
 // h2c on one port) in front of a real gRPC server, and a real gRPC client
@@ -65,7 +30,7 @@ func (h *healthUpstream) Watch(_ *healthpb.HealthCheckRequest, stream healthpb.H
 type grpcFixture struct {
 	table    *Table
 	clock    *clocktesting.FakeClock
-	upstream *healthUpstream
+	upstream *grpctest.Health
 	breaker  *breaker.Breaker
 	proxy    string
 	client   healthpb.HealthClient
@@ -74,14 +39,11 @@ type grpcFixture struct {
 func newGRPCFixture(t *testing.T, settings breaker.Settings, opts ...routeOption) *grpcFixture {
 	g := NewWithT(t)
 	f := &grpcFixture{table: NewTable(metrics.NewBreakers(prometheus.NewRegistry())), clock: clocktesting.NewFakeClock(time.Now()),
-		upstream: &healthUpstream{watchGap: 300 * time.Millisecond}}
+		upstream: &grpctest.Health{WatchSends: 2, WatchGap: 300 * time.Millisecond}}
 
 	upl, err := net.Listen("tcp", "127.0.0.1:0")
 	g.Expect(err).NotTo(HaveOccurred())
-	gs := grpc.NewServer()
-	healthpb.RegisterHealthServer(gs, f.upstream)
-	go func() { _ = gs.Serve(upl) }()
-	t.Cleanup(gs.Stop)
+	t.Cleanup(grpctest.Serve(f.upstream, upl))
 
 	f.breaker = breaker.New(settings, f.clock, breaker.Options{})
 	key := breaker.NewKey("shop", "orders")
@@ -123,24 +85,24 @@ func TestGRPCThroughTheProxy(t *testing.T) {
 
 	g.Expect(f.check(nil)).To(Succeed())
 
-	f.upstream.code.Store(uint32(codes.NotFound))
+	f.upstream.Code.Store(uint32(codes.NotFound))
 	for range 5 {
 		g.Expect(status.Code(f.check(nil))).To(Equal(codes.NotFound))
 	}
 	g.Expect(f.breaker.Snapshot().State).To(Equal(breaker.StateClosed), "NOT_FOUND (404) is not a failure")
 
-	f.upstream.code.Store(uint32(codes.Unavailable))
+	f.upstream.Code.Store(uint32(codes.Unavailable))
 	for range 3 {
 		g.Expect(status.Code(f.check(nil))).To(Equal(codes.Unavailable))
 	}
 	g.Expect(f.breaker.Snapshot().State).To(Equal(breaker.StateOpen), "three UNAVAILABLE (503) open it")
 
-	reached := f.upstream.calls.Load()
+	reached := f.upstream.Calls.Load()
 	var md metadata.MD
 	err := f.check(&md)
 	g.Expect(status.Code(err)).To(Equal(codes.Unavailable))
 	g.Expect(status.Convert(err).Message()).To(HavePrefix("circuit breaker 'shop/orders' is open: "))
-	g.Expect(f.upstream.calls.Load()).To(Equal(reached), "the upstream was not called")
+	g.Expect(f.upstream.Calls.Load()).To(Equal(reached), "the upstream was not called")
 	g.Expect(md.Get("x-circuit-breaker-state")).To(Equal([]string{"open"}))
 	pushback := md.Get("grpc-retry-pushback-ms")
 	g.Expect(pushback).To(HaveLen(1))
@@ -148,7 +110,7 @@ func TestGRPCThroughTheProxy(t *testing.T) {
 	g.Expect(ms).To(Equal(60000), "the time until probing, on the breaker's clock")
 
 	f.breaker.Reset("test", "reset by the test")
-	f.upstream.code.Store(uint32(codes.OK))
+	f.upstream.Code.Store(uint32(codes.OK))
 	g.Expect(f.check(nil)).To(Succeed(), "a reset lets calls through again")
 }
 
@@ -174,7 +136,7 @@ func TestGRPCVerdicts(t *testing.T) {
 		t.Run(tc.code.String(), func(t *testing.T) {
 			g := NewWithT(t)
 			f := newGRPCFixture(t, breaker.Settings{FailureThreshold: 1000})
-			f.upstream.code.Store(uint32(tc.code))
+			f.upstream.Code.Store(uint32(tc.code))
 			_ = f.check(nil)
 			snap := f.breaker.Snapshot()
 			switch tc.outcome {
@@ -188,7 +150,7 @@ func TestGRPCVerdicts(t *testing.T) {
 	t.Run("429 is a failure when failureStatusCodes say so", func(t *testing.T) {
 		g := NewWithT(t)
 		f := newGRPCFixture(t, breaker.Settings{FailureThreshold: 1000}, withCodes("5xx", "429"))
-		f.upstream.code.Store(uint32(codes.ResourceExhausted))
+		f.upstream.Code.Store(uint32(codes.ResourceExhausted))
 		_ = f.check(nil)
 		g.Expect(f.breaker.Snapshot().Failures).To(Equal(uint32(1)))
 	})
@@ -226,7 +188,7 @@ func TestGRPCCallersGetGRPCAnswers(t *testing.T) {
 	g.Expect(status.Code(err)).To(Equal(codes.Unimplemented), "no breaker: %v", err)
 
 	// One Watch holds the only slot; a Check beside it is saturated.
-	f.upstream.watchGap = 5 * time.Second
+	f.upstream.WatchGap = 5 * time.Second
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	stream, err := f.client.Watch(ctx, &healthpb.HealthCheckRequest{})

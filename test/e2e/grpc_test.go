@@ -11,7 +11,6 @@ import (
 	"net/http/httptest"
 	"os/exec"
 	"strconv"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,42 +21,9 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/circuitbreaker-io/operator/internal/grpctest"
 )
-
-// healthServer is a real gRPC health service that answers the code it is
-// told to, and counts the calls that reach it.
-type healthServer struct {
-	healthpb.UnimplementedHealthServer
-	code  atomic.Uint32
-	calls atomic.Int32
-}
-
-func (h *healthServer) Check(context.Context, *healthpb.HealthCheckRequest) (*healthpb.HealthCheckResponse, error) {
-	h.calls.Add(1)
-	if c := codes.Code(h.code.Load()); c != codes.OK {
-		return nil, status.Error(c, "told to answer "+c.String())
-	}
-	return &healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}, nil
-}
-
-// Watch answers SERVING three times, 1 s apart: longer in all than the
-// breaker's requestTimeout.
-func (h *healthServer) Watch(_ *healthpb.HealthCheckRequest, stream healthpb.Health_WatchServer) error {
-	h.calls.Add(1)
-	for i := range 3 {
-		if i > 0 {
-			select {
-			case <-time.After(time.Second):
-			case <-stream.Context().Done():
-				return stream.Context().Err()
-			}
-		}
-		if err := stream.Send(&healthpb.HealthCheckResponse{Status: healthpb.HealthCheckResponse_SERVING}); err != nil {
-			return err
-		}
-	}
-	return nil
-}
 
 // grpcStep drives the real manager with a real gRPC client and server: the
 // client reaches the breaker by its exposed Service's name (the
@@ -66,11 +32,8 @@ func (h *healthServer) Watch(_ *healthpb.HealthCheckRequest, stream healthpb.Hea
 func grpcStep(t *testing.T, g Gomega, c *cluster) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	g.Expect(err).NotTo(HaveOccurred())
-	up := &healthServer{}
-	server := grpc.NewServer()
-	healthpb.RegisterHealthServer(server, up)
-	go func() { _ = server.Serve(l) }()
-	defer server.Stop()
+	up := &grpctest.Health{WatchSends: 3, WatchGap: time.Second} // a stream of 2 s: longer than requestTimeout
+	defer grpctest.Serve(up, l)()
 
 	c.kubectlApply(t, fmt.Sprintf(`apiVersion: circuitbreaker.io/v1alpha1
 kind: CircuitBreaker
@@ -104,20 +67,20 @@ spec:
 	var md metadata.MD
 	g.Eventually(func() error { return check(&md) }, 10*time.Second, 100*time.Millisecond).Should(Succeed(), "unary Checks pass")
 
-	up.code.Store(uint32(codes.NotFound))
+	up.Code.Store(uint32(codes.NotFound))
 	for range 5 {
 		g.Expect(status.Code(check(&md))).To(Equal(codes.NotFound))
 	}
 	g.Expect(c.kubectlQuiet("get", "cb", "health", "-o", "jsonpath={.status.state}")).To(Equal("Closed"), "NOT_FOUND is an answer")
 
-	up.code.Store(uint32(codes.Unavailable))
+	up.Code.Store(uint32(codes.Unavailable))
 	for range 3 {
 		g.Expect(status.Code(check(&md))).To(Equal(codes.Unavailable))
 	}
-	reached := up.calls.Load()
+	reached := up.Calls.Load()
 	err = check(&md)
 	g.Expect(status.Code(err)).To(Equal(codes.Unavailable), "rejected")
-	g.Expect(up.calls.Load()).To(Equal(reached), "without reaching the upstream")
+	g.Expect(up.Calls.Load()).To(Equal(reached), "without reaching the upstream")
 	g.Expect(md.Get("x-circuit-breaker-state")).To(Equal([]string{"open"}))
 	pushback := md.Get("grpc-retry-pushback-ms")
 	g.Expect(pushback).To(HaveLen(1))
@@ -126,7 +89,7 @@ spec:
 		5*time.Second, 100*time.Millisecond).Should(Equal("Open"))
 	t.Logf("rejected gRPC call: %v, grpc-retry-pushback-ms %s", err, pushback[0])
 
-	up.code.Store(uint32(codes.OK))
+	up.Code.Store(uint32(codes.OK))
 	c.kubectl(g, "annotate", "cb", "health", "circuitbreaker.io/reset=grpc", "--overwrite")
 	g.Eventually(func() error { return check(&md) }, 10*time.Second, 100*time.Millisecond).Should(Succeed(), "a reset lets calls through")
 
