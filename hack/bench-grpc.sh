@@ -84,20 +84,7 @@ done
 
 echo
 echo "Medians of $ROUNDS rounds ($CONCURRENCY callers over $CONNECTIONS connections, $DURATION each, unary Check):"
-awk 'NR > 1 { rps[$2] = rps[$2] " " $3; p50[$2] = p50[$2] " " $4; p99[$2] = p99[$2] " " $5; cpu[$2] = cpu[$2] " " $6; if (!($2 in seen)) { order[++n] = $2; seen[$2] = 1 } }
-function median(list,   a, k, i, j, t) {
-  k = split(list, a, " ")
-  for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
-  return (k % 2) ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
-}
-END {
-  printf "%-8s %10s %8s %8s %13s\n", "front", "calls/s", "p50 us", "p99 us", "CPU us/call"
-  for (i = 1; i <= n; i++) { t = order[i]; m[t] = median(cpu[t])
-    printf "%-8s %10.0f %8.0f %8.0f %13.1f\n", t, median(rps[t]), median(p50[t]), median(p99[t]), m[t] }
-  bare = (m["bare-A"] + m["bare-B"]) / 2
-  printf "\nA/A gap: %.1f%%\n", 100 * (m["bare-A"] - m["bare-B"]) / bare
-  printf "manager CPU per gRPC call: %.2fx the bare h2c baseline (goal <= 1.05x)\n", m["manager"] / bare
-}' "$work/results"
+awk -v unit=call -v rate=calls/s -v what="gRPC call" -f hack/bench-medians.awk "$work/results"
 echo
 echo "Every round:"
 column -t "$work/results"
