@@ -57,12 +57,9 @@ func exposedServiceName(cb *cbv1.CircuitBreaker) string {
 	}
 }
 
-// clusterDomain is the cluster's DNS domain.
-func (r *Reconciler) clusterDomain() string { return r.opts.ClusterDomain }
-
 // proxyTarget is the DNS name every exposed Service points at: the proxy's own Service.
 func (r *Reconciler) proxyTarget() string {
-	return r.opts.ProxyService.Name + "." + r.opts.ProxyService.Namespace + ".svc." + r.clusterDomain()
+	return serviceDNSName(r.opts.ProxyService.Name, r.opts.ProxyService.Namespace, r.opts.ClusterDomain)
 }
 
 // expose keeps the Service spec.expose asks for (the leader makes, fixes
@@ -91,7 +88,7 @@ func (r *Reconciler) expose(ctx context.Context, cb *cbv1.CircuitBreaker, key br
 		status.ExposedAs = ""
 		if ok {
 			condition.Status = metav1.ConditionTrue
-			status.ExposedAs = name + "." + cb.Namespace + ".svc." + r.clusterDomain()
+			status.ExposedAs = serviceDNSName(name, cb.Namespace, r.opts.ClusterDomain)
 			r.routes.Expose(key, name)
 		} else {
 			r.routes.Expose(key, "")

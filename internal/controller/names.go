@@ -44,3 +44,9 @@ var specModes = func() map[breaker.Mode]string {
 	}
 	return spelled
 }()
+
+// serviceDNSName is Service name's DNS name in namespace, as cluster DNS
+// serves it: <name>.<namespace>.svc.<cluster-domain>.
+func serviceDNSName(name, namespace, clusterDomain string) string {
+	return name + "." + namespace + ".svc." + clusterDomain
+}

@@ -356,7 +356,7 @@ func upstreamURL(cb *cbv1.CircuitBreaker, svc *corev1.Service, opts Options) (*u
 		}
 		// Calls are dialled at the endpoints' addresses; this names them
 		// (the Host header, the status).
-		host := fmt.Sprintf("%s.%s.svc.%s", up.Service.Name, cb.Namespace, domain)
+		host := serviceDNSName(up.Service.Name, cb.Namespace, domain)
 		return &url.URL{Scheme: scheme, Host: net.JoinHostPort(host, strconv.Itoa(int(port.Port)))}, nil
 	case up.URL != "" && up.Service == nil:
 		if !opts.AllowURLUpstreams {

@@ -81,11 +81,11 @@ func New(table *Table, clk clock.PassiveClock, opts Options) *Proxy {
 		via:       "1.1 circuit-breaker-" + opts.LoopToken,
 	}
 	p.viaOnly = []string{p.via}
-	domain := opts.ClusterDomain
+	domain := strings.Trim(opts.ClusterDomain, ".") // as the controller reads --cluster-domain
 	if domain == "" {
 		domain = "cluster.local"
 	}
-	p.svcSuffix = ".svc." + strings.ToLower(strings.TrimSuffix(domain, "."))
+	p.svcSuffix = ".svc." + strings.ToLower(domain)
 	secret := opts.LoopSecret
 	if len(secret) == 0 {
 		secret = []byte("circuit-breaker-loop " + opts.LoopToken)
