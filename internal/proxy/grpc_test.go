@@ -256,3 +256,46 @@ func TestH2CCallers(t *testing.T) {
 	g.Expect(resp.Proto).To(Equal("HTTP/1.1"))
 	g.Expect(resp.StatusCode).To(Equal(200))
 }
+
+// What an upstream's grpc-status says, hostile values included, and how
+// the proxy's own messages travel in grpc-message.
+func TestGRPCStatusAndMessage(t *testing.T) {
+	for _, tc := range []struct {
+		values []string
+		status int
+		ok     bool
+	}{
+		{nil, 0, false},
+		{[]string{"0"}, 200, true},
+		{[]string{"14"}, 503, true},
+		{[]string{"1"}, statusClientClosed, true},
+		{[]string{"17"}, 500, true},  // beyond the codes: UNKNOWN's
+		{[]string{"-1"}, 500, true},  // likewise
+		{[]string{"abc"}, 500, true}, // likewise
+		{[]string{"99999999999999999999"}, 500, true},
+	} {
+		h := http.Header{}
+		if tc.values != nil {
+			h["Grpc-Status"] = tc.values
+		}
+		code, ok := grpcAnswerStatus(h)
+		NewWithT(t).Expect([]any{code, ok}).To(Equal([]any{tc.status, tc.ok}), "%v", tc.values)
+	}
+	for in, want := range map[string]string{
+		"circuit breaker 'shop/orders' is open": "circuit breaker 'shop/orders' is open",
+		"100% down":                             "100%25 down",
+		"line\nbreak é":                         "line%0Abreak %C3%A9",
+	} {
+		NewWithT(t).Expect(grpcMessage(in)).To(Equal(want))
+	}
+	for ct, want := range map[string]bool{
+		"application/grpc": true, "application/grpc+proto": true, "application/grpc;charset=utf-8": true,
+		"application/grpc-web": false, "application/grpcx": false, "text/plain": false, "": false,
+	} {
+		h := http.Header{}
+		if ct != "" {
+			h.Set("Content-Type", ct)
+		}
+		NewWithT(t).Expect(isGRPC(h)).To(Equal(want), ct)
+	}
+}
