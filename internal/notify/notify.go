@@ -60,8 +60,10 @@ const dropLogInterval = 10 * time.Second
 //
 // The queue holds at most one notification per breaker, the latest, and
 // Run takes the namespaces with something waiting in turn, each namespace's
-// breakers oldest first: a namespace with a backlog of thousands delays
-// another namespace's notification by one delivery, not by the backlog.
+// breakers oldest first: a namespace with a backlog of thousands delays a
+// namespace that starts waiting by one of its deliveries, not by the
+// backlog. Notify and Run hold mu only to change the queue, never while
+// delivering.
 type Webhook struct {
 	url  string
 	opts Options
