@@ -15,18 +15,24 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
@@ -49,15 +55,21 @@ func main() {
 	workers := flag.Int("workers", 32, "concurrent creates and patches")
 	manager := flag.String("manager", "bin/manager", "the manager binary")
 	idle := flag.Duration("idle", 20*time.Second, "how long to watch the manager idle after every status is written")
+	memLimit := flag.String("memlimit", "256MiB", "GOMEMLIMIT for the manager: the install sets it to the container's memory limit, 256 MiB")
+	busy := flag.Duration("busy", 60*time.Second, "how long to run traffic over every breaker with a scrape every 15 s, after the idle phase")
 	flag.Parse()
-	if err := run(*n, *perNamespace, *workers, *manager, *idle); err != nil {
+	if err := run(*n, *perNamespace, *workers, *manager, *idle, *busy, *memLimit); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-scale:", err)
 		os.Exit(1)
 	}
 }
 
-func run(n, perNamespace, workers int, manager string, idle time.Duration) error {
+func run(n, perNamespace, workers int, manager string, idle, busy time.Duration, memLimit string) error {
 	ctx := context.Background()
+	// Every breaker's upstream answers 200 from here, so that the traffic
+	// phase gives every breaker its request series, as a busy fleet has.
+	upstream := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) }))
+	defer upstream.Close()
 	env, err := controlplane.Start()
 	if err != nil {
 		return err
@@ -92,7 +104,7 @@ func run(n, perNamespace, workers int, manager string, idle time.Duration) error
 	if err := parallel(workers, keys, func(k types.NamespacedName) error {
 		return c.Create(ctx, &cbv1.CircuitBreaker{
 			ObjectMeta: metav1.ObjectMeta{Namespace: k.Namespace, Name: k.Name},
-			Spec:       cbv1.CircuitBreakerSpec{Upstream: cbv1.Upstream{URL: "http://127.0.0.1:9/" + k.Name}},
+			Spec:       cbv1.CircuitBreakerSpec{Upstream: cbv1.Upstream{URL: upstream.URL + "/" + k.Name}},
 		})
 	}); err != nil {
 		return err
@@ -167,6 +179,8 @@ func run(n, perNamespace, workers int, manager string, idle time.Duration) error
 		return err
 	}
 	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.Env = append(os.Environ(), "GOMEMLIMIT="+memLimit)
+	fmt.Printf("the manager runs with GOMEMLIMIT=%s, as the install sets it from its memory limit\n", memLimit)
 	start = time.Now()
 	if err := cmd.Start(); err != nil {
 		return err
@@ -224,6 +238,9 @@ func run(n, perNamespace, workers int, manager string, idle time.Duration) error
 	cpuBefore := cpu(pid)
 	time.Sleep(idle)
 	fmt.Printf("after %s idle: RSS %s, CPU %.1f%% of a core\n", idle, rss(pid), 100*float64(cpu(pid)-cpuBefore)/float64(idle))
+	if err := underTraffic(keys, proxyAddr, apiAddr, metricsAddr, pid, busy); err != nil {
+		return err
+	}
 
 	// The bare loops once more, the manager stopped: the machine drifts, and
 	// the API server slows as its history grows, between the first loops and
@@ -280,6 +297,204 @@ func watch(cfg *rest.Config, seen func(*cbv1.CircuitBreaker)) (func(), error) {
 
 // patchesOK is the manager's count of PATCH requests that succeeded, read
 // from its metrics endpoint; 0 while it cannot be read.
+// scrapeEvery is Prometheus's usual scrape interval.
+const scrapeEvery = 15 * time.Second
+
+// underTraffic sends a call through every breaker (so each has its request
+// series), measures what one scrape and one dashboard poll allocate in the
+// manager, then runs traffic over every breaker for busy with a scrape every
+// scrapeEvery, sampling RSS each second.
+func underTraffic(keys []types.NamespacedName, proxyAddr, apiAddr, metricsAddr string, pid int, busy time.Duration) error {
+	caller := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8}, Timeout: 10 * time.Second}
+	call := func(k types.NamespacedName) error {
+		resp, err := caller.Get("http://" + proxyAddr + "/" + k.Namespace + "/" + k.Name + "/x")
+		if err != nil {
+			return err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s answered %s", k, resp.Status)
+		}
+		return nil
+	}
+	start := time.Now()
+	if err := parallel(8, keys, call); err != nil {
+		return err
+	}
+	fmt.Printf("a call through each of the %d breakers in %s; RSS %s\n", len(keys), since(start), rss(pid))
+
+	// What a scrape allocates: the difference between the allocation
+	// counters two consecutive scrapes report (each is read while that
+	// scrape gathers). A poll's: the difference around it, less a scrape's.
+	const repeats = 5
+	scrapeAllocs := make([]float64, 0, repeats)
+	first, size, series, err := scrape(metricsAddr)
+	if err != nil {
+		return err
+	}
+	last := first
+	for range repeats {
+		next, _, _, err := scrape(metricsAddr)
+		if err != nil {
+			return err
+		}
+		scrapeAllocs = append(scrapeAllocs, next-last)
+		last = next
+	}
+	slices.Sort(scrapeAllocs)
+	perScrape := scrapeAllocs[repeats/2]
+	fmt.Printf("a scrape: %d series, %.1f MiB of text, allocates %.1f MiB in the manager (median of %d: %s)\n",
+		series, float64(size)/(1<<20), perScrape/(1<<20), repeats, mib(scrapeAllocs))
+	pollAllocs := make([]float64, 0, repeats)
+	pollSize := 0
+	for range repeats {
+		before, _, _, err := scrape(metricsAddr)
+		if err != nil {
+			return err
+		}
+		if pollSize, err = poll(apiAddr); err != nil {
+			return err
+		}
+		after, _, _, err := scrape(metricsAddr)
+		if err != nil {
+			return err
+		}
+		pollAllocs = append(pollAllocs, after-before-perScrape)
+	}
+	slices.Sort(pollAllocs)
+	fmt.Printf("a dashboard poll (GET /api/circuit-breakers): %.1f MiB of JSON, allocates %.1f MiB in the manager (median of %d: %s)\n",
+		float64(pollSize)/(1<<20), pollAllocs[repeats/2]/(1<<20), repeats, mib(pollAllocs))
+
+	// Traffic over every breaker in turn, a scrape every scrapeEvery.
+	var calls, failed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := w; ; i += 4 {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				calls.Add(1)
+				if call(keys[i%len(keys)]) != nil {
+					failed.Add(1)
+				}
+			}
+		})
+	}
+	peak, peakAnon := 0.0, 0.0
+	cpuBefore := cpu(pid)
+	busyStart := time.Now()
+	nextScrape := time.Now()
+	scrapes := 0
+	for end := time.Now().Add(busy); time.Now().Before(end); time.Sleep(time.Second) {
+		if !time.Now().Before(nextScrape) {
+			if _, _, _, err := scrape(metricsAddr); err != nil {
+				close(stop)
+				wg.Wait()
+				return err
+			}
+			scrapes++
+			nextScrape = nextScrape.Add(scrapeEvery)
+		}
+		if b, err := procstat.RSS(pid); err == nil {
+			peak = max(peak, float64(b)/(1<<20))
+		}
+		if b, err := procstat.AnonRSS(pid); err == nil {
+			peakAnon = max(peakAnon, float64(b)/(1<<20))
+		}
+	}
+	close(stop)
+	wg.Wait()
+	busyCPU := float64(cpu(pid)-cpuBefore) / float64(time.Since(busyStart))
+	inUse, _ := gauge(metricsAddr, "go_memstats_heap_inuse_bytes")
+	if live, err := gauge(metricsAddr, "go_gc_heap_live_bytes"); err == nil {
+		fmt.Printf("live heap at the last GC: %.1f MiB\n", live/(1<<20))
+	}
+	fmt.Printf("%s of traffic over every breaker (%d calls, %d failed) with %d scrapes: peak RSS %.1f MiB (anonymous %.1f MiB), after %s; heap in use %.1f MiB; CPU %.0f%% of a core\n",
+		busy, calls.Load(), failed.Load(), scrapes, peak, peakAnon, rss(pid), inUse/(1<<20), 100*busyCPU)
+	return nil
+}
+
+// scrape reads the manager's metrics as Prometheus does (gzip), and returns
+// the Go allocation counter it reports, the text's size and its series.
+func scrape(addr string) (allocated float64, size, series int, err error) {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	for _, f := range families {
+		series += len(f.GetMetric())
+		if f.GetType() == dto.MetricType_HISTOGRAM {
+			for _, m := range f.GetMetric() {
+				series += len(m.GetHistogram().GetBucket()) + 1 // a _bucket series each, then _sum and _count
+			}
+		}
+	}
+	m := families["go_memstats_alloc_bytes_total"].GetMetric()
+	if len(m) == 0 {
+		return 0, 0, 0, fmt.Errorf("the metrics have no go_memstats_alloc_bytes_total")
+	}
+	return m[0].GetCounter().GetValue(), len(body), series, nil
+}
+
+// gauge reads one unlabelled gauge from the manager's metrics.
+func gauge(addr, name string) (float64, error) {
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	m := families[name].GetMetric()
+	if len(m) == 0 {
+		return 0, fmt.Errorf("the metrics have no %s", name)
+	}
+	return m[0].GetGauge().GetValue(), nil
+}
+
+// poll reads the breaker list as the dashboard does, and returns its size.
+func poll(addr string) (int, error) {
+	resp, err := http.Get("http://" + addr + "/api/circuit-breakers")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	n, err := io.Copy(io.Discard, resp.Body)
+	if err == nil && resp.StatusCode != http.StatusOK {
+		err = fmt.Errorf("the API answered %s", resp.Status)
+	}
+	return int(n), err
+}
+
+func mib(values []float64) string {
+	var b strings.Builder
+	for i, v := range values {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%.1f", v/(1<<20))
+	}
+	return b.String()
+}
+
 func patchesOK(addr string) int {
 	return requests(addr)["PATCH 200"]
 }

@@ -36,16 +36,23 @@ func CPU(pid int) (time.Duration, error) {
 }
 
 // RSS returns pid's resident set size in bytes, from /proc/PID/status.
-func RSS(pid int) (int64, error) {
+func RSS(pid int) (int64, error) { return statusBytes(pid, "VmRSS:") }
+
+// AnonRSS returns the anonymous part of pid's resident set (heap, stacks:
+// what a container's memory limit cannot reclaim; the rest is the binary's
+// pages, which the kernel can drop and read again).
+func AnonRSS(pid int) (int64, error) { return statusBytes(pid, "RssAnon:") }
+
+func statusBytes(pid int, field string) (int64, error) {
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(status), "\n") {
-		if strings.HasPrefix(line, "VmRSS:") {
+		if strings.HasPrefix(line, field) {
 			kb, err := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
 			return kb << 10, err
 		}
 	}
-	return 0, fmt.Errorf("/proc/%d/status has no VmRSS", pid)
+	return 0, fmt.Errorf("/proc/%d/status has no %s", pid, field)
 }
