@@ -214,5 +214,19 @@ spec:
 		g.Expect(sections).To(Equal(10))
 		g.Expect(chromedp.Do(ctx, chromedp.ScrollIntoView(`section[data-namespace="team-3"]`))).To(Succeed())
 		screenshot(t, ctx, "dashboard-500.png")
+
+		// A hidden tab stops polling (each poll of 500 breakers is their
+		// whole JSON), and polls again once shown.
+		visible := func(shown bool) int {
+			n, err := chromedp.Run(ctx, chromedp.Evaluate[int](fmt.Sprintf(`Object.defineProperty(document, "hidden", {value: %t, configurable: true});
+				document.dispatchEvent(new Event("visibilitychange")); received`, !shown)))
+			g.Expect(err).NotTo(HaveOccurred())
+			return n
+		}
+		polls := func() int { n, _ := chromedp.Run(ctx, chromedp.Evaluate[int](`received`)); return n }
+		hiddenAt := visible(false)
+		g.Consistently(polls, 3*time.Second, 250*time.Millisecond).Should(BeNumerically("<=", hiddenAt+1), "at most the poll in flight")
+		visible(true)
+		g.Eventually(polls, 5*time.Second, 100*time.Millisecond).Should(BeNumerically(">", hiddenAt+1), "shown, it polls again")
 	}
 }
