@@ -51,7 +51,12 @@ func NewBreakers(reg prometheus.Registerer) *Breakers {
 			// 5 ms to 10 s in 11 buckets: from a fast in-cluster answer to the
 			// default requestTimeout, where a call becomes a timeout failure
 			// (counted in requests_total). Each bucket is a series per
-			// breaker, so no more of them than the question needs.
+			// breaker: the histogram is 14 of a busy breaker's 20 series, about
+			// 1.4 KiB of its heap and most of a scrape's cost (docs/benchmarks.md,
+			// busy). Kept because the Grafana dashboard's p50/p90/p99 need buckets
+			// at most 2.5x apart over that range; a summary could not be
+			// aggregated across replicas, and the per-minute p99 of the
+			// REST timeline is this replica's only.
 			Buckets: prometheus.DefBuckets,
 		}, []string{labelNamespace, labelName}),
 		failureRate: prometheus.NewGaugeVec(prometheus.GaugeOpts{
