@@ -151,6 +151,6 @@ func New(c client.Client, rec recorder.EventRecorder, registry *breaker.Registry
 	}
 	r := &Reconciler{client: c, recorder: rec, registry: registry, routes: routes, leader: leader, opts: opts}
 	r.leaderStatus = leaderStatusWriter{client: c, leading: leader.Leading}
-	r.entries = replicaEntryWriter{client: c, fleet: opts.Fleet, clock: opts.Clock}
+	r.entries = replicaEntryWriter{client: c, fleet: opts.Fleet, clock: opts.Clock, background: make(chan struct{}, maxBackgroundEntryWrites)}
 	return r
 }

@@ -70,6 +70,9 @@ type replicaEntryWriter struct {
 	// written holds, by key, the writtenEntry last applied, while the cache
 	// has not caught up with it.
 	written sync.Map
+	// background holds a token per entry write in flight that carries no
+	// new transition; maxBackgroundEntryWrites of them.
+	background chan struct{}
 }
 
 type writtenEntry struct {
@@ -147,12 +150,42 @@ func (w *replicaEntryWriter) write(ctx context.Context, key breaker.Key, cb *cbv
 			return nil // written; the cache has not seen it yet
 		}
 	}
+	if !newTransition(current, has, snap) {
+		// Counts, or a state restored at start: the API server's capacity
+		// goes to transitions first (a starting replica may owe hundreds
+		// of such entries; the other replicas follow through these writes).
+		select {
+		case w.background <- struct{}{}:
+			defer func() { <-w.background }()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	entry.LastUpdate = metav1.NewMicroTime(w.clock.Now().Truncate(time.Microsecond).UTC())
 	if err := w.apply(ctx, cb, entry.Name, &entry); err != nil {
 		return err
 	}
 	w.written.Store(key, writtenEntry{uid: cb.UID, baseVersion: cb.ResourceVersion, entry: entry})
 	return nil
+}
+
+// maxBackgroundEntryWrites bounds the entry writes in flight that carry no
+// new transition (counts, a state restored at start), of the controller's
+// 32 workers: a replica starting with 500 open breakers wrote their entries
+// 32 at a time, and the leader's fleet view of each followed, so a trip
+// during that burst waited seconds at the API server for its write and its
+// following (e2e: 6 s). Transitions are never held back.
+const maxBackgroundEntryWrites = 4
+
+// newTransition reports whether the entry to write carries a transition
+// this replica made or followed since it started, which the entry in the
+// status (current, when has) does not show yet.
+func newTransition(current cbv1.ReplicaStatus, has bool, snap breaker.Snapshot) bool {
+	n := len(snap.History)
+	if n == 0 || snap.History[n-1].Seq == 0 {
+		return false // no transition since start: the history is the status's
+	}
+	return !has || current.LastTransitionTime == nil || !current.LastTransitionTime.Time.Equal(snap.LastTransitionTime.Truncate(time.Microsecond))
 }
 
 // apply writes as replica name's field manager: its own entry, or none

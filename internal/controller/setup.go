@@ -184,36 +184,70 @@ func RetryLimiter() workqueue.TypedRateLimiter[reconcile.Request] {
 	return workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](5*time.Millisecond, maxRetryDelay)
 }
 
-func (r *Reconciler) enqueue(key breaker.Key) {
-	if q := r.queue.Load(); q != nil {
-		namespace, name := key.Split()
-		(*q).Add(reconcile.Request{NamespacedName: types.NamespacedName{Namespace: namespace, Name: name}})
-	}
-}
+func (r *Reconciler) enqueue(key breaker.Key) { r.enqueueAt(key, nil) }
+
+// decisionPriority puts a breaker whose state just changed, on this replica
+// or another, ahead of every other reconcile: the transition's write (or
+// the following of another replica's) must not wait behind hundreds of
+// count updates and fleet views, as after a replica starts with many
+// breakers, when each of them owes a write at the API server's pace.
+const decisionPriority = 100
+
+// enqueueDecision enqueues key at decisionPriority; one already queued is
+// moved up.
+func (r *Reconciler) enqueueDecision(key breaker.Key) { r.enqueueAt(key, ptr.To(decisionPriority)) }
 
 // enqueueBackground enqueues key behind everything that happens now: the
 // sweeps over every breaker (a replica starting, a leader elected) must not
 // delay a breaker just created, or a transition, behind thousands of
 // unchanged ones (the queue's initial listing is low priority likewise).
 func (r *Reconciler) enqueueBackground(key breaker.Key) {
+	r.enqueueAt(key, ptr.To(handler.LowPriority))
+}
+
+// enqueueAt enqueues key at priority (nil: the default, 0).
+func (r *Reconciler) enqueueAt(key breaker.Key, priority *int) {
 	q := r.queue.Load()
 	if q == nil {
 		return
 	}
 	namespace, name := key.Split()
 	req := reconcile.Request{NamespacedName: types.NamespacedName{Namespace: namespace, Name: name}}
-	if pq, ok := (*q).(priorityqueue.PriorityQueue[reconcile.Request]); ok {
-		pq.AddWithOpts(priorityqueue.AddOpts{Priority: ptr.To(handler.LowPriority)}, req)
+	if pq, ok := (*q).(priorityqueue.PriorityQueue[reconcile.Request]); ok && priority != nil {
+		pq.AddWithOpts(priorityqueue.AddOpts{Priority: priority}, req)
 		return
 	}
 	(*q).Add(req)
+}
+
+// othersDecided enqueues, at decisionPriority, a breaker whose status shows
+// another replica's new transition: a decision this replica follows. The
+// For watch enqueues the same change at the default priority; the queue
+// keeps one item, at the higher.
+func (r *Reconciler) othersDecided() handler.TypedEventHandler[client.Object, reconcile.Request] {
+	self := r.opts.Fleet.Self()
+	return handler.Funcs{UpdateFunc: func(_ context.Context, e event.UpdateEvent, _ workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+		before := map[string]*metav1.MicroTime{}
+		for _, entry := range e.ObjectOld.(*cbv1.CircuitBreaker).Status.Replicas {
+			before[entry.Name] = entry.LastTransitionTime
+		}
+		for _, entry := range e.ObjectNew.(*cbv1.CircuitBreaker).Status.Replicas {
+			if entry.Name == self || entry.LastTransitionTime == nil {
+				continue
+			}
+			if old := before[entry.Name]; old == nil || !old.Equal(entry.LastTransitionTime) {
+				r.enqueueDecision(breaker.NewKey(e.ObjectNew.GetNamespace(), e.ObjectNew.GetName()))
+				return
+			}
+		}
+	}}
 }
 
 // SetupWithManager registers the controller on every replica, subscribes it
 // to the registry's changes, and adds the leader's work: on election, write
 // every breaker's state as this replica sees it, then flush count changes.
 func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
-	r.registry.OnTransition(func(key breaker.Key, _ breaker.Transition) { r.enqueue(key) })
+	r.registry.OnTransition(func(key breaker.Key, _ breaker.Transition) { r.enqueueDecision(key) })
 	r.registry.OnCountsChanged(r.enqueue)
 	if err := mgr.Add(everyReplica(func(ctx context.Context) { r.primeRoutes(ctx, mgr.GetCache()) })); err != nil {
 		return err
@@ -263,6 +297,8 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// Another replica's entry changing is a decision to follow.
 		For(&cbv1.CircuitBreaker{}, builder.WithPredicates(predicate.Or[client.Object](
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, r.othersChanged()))).
+		// Of those, another replica's transition goes ahead of the rest.
+		Watches(&cbv1.CircuitBreaker{}, r.othersDecided()).
 		// A Service appearing, going or changing its type changes what the
 		// breakers that name it may do, and whether one is exposed.
 		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.breakersOfService)).

@@ -110,6 +110,7 @@ spec: {upstream: {url: %q}, failureThreshold: 3, recoveryTimeout: 1h}
 			g.Eventually(func() int { return httpGet(g, route) }, 10*time.Second, 10*time.Millisecond).Should(Equal(200), "trip %d: the reset closed both", trip)
 		}
 	}
+	t.Logf("lags by trip: %v", lags)
 	slices.Sort(lags)
 	p50, p99 := lags[len(lags)/2], lags[(len(lags)*99+99)/100-1]
 	t.Logf("second replica rejecting after the first opened, over %d trips: p50 %s, p99 %s, max %s",
