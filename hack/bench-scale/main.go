@@ -222,13 +222,7 @@ func run(n, perNamespace, workers int, manager string, idle, busy time.Duration,
 		if time.Since(start) > 10*time.Minute {
 			return fmt.Errorf("after 10 minutes the manager made %d status writes of %d", patchesOK(metricsAddr), n)
 		}
-		// Reading the metrics costs the manager CPU (the API server's, on
-		// the same 2 cores): after ready, four times a second is enough.
-		if ready == 0 {
-			time.Sleep(50 * time.Millisecond)
-		} else {
-			time.Sleep(250 * time.Millisecond)
-		}
+		time.Sleep(progressInterval(ready))
 	}
 	profiled()
 	rate := float64(n) / all.Seconds()
@@ -297,6 +291,16 @@ func watch(cfg *rest.Config, seen func(*cbv1.CircuitBreaker)) (func(), error) {
 
 // patchesOK is the manager's count of PATCH requests that succeeded, read
 // from its metrics endpoint; 0 while it cannot be read.
+// progressInterval is how often the manager's progress is read: reading
+// its metrics costs it CPU (the API server's, on the same 2 cores), so
+// after ready four times a second is enough.
+func progressInterval(ready time.Duration) time.Duration {
+	if ready == 0 {
+		return 50 * time.Millisecond
+	}
+	return 250 * time.Millisecond
+}
+
 // scrapeEvery is Prometheus's usual scrape interval.
 const scrapeEvery = 15 * time.Second
 
@@ -414,7 +418,8 @@ func underTraffic(keys []types.NamespacedName, proxyAddr, apiAddr, metricsAddr s
 	if live, err := gauge(metricsAddr, "go_gc_heap_live_bytes"); err == nil {
 		fmt.Printf("live heap at the last GC: %.1f MiB\n", live/(1<<20))
 	}
-	fmt.Printf("%s of traffic over every breaker (%d calls, %d failed) with %d scrapes: peak RSS %.1f MiB (anonymous %.1f MiB), after %s; heap in use %.1f MiB; CPU %.0f%% of a core\n",
+	fmt.Printf("%s of traffic over every breaker (%d calls, %d failed) with %d scrapes: "+
+		"peak RSS %.1f MiB (anonymous %.1f MiB), after %s; heap in use %.1f MiB; CPU %.0f%% of a core\n",
 		busy, calls.Load(), failed.Load(), scrapes, peak, peakAnon, rss(pid), inUse/(1<<20), 100*busyCPU)
 	return nil
 }

@@ -60,7 +60,11 @@ func TestDecisionsGoFirst(t *testing.T) {
 			r.othersDecided().Update(context.Background(), event.UpdateEvent{ObjectOld: old, ObjectNew: updated}, q)
 
 			next, _ := q.Get()
-			g.Expect(next.Namespace == "shop").To(Equal(tc.first), "first out: %v", next)
+			if tc.first {
+				g.Expect(next.Namespace).To(Equal("shop"), "first out")
+			} else {
+				g.Expect(next.Namespace).To(Equal("team"), "first out")
+			}
 			g.Expect(q.Len()).To(Equal(100), "one item per breaker")
 		})
 	}

@@ -296,26 +296,30 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 	out := bufio.NewWriterSize(w, listBufferSize)
 	// One Encoder writes every entry into the buffer (json.Marshal would
 	// allocate each entry's bytes); its newline after each is whitespace.
+	// A bufio.Writer's first error sticks: a caller gone stops the loop.
 	enc := json.NewEncoder(out)
-	out.WriteString(`{"success":true,"circuit_breakers":{`)
-	first := true
+	if _, err := out.WriteString(`{"success":true,"circuit_breakers":{`); err != nil {
+		return
+	}
+	sep := ""
 	for _, key := range keys {
 		b, ok := s.registry.Get(key)
 		if !ok {
 			continue // deleted since Keys
 		}
-		if !first {
-			out.WriteByte(',')
-		}
-		first = false
 		// A key is a namespace and a name, DNS names both: nothing in it
 		// needs escaping.
-		out.WriteByte('"')
-		out.WriteString(string(key))
-		out.WriteString(`":`)
-		_ = enc.Encode(s.entry(key, b, statuses[key]))
+		if _, err := fmt.Fprintf(out, `%s"%s":`, sep, key); err != nil {
+			return
+		}
+		sep = ","
+		if err := enc.Encode(s.entry(key, b, statuses[key])); err != nil {
+			return
+		}
 	}
-	out.WriteString("}}\n")
+	if _, err := out.WriteString("}}\n"); err != nil {
+		return
+	}
 	_ = out.Flush()
 }
 
