@@ -309,7 +309,10 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request) {
 		}
 		// A key is a namespace and a name, DNS names both: nothing in it
 		// needs escaping.
-		if _, err := fmt.Fprintf(out, `%s"%s":`, sep, key); err != nil {
+		_, _ = out.WriteString(sep) // an error sticks: the last write returns it
+		_ = out.WriteByte('"')
+		_, _ = out.WriteString(string(key))
+		if _, err := out.WriteString(`":`); err != nil {
 			return
 		}
 		sep = ","
