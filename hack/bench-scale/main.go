@@ -36,11 +36,14 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -55,16 +58,30 @@ func main() {
 	workers := flag.Int("workers", 32, "concurrent creates and patches")
 	manager := flag.String("manager", "bin/manager", "the manager binary")
 	idle := flag.Duration("idle", 20*time.Second, "how long to watch the manager idle after every status is written")
+	services := flag.Bool("services", false, "every breaker on a Service of its own with a 3-endpoint EndpointSlice "+
+		"(test hosts in 198.18.0.0/15, never dialled: the busy phase is skipped)")
 	memLimit := flag.String("memlimit", "256MiB", "GOMEMLIMIT for the manager: the install sets it to the container's memory limit, 256 MiB")
 	busy := flag.Duration("busy", 60*time.Second, "how long to run traffic over every breaker with a scrape every 15 s, after the idle phase")
 	flag.Parse()
-	if err := run(*n, *perNamespace, *workers, *manager, *idle, *busy, *memLimit); err != nil {
+	o := options{n: *n, perNamespace: *perNamespace, workers: *workers, manager: *manager,
+		idle: *idle, busy: *busy, memLimit: *memLimit, services: *services}
+	if err := run(o); err != nil {
 		fmt.Fprintln(os.Stderr, "bench-scale:", err)
 		os.Exit(1)
 	}
 }
 
-func run(n, perNamespace, workers int, manager string, idle, busy time.Duration, memLimit string) error {
+// options are the command's flags.
+type options struct {
+	n, perNamespace, workers int
+	manager                  string
+	idle, busy               time.Duration
+	memLimit                 string
+	services                 bool
+}
+
+func run(o options) error {
+	n, perNamespace, workers, manager, memLimit := o.n, o.perNamespace, o.workers, o.manager, o.memLimit
 	ctx := context.Background()
 	// Every breaker's upstream answers 200 from here, so that the traffic
 	// phase gives every breaker its request series, as a busy fleet has.
@@ -101,15 +118,10 @@ func run(n, perNamespace, workers int, manager string, idle, busy time.Duration,
 		}
 	}
 	start := time.Now()
-	if err := parallel(workers, keys, func(k types.NamespacedName) error {
-		return c.Create(ctx, &cbv1.CircuitBreaker{
-			ObjectMeta: metav1.ObjectMeta{Namespace: k.Namespace, Name: k.Name},
-			Spec:       cbv1.CircuitBreakerSpec{Upstream: cbv1.Upstream{URL: upstream.URL + "/" + k.Name}},
-		})
-	}); err != nil {
+	if err := parallel(workers, keys, func(k types.NamespacedName) error { return create(ctx, c, k, upstream.URL, o.services) }); err != nil {
 		return err
 	}
-	fmt.Printf("created %d CircuitBreakers in %s (%.0f/s)\n", n, since(start), float64(n)/time.Since(start).Seconds())
+	fmt.Printf("created %d %s in %s (%.0f/s)\n", n, o.breakers(), since(start), float64(n)/time.Since(start).Seconds())
 
 	// The API server's status write rate for a bare client-go loop: the
 	// baseline the manager's rate is compared with. Each patch really
@@ -229,10 +241,7 @@ func run(n, perNamespace, workers int, manager string, idle, busy time.Duration,
 	fmt.Printf("every status written %s after start: %.0f writes/s, %.0f%% of the bare loop's rate, %.0f%% of the watched one; RSS %s\n",
 		all.Round(10*time.Millisecond), rate, 100*rate/bare, 100*rate/watched, rss(pid))
 	fmt.Printf("API requests the manager made, by method and code: %v\n", requests(metricsAddr))
-	cpuBefore := cpu(pid)
-	time.Sleep(idle)
-	fmt.Printf("after %s idle: RSS %s, CPU %.1f%% of a core\n", idle, rss(pid), 100*float64(cpu(pid)-cpuBefore)/float64(idle))
-	if err := underTraffic(keys, proxyAddr, apiAddr, metricsAddr, pid, busy); err != nil {
+	if err := idleThenBusy(o, keys, proxyAddr, apiAddr, metricsAddr, pid); err != nil {
 		return err
 	}
 
@@ -291,6 +300,61 @@ func watch(cfg *rest.Config, seen func(*cbv1.CircuitBreaker)) (func(), error) {
 
 // patchesOK is the manager's count of PATCH requests that succeeded, read
 // from its metrics endpoint; 0 while it cannot be read.
+// breakers says what was created.
+func (o options) breakers() string {
+	if o.services {
+		return "CircuitBreakers, each with a Service and a 3-endpoint EndpointSlice,"
+	}
+	return "CircuitBreakers"
+}
+
+// idleThenBusy watches the manager idle, then, for URL upstreams, busy.
+func idleThenBusy(o options, keys []types.NamespacedName, proxyAddr, apiAddr, metricsAddr string, pid int) error {
+	cpuBefore := cpu(pid)
+	time.Sleep(o.idle)
+	fmt.Printf("after %s idle: RSS %s, CPU %.1f%% of a core\n", o.idle, rss(pid), 100*float64(cpu(pid)-cpuBefore)/float64(o.idle))
+	if o.services {
+		fmt.Println("busy phase skipped: the Service upstreams' endpoints are test hosts no traffic may reach from here")
+		return nil
+	}
+	return underTraffic(keys, proxyAddr, apiAddr, metricsAddr, pid, o.busy)
+}
+
+// create makes breaker k: on a URL upstream under upstreamURL, or with
+// services on a headless Service of its own (ClusterIPs would run out)
+// whose EndpointSlice has 3 ready endpoints at test hosts, as a Deployment
+// of 3 pods gives.
+func create(ctx context.Context, c client.Client, k types.NamespacedName, upstreamURL string, services bool) error {
+	cb := &cbv1.CircuitBreaker{
+		ObjectMeta: metav1.ObjectMeta{Namespace: k.Namespace, Name: k.Name},
+		Spec:       cbv1.CircuitBreakerSpec{Upstream: cbv1.Upstream{URL: upstreamURL + "/" + k.Name}},
+	}
+	if !services {
+		return c.Create(ctx, cb)
+	}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: k.Namespace, Name: k.Name},
+		Spec: corev1.ServiceSpec{ClusterIP: corev1.ClusterIPNone,
+			Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+	}
+	if err := c.Create(ctx, svc); err != nil {
+		return err
+	}
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: k.Namespace, Name: k.Name + "-1", Labels: map[string]string{discoveryv1.LabelServiceName: k.Name}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](8080)}},
+	}
+	for i := range 3 {
+		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{Addresses: []string{fmt.Sprintf("198.18.0.%d", i+1)}})
+	}
+	if err := c.Create(ctx, slice); err != nil {
+		return err
+	}
+	cb.Spec.Upstream = cbv1.Upstream{Service: &cbv1.ServiceUpstream{Name: k.Name, Port: intstr.FromString("http")}}
+	return c.Create(ctx, cb)
+}
+
 // progressInterval is how often the manager's progress is read: reading
 // its metrics costs it CPU (the API server's, on the same 2 cores), so
 // after ready four times a second is enough.
