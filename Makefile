@@ -103,8 +103,8 @@ bench-grpc: ## gRPC unary calls through the proxy (h2c both ways, by the exposed
 
 N ?= 1000
 .PHONY: bench-scale
-bench-scale: build ## N CircuitBreakers on a local control plane: time to ready, to every status, write rate, RSS, idle CPU (docs/benchmarks.md).
-	go run ./hack/bench-scale -n $(N)
+bench-scale: build ## N CircuitBreakers on a local control plane: time to ready, to every status, write rate, RSS, idle CPU, then busy (docs/benchmarks.md); SERVICES=1 puts each on a Service of its own.
+	go run ./hack/bench-scale -n $(N) $(if $(SERVICES),-services)
 
 .PHONY: verify
 verify: tidy manifests generate fmt build-installer helm-chart ## Regenerate everything (go.mod included) and fail if the tree changed.

@@ -20,6 +20,9 @@ END {
   bare = (m["bare-A"] + m["bare-B"]) / 2
   printf "\nA/A gap: %.1f%%\n", 100 * (m["bare-A"] - m["bare-B"]) / bare
   printf "manager CPU per %s: %.2fx the bare baseline (goal <= 1.05x)\n", what, m["manager"] / bare
+  if ("bare-S" in m && "manager-S" in m) {
+    printf "with a Service upstream (a test host): manager CPU per %s %.2fx the bare baseline reaching the same host (goal <= 1.05x)\n", what, m["manager-S"] / m["bare-S"]
+  }
   if ("nginx" in m) {
     printf "manager throughput: %.2fx nginx (goal >= 0.8x); CPU per %s: %.2fx nginx (goal <= 1.5x)\n", r["manager"] / r["nginx"], what, m["manager"] / m["nginx"]
   }

@@ -3,7 +3,8 @@
 # its own process on loopback: a 64-byte upstream; two identical bare
 # httputil.ReverseProxy fronts with a pooled buffer (bare-A, bare-B: their
 # difference is the noise); nginx, when installed; and the real bin/manager
-# on a local control plane with one breaker. wrk loads each in turn, in
+# on a local control plane with one breaker; as root also a bare proxy and a
+# breaker reaching the upstream on a test host through a Service. wrk loads each in turn, in
 # interleaved rounds, and each server's CPU per request is read from /proc.
 #
 #   ROUNDS=3 DURATION=10s CONNECTIONS=64 THREADS=2 hack/bench-proxy.sh
@@ -66,6 +67,16 @@ else
   echo "bench-proxy: nginx is not installed (apt-get install nginx-light): its row is skipped" >&2
 fi
 
+# As root, a Service upstream too: the same 64-byte upstream on a test host
+# (a network namespace; EndpointSlices cannot hold loopback addresses), a
+# bare ReverseProxy reaching it (bare-S), and a breaker on a Service whose
+# EndpointSlice holds it (manager-S).
+testhost=
+if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
+  bin/bench-proxy testhost "$work/testhost" & pids+=($!)
+  for _ in $(seq 100); do [ -s "$work/testhost" ] && break; sleep 0.1; done
+  testhost=$(cat "$work/testhost" 2>/dev/null || true)
+fi
 mkdir -p "$work/samples"
 cat >"$work/samples/bench.yaml" <<YAML
 apiVersion: circuitbreaker.io/v1alpha1
@@ -74,7 +85,31 @@ metadata: {name: bench, namespace: default}
 spec:
   upstream: {url: "http://$UP"}
 YAML
-bin/localcluster -samples "$work/samples" -write-kubeconfig "$work/kubeconfig" -- bin/manager --allow-url-upstreams \
+if [ -n "$testhost" ]; then
+  bin/bench-proxy bare 127.0.0.1:18097 "http://$testhost" & pids+=($!); bare_s=$!
+  cat >"$work/samples/bench-svc.yaml" <<YAML
+apiVersion: v1
+kind: Service
+metadata: {name: bench-svc, namespace: default}
+spec: {ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: bench-svc-1, namespace: default, labels: {kubernetes.io/service-name: bench-svc}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: ["${testhost%:*}"]}]
+---
+apiVersion: circuitbreaker.io/v1alpha1
+kind: CircuitBreaker
+metadata: {name: bench-svc, namespace: default}
+spec:
+  upstream: {service: {name: bench-svc, port: http}}
+YAML
+else
+  echo "bench-proxy: not root, or no ip: the Service upstream rows are skipped" >&2
+fi
+bin/localcluster -test-hosts=false -samples "$work/samples" -write-kubeconfig "$work/kubeconfig" -- bin/manager --allow-url-upstreams \
   --proxy-bind-address 127.0.0.1:18094 --api-bind-address 127.0.0.1:18095 \
   --health-probe-bind-address 127.0.0.1:18096 --metrics-bind-address 0 >"$work/manager.log" 2>&1 & pids+=($!)
 for _ in $(seq 600); do
@@ -84,6 +119,11 @@ done
 curl -sf -o /dev/null http://127.0.0.1:18094/default/bench/ || { echo "bench-proxy: the manager did not come up"; tail -20 "$work/manager.log"; exit 1; }
 manager_pid=$(pgrep -f -- "--proxy-bind-address 127.0.0.1:18094" | head -1)
 targets+=("manager http://127.0.0.1:18094/default/bench/ $manager_pid")
+if [ -n "$testhost" ]; then
+  for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:18094/default/bench-svc/ && break; sleep 0.2; done
+  curl -sf -o /dev/null http://127.0.0.1:18094/default/bench-svc/ || { echo "bench-proxy: the Service upstream does not answer"; tail -20 "$work/manager.log"; exit 1; }
+  targets+=("bare-S http://127.0.0.1:18097/default/bench-svc/ $bare_s" "manager-S http://127.0.0.1:18094/default/bench-svc/ $manager_pid")
+fi
 
 # cpu PID: user+system microseconds of PID and its children processes (nginx's workers).
 cpu() {

@@ -36,18 +36,20 @@ import (
 func main() {
 	kubeconfig := flag.String("write-kubeconfig", "bin/kubeconfig", "where to write the admin kubeconfig")
 	samples := flag.String("samples", "config/samples", "directory of sample CircuitBreakers to apply in namespace default")
+	testHosts := flag.Bool("test-hosts", true, "back the samples' Services with test hosts of its own (root only); "+
+		"false for samples that bring their Services' EndpointSlices")
 	flag.Parse()
 	if flag.NArg() == 0 {
 		fmt.Fprintln(os.Stderr, "usage: localcluster [flags] -- MANAGER [ARGS...]")
 		os.Exit(2)
 	}
-	if err := run(*kubeconfig, *samples, flag.Args()); err != nil {
+	if err := run(*kubeconfig, *samples, *testHosts, flag.Args()); err != nil {
 		fmt.Fprintln(os.Stderr, "localcluster:", err)
 		os.Exit(1)
 	}
 }
 
-func run(kubeconfig, samples string, manager []string) error {
+func run(kubeconfig, samples string, testHosts bool, manager []string) error {
 	fmt.Fprintln(os.Stderr, "localcluster: starting kube-apiserver and etcd (the first run builds them, about 10 minutes)")
 	env, err := controlplane.Start()
 	if err != nil {
@@ -69,15 +71,18 @@ func run(kubeconfig, samples string, manager []string) error {
 	if err != nil {
 		return err
 	}
-	hosts, why := startTestHosts()
-	if hosts != nil {
-		defer hosts.Close()
+	var hosts *testhosts.Hosts
+	why := fmt.Errorf("-test-hosts=false")
+	if testHosts {
+		if hosts, why = startTestHosts(); hosts != nil {
+			defer hosts.Close()
+		}
 	}
 	applied, err := applySamples(c, samples, hosts)
 	if err != nil {
 		return err
 	}
-	if hosts == nil {
+	if hosts == nil && testHosts {
 		fmt.Fprintf(os.Stderr, "localcluster: no test hosts (%v): the samples' Services have no endpoints, "+
 			"so their breakers are Open (NoReadyEndpoints); run as root for two\n", why)
 	}
