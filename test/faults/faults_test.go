@@ -51,7 +51,7 @@ func TestFaults(t *testing.T) {
 	c.Kubectl(g, "apply", "-f", filepath.Join(harness.Root, "dist", "install.yaml"))
 	c.LeaderElect = true
 	up := harness.NewUpstream(t)
-	f := &faults{c: c, up: up}
+	f := &faults{t: t, c: c, up: up}
 
 	for _, tc := range []struct {
 		name string
@@ -71,6 +71,8 @@ func TestFaults(t *testing.T) {
 }
 
 type faults struct {
+	// t is the whole suite's test: what must outlive a case is cleaned up with it.
+	t  *testing.T
 	c  *harness.Cluster
 	up *harness.Upstream
 }
@@ -304,8 +306,9 @@ func (f *faults) apiServerKilled(t *testing.T, g Gomega) {
 		g.Expect(apiserver.Start()).To(Succeed())
 		exited := make(chan struct{})
 		go func() { _ = apiserver.Wait(); close(exited) }()
-		// The harness stops envtest when the test ends, after this.
-		t.Cleanup(func() {
+		// It serves the cases after this one; the harness stops envtest
+		// when the suite ends, after this.
+		f.t.Cleanup(func() {
 			_ = apiserver.Process.Signal(syscall.SIGTERM)
 			select {
 			case <-exited:
