@@ -44,11 +44,11 @@ fmt: ## Run go fmt.
 	go fmt ./...
 
 .PHONY: vet
-vet: ## Run go vet, including the e2e and Helm chart packages.
-	go vet -tags e2e,helm ./...
+vet: ## Run go vet, including the e2e, fault and Helm chart packages.
+	go vet -tags e2e,faults,helm ./...
 
 .PHONY: lint
-lint: golangci-lint ## Run golangci-lint (.golangci.yml), e2e and Helm chart tests included.
+lint: golangci-lint ## Run golangci-lint (.golangci.yml), e2e, fault and Helm chart tests included.
 	$(GOLANGCI_LINT) run ./...
 
 .PHONY: lint-fix
@@ -64,8 +64,9 @@ control-plane: ## Build kube-apiserver and etcd from the Go module proxy (cached
 	@hack/control-plane.sh
 
 # The packages whose tests need no API server: every one but the envtests
-# of internal/controller and internal/cbctl (the kubectl cb plugin), and the e2e.
-UNIT_PKGS = $(shell go list ./... | grep -v -e /internal/controller$$ -e /internal/cbctl$$ -e /test/e2e$$)
+# of internal/controller and internal/cbctl (the kubectl cb plugin), the e2e
+# and the fault tests.
+UNIT_PKGS = $(shell go list ./... | grep -v -e /internal/controller$$ -e /internal/cbctl$$ -e /test/e2e$$ -e /test/faults$$)
 
 .PHONY: test-unit
 test-unit: fmt vet ## Run the unit tests (with -race): no API server, seconds.
@@ -84,6 +85,10 @@ test-monitoring: ## Run promtool's unit tests of the alert rules and check every
 test-e2e: build build-installer ## Run the end-to-end tests: the real manager binary and kubectl on a local control plane.
 	mkdir -p $(LOCALBIN)/e2e-output
 	KUBEBUILDER_ASSETS="$(ASSETS)" go test -tags e2e -race -timeout 15m -count 1 -v ./test/e2e/ -artifacts -outputdir $(LOCALBIN)/e2e-output
+
+.PHONY: test-faults
+test-faults: build ## Run the fault tests: the real manager under load through SIGTERM, SIGKILL, a killed API server, a stopped etcd, churn and a hanging webhook.
+	KUBEBUILDER_ASSETS="$(ASSETS)" go test -tags faults -race -count 1 -timeout 15m -v ./test/faults/
 
 .PHONY: test-helm
 test-helm: helm helm-chart ## Test the Helm chart: helm lint, the default render against dist/install.yaml object by object, server-side apply and helm install/upgrade/uninstall on a local API server.

@@ -4,16 +4,19 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"math"
 	"net"
+	"net/http"
 	"os"
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -44,9 +47,18 @@ import (
 	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
 
-// shutdownTimeout is how long in-flight calls get to finish on SIGTERM;
-// the install's terminationGracePeriodSeconds leaves room for it.
-const shutdownTimeout = 20 * time.Second
+const (
+	// drainPeriod is how long the proxy keeps accepting calls after SIGTERM
+	// before it closes its listener: /readyz fails at once, and every answer
+	// meanwhile carries Connection: close (idle keep-alive connections are
+	// closed), so that callers reconnect to another replica while this one
+	// still answers, instead of finding their pooled connection reset.
+	drainPeriod = 3 * time.Second
+	// shutdownTimeout is how long in-flight calls get to finish once the
+	// drain is over; the install's terminationGracePeriodSeconds leaves room
+	// for the preStop pause, the drain and this.
+	shutdownTimeout = 20 * time.Second
+)
 
 func main() {
 	if err := run(); err != nil {
@@ -177,7 +189,7 @@ func run() error {
 		// Leader election is internal/leader's: controller-runtime's would
 		// stop the whole process, data plane included, on a lost lease.
 		LeaderElection: false,
-		// In-flight calls get this long to finish on SIGTERM.
+		// In-flight calls get this long to finish once the drain is over.
 		GracefulShutdownTimeout: ptr.To(shutdownTimeout + 5*time.Second),
 	})
 	if err != nil {
@@ -219,9 +231,37 @@ func run() error {
 	if err := mgr.AddReadyzCheck("routes", op.Ready.Check); err != nil {
 		return err
 	}
+	var draining atomic.Bool
+	if err := mgr.AddReadyzCheck("draining", func(*http.Request) error {
+		if draining.Load() {
+			return errors.New("shutting down")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
 
 	setupLog.Info("starting manager")
-	return mgr.Start(ctrl.SetupSignalHandler())
+	return mgr.Start(drain(ctrl.SetupSignalHandler(), func() {
+		setupLog.Info("draining: not ready, answering with Connection: close", "for", drainPeriod)
+		draining.Store(true)
+		op.Proxy.SetKeepAlivesEnabled(false)
+	}))
+}
+
+// drain returns a context that ends drainPeriod after signalled does, having
+// called start when signalled ended. The manager stops (the proxy closes its
+// listener and shuts down gracefully) when the returned context ends; a
+// second signal still exits at once (ctrl.SetupSignalHandler).
+func drain(signalled context.Context, start func()) context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		defer cancel()
+		<-signalled.Done()
+		start()
+		<-time.After(drainPeriod)
+	}()
+	return ctx
 }
 
 // sliceOfService selects the EndpointSlices that name their Service.

@@ -226,6 +226,28 @@ func withoutPending(history []cbv1.TransitionRecord, pending map[string]bool) []
 	return kept
 }
 
+// keepRecorded keeps the record the status already holds of each
+// transition of history (same key): a newly elected leader's view of a
+// transition it followed, or of a reset it handled itself, has another
+// reason or time, and the status would otherwise lose the original's.
+func keepRecorded(history, stored []cbv1.TransitionRecord) []cbv1.TransitionRecord {
+	if len(stored) == 0 {
+		return history
+	}
+	recorded := make(map[string]cbv1.TransitionRecord, len(stored))
+	for i, k := range storedKeys(stored) {
+		recorded[k] = stored[i]
+	}
+	kept := make([]cbv1.TransitionRecord, len(history))
+	for i, k := range storedKeys(history) {
+		kept[i] = history[i]
+		if t, ok := recorded[k]; ok {
+			kept[i] = t
+		}
+	}
+	return kept
+}
+
 // announceTransition creates transition t's Event, named after its key, and
 // notifies the webhook when this replica's create made it.
 func (r *Reconciler) announceTransition(ctx context.Context, cb *cbv1.CircuitBreaker, key breaker.Key, k string,

@@ -72,7 +72,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 	pending, announceErr := r.announce(ctx, &cb, key, b, snap, base.History)
 	retErr = errors.Join(retErr, announceErr)
 	recordServing(status, &cb, cfg, snap, resetRefused)
-	status.History = withoutPending(status.History, pending)
+	status.History = keepRecorded(withoutPending(status.History, pending), base.History)
 	ejectedUntil := recordEndpoints(status, cfg, r.routes.Endpoints(key))
 	if err := r.writeOwnEntry(ctx, key, &cb, snap); err != nil {
 		return ctrl.Result{}, err

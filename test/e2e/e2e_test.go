@@ -5,65 +5,36 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"net/http/httptest"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	. "github.com/onsi/gomega"
-	"k8s.io/client-go/tools/clientcmd"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
-	"github.com/circuitbreaker-io/operator/internal/controlplane"
 	"github.com/circuitbreaker-io/operator/internal/testhosts"
+	"github.com/circuitbreaker-io/operator/test/harness"
 )
 
 const (
-	operatorNamespace = "circuit-breaker-operator-system"
-	serviceAccount    = "system:serviceaccount:" + operatorNamespace + ":circuit-breaker-operator-controller-manager"
+	operatorNamespace = harness.OperatorNamespace
+	serviceAccount    = harness.ServiceAccount
 )
 
-var root = controlplane.RepoRoot()
+var root = harness.Root
 
 func init() {
 	// Waits that are not themselves the subject of a step get room for a
 	// loaded CI machine.
 	SetDefaultEventuallyTimeout(10 * time.Second)
-}
-
-// cluster is the local control plane with an admin kubeconfig and one for
-// the manager that acts as its ServiceAccount.
-type cluster struct {
-	env               *envtest.Environment
-	adminKubeconfig   string
-	managerKubeconfig string
-	proxyAddr, health string
-	api, metrics      string
-	metricsToken      string
-	webhook           string
-	manager           *exec.Cmd
-	// refuseURLs starts the manager without --allow-url-upstreams.
-	refuseURLs bool
-	// leaderElect starts the manager with --leader-elect.
-	leaderElect   bool
-	managerLog    *syncBuffer
-	managerExited chan struct{}
 }
 
 func TestE2E(t *testing.T) {
@@ -469,74 +440,6 @@ spec: {upstream: {url: %q}, failureThreshold: 3, recoveryTimeout: 1h}
 	g.Expect(c.managerLog.String()).NotTo(ContainSubstring("is forbidden"), "the ServiceAccount's RBAC was enough")
 }
 
-func startCluster(t *testing.T) *cluster {
-	g := NewWithT(t)
-	assets, err := controlplane.Assets()
-	g.Expect(err).NotTo(HaveOccurred())
-	c := &cluster{env: &envtest.Environment{BinaryAssetsDirectory: assets}}
-	_, err = c.env.Start()
-	g.Expect(err).NotTo(HaveOccurred())
-	dir := t.TempDir()
-	c.adminKubeconfig = filepath.Join(dir, "admin.kubeconfig")
-	g.Expect(controlplane.WriteAdminKubeconfig(c.env, c.adminKubeconfig)).To(Succeed())
-
-	// The manager's identity is its ServiceAccount, bound by config/rbac only.
-	cfg, err := clientcmd.LoadFromFile(c.adminKubeconfig)
-	g.Expect(err).NotTo(HaveOccurred())
-	for _, user := range cfg.AuthInfos {
-		user.Impersonate = serviceAccount
-		user.ImpersonateGroups = []string{"system:serviceaccounts", "system:serviceaccounts:" + operatorNamespace, "system:authenticated"}
-	}
-	c.managerKubeconfig = filepath.Join(dir, "manager.kubeconfig")
-	g.Expect(clientcmd.WriteToFile(*cfg, c.managerKubeconfig)).To(Succeed())
-
-	t.Cleanup(func() {
-		if t.Failed() && c.managerLog != nil {
-			fmt.Fprintf(os.Stderr, "\n===== manager log =====\n%s\n===== CircuitBreakers =====\n%s\n", c.managerLog, c.kubectlQuiet("get", "cb", "-A", "-o", "yaml"))
-		}
-		if c.manager != nil {
-			c.stopManager(NewWithT(t))
-		}
-		_ = c.env.Stop()
-	})
-	return c
-}
-
-func (c *cluster) startManager(t *testing.T) {
-	g := NewWithT(t)
-	if c.managerLog == nil { // first start; a restart keeps the addresses
-		c.managerLog = &syncBuffer{}
-		c.proxyAddr, c.health, c.api, c.metrics = freeAddr(g), freeAddr(g), freeAddr(g), freeAddr(g)
-	}
-	args := []string{
-		"--kubeconfig", c.managerKubeconfig,
-		"--proxy-bind-address", c.proxyAddr,
-		"--api-bind-address", c.api,
-		"--health-probe-bind-address", c.health,
-		"--metrics-bind-address", c.metrics,
-		"--notify-webhook", c.webhook,
-	}
-	if !c.refuseURLs {
-		args = append(args, "--allow-url-upstreams")
-	}
-	if c.leaderElect {
-		args = append(args, "--leader-elect", "--leader-election-namespace", operatorNamespace)
-	}
-	c.manager = exec.Command(filepath.Join(root, "bin", "manager"), args...)
-	c.manager.Env = append(os.Environ(), "POD_NAME="+primaryReplica)
-	c.manager.Stdout, c.manager.Stderr = c.managerLog, c.managerLog
-	g.Expect(c.manager.Start()).To(Succeed())
-	c.managerExited = make(chan struct{})
-	go func(cmd *exec.Cmd, exited chan struct{}) { _ = cmd.Wait(); close(exited) }(c.manager, c.managerExited)
-	g.Eventually(func() int { return httpGet(g, "http://"+c.health+"/readyz") }, 20*time.Second, 100*time.Millisecond).Should(Equal(200))
-}
-
-func (c *cluster) stopManager(g Gomega) {
-	_ = c.manager.Process.Signal(syscall.SIGTERM)
-	g.Eventually(c.managerExited, 20*time.Second).Should(BeClosed())
-	c.manager = nil
-}
-
 // canI is kubectl auth can-i's answer for who: "yes" or "no".
 // writeSlice applies an EndpointSlice for Service svc in default: one
 // ready endpoint at address, at the port of the Service's first port's
@@ -559,88 +462,6 @@ func (c *cluster) canI(who string, args ...string) string {
 	// The answer is the last line; kubectl may warn before it.
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	return lines[len(lines)-1]
-}
-
-func (c *cluster) kubectlErr(args ...string) (string, error) {
-	return c.kubectlStdin("", args...)
-}
-
-func (c *cluster) kubectlStdin(stdin string, args ...string) (string, error) {
-	cmd := exec.Command("kubectl", args...)
-	cmd.Env = append(os.Environ(), "KUBECONFIG="+c.adminKubeconfig)
-	cmd.Stdin = strings.NewReader(stdin)
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
-// kubectl runs kubectl as the cluster admin and fails the test on error.
-func (c *cluster) kubectl(g Gomega, args ...string) string {
-	out, err := c.kubectlErr(args...)
-	g.ExpectWithOffset(1, err).NotTo(HaveOccurred(), "kubectl %s\n%s", strings.Join(args, " "), out)
-	return out
-}
-
-// kubectlQuiet returns kubectl's output, errors included, for polling.
-func (c *cluster) kubectlQuiet(args ...string) string {
-	out, _ := c.kubectlErr(args...)
-	return out
-}
-
-func (c *cluster) kubectlApply(t *testing.T, manifest string) {
-	out, err := c.kubectlStdin(manifest, "apply", "-f", "-")
-	NewWithT(t).Expect(err).NotTo(HaveOccurred(), out)
-}
-
-// upstream is an HTTP server that fails on command.
-type upstream struct {
-	*httptest.Server
-	failing  atomic.Bool
-	hits     atomic.Int64
-	lastPath atomic.Value
-}
-
-func newUpstream(t *testing.T) *upstream {
-	u := &upstream{}
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u.hits.Add(1)
-		u.lastPath.Store(r.URL.Path)
-		if u.failing.Load() {
-			w.WriteHeader(http.StatusInternalServerError)
-			return
-		}
-		_, _ = io.WriteString(w, `{"orders":[]}`)
-	}))
-	t.Cleanup(u.Close)
-	return u
-}
-
-// hookReceiver records the JSON documents POSTed to it.
-type hookReceiver struct {
-	*httptest.Server
-	mu   sync.Mutex
-	docs []map[string]any
-}
-
-func newHookReceiver(t *testing.T) *hookReceiver {
-	h := &hookReceiver{}
-	h.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var doc map[string]any
-		if r.Method != http.MethodPost || json.NewDecoder(r.Body).Decode(&doc) != nil {
-			w.WriteHeader(http.StatusBadRequest)
-			return
-		}
-		h.mu.Lock()
-		h.docs = append(h.docs, doc)
-		h.mu.Unlock()
-	}))
-	t.Cleanup(h.Close)
-	return h
-}
-
-func (h *hookReceiver) received() []map[string]any {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return append([]map[string]any(nil), h.docs...)
 }
 
 type response struct {
@@ -687,56 +508,3 @@ func httpDo(_ Gomega, url string) response {
 }
 
 func httpGet(g Gomega, url string) int { return httpDo(g, url).status }
-
-func freeAddr(g Gomega) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	g.Expect(err).NotTo(HaveOccurred())
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// syncBuffer collects the manager's output from its two streams.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// childProcess returns the pid of this test's child process called name
-// (the control plane's kube-apiserver, say).
-func childProcess(g Gomega, name string) int {
-	entries, err := os.ReadDir("/proc")
-	g.Expect(err).NotTo(HaveOccurred())
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// pid (comm) state ppid ...
-		open, closing := bytes.IndexByte(stat, '('), bytes.LastIndexByte(stat, ')')
-		if open < 0 || closing < open {
-			continue
-		}
-		fields := strings.Fields(string(stat[closing+1:]))
-		if string(stat[open+1:closing]) == name && len(fields) > 1 && fields[1] == strconv.Itoa(os.Getpid()) {
-			return pid
-		}
-	}
-	g.Expect(name).To(BeEmpty(), "no child process called %s", name)
-	return 0
-}

@@ -4,9 +4,6 @@ package e2e
 
 import (
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
@@ -15,45 +12,6 @@ import (
 
 	. "github.com/onsi/gomega"
 )
-
-// Replica names, as POD_NAME gives them in a cluster.
-const (
-	primaryReplica = "manager-a"
-	secondReplica  = "manager-b"
-)
-
-// replica is a second bin/manager process next to the cluster's own.
-type replica struct {
-	cmd       *exec.Cmd
-	exited    chan struct{}
-	log       *syncBuffer
-	proxyAddr string
-}
-
-// startReplica runs another manager with leader election, as a second pod would.
-func (c *cluster) startReplica(t *testing.T, name string) *replica {
-	g := NewWithT(t)
-	r := &replica{log: &syncBuffer{}, proxyAddr: freeAddr(g), exited: make(chan struct{})}
-	health := freeAddr(g)
-	r.cmd = exec.Command(filepath.Join(root, "bin", "manager"),
-		"--kubeconfig", c.managerKubeconfig, "--allow-url-upstreams",
-		"--proxy-bind-address", r.proxyAddr, "--api-bind-address", freeAddr(g),
-		"--health-probe-bind-address", health, "--metrics-bind-address", "0",
-		"--leader-elect", "--leader-election-namespace", operatorNamespace)
-	r.cmd.Env = append(os.Environ(), "POD_NAME="+name)
-	r.cmd.Stdout, r.cmd.Stderr = r.log, r.log
-	g.Expect(r.cmd.Start()).To(Succeed())
-	go func() { _ = r.cmd.Wait(); close(r.exited) }()
-	t.Cleanup(func() {
-		_ = r.cmd.Process.Signal(syscall.SIGTERM)
-		<-r.exited
-		if t.Failed() {
-			fmt.Fprintf(os.Stderr, "\n===== %s log =====\n%s\n", name, r.log)
-		}
-	})
-	g.Eventually(func() int { return httpGet(g, "http://"+health+"/readyz") }, 20*time.Second, 100*time.Millisecond).Should(Equal(200))
-	return r
-}
 
 func replicasStep(t *testing.T, g Gomega, c *cluster, up *upstream) {
 	g.Expect(c.leaderElect).To(BeTrue(), "the cluster's manager runs with leader election")
