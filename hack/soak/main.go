@@ -202,7 +202,8 @@ func run(o options) (notFlat []string, err error) {
 	defer logFile.Close()
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	cmd.Env = append(os.Environ(), "GOMEMLIMIT="+o.memLimit)
-	fmt.Printf("the manager runs with GOMEMLIMIT=%s, as the install sets it from its memory limit, and --notify-webhook to a local receiver answering 204\n", o.memLimit)
+	fmt.Printf("the manager runs with GOMEMLIMIT=%s, as the install sets it from its memory limit, "+
+		"and --notify-webhook to a local receiver answering 204\n", o.memLimit)
 	started := time.Now()
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -211,10 +212,12 @@ func run(o options) (notFlat []string, err error) {
 	go func() { exited <- cmd.Wait() }()
 	defer func() {
 		select {
-		case <-exited:
+		case waitErr := <-exited:
+			_ = waitErr // it exited already: reported where it was seen
 		default:
 			_ = cmd.Process.Kill()
-			<-exited
+			killed := <-exited
+			_ = killed // its exit status says it was killed, nothing more
 		}
 		if err != nil {
 			printTail(logPath)
@@ -292,7 +295,8 @@ func run(o options) (notFlat []string, err error) {
 		cpuBefore, lastSample = cpuNow, time.Now()
 		s.notifications = notifications.String()
 		samples = append(samples, s)
-		fmt.Printf("  %5s  RSS %.1f MiB  anon %.1f MiB  heap in use %.1f MiB  live heap %.1f MiB  goroutines %.0f  fds %.0f  CPU %.0f%%  calls %s  transitions %s  notifications %s\n",
+		fmt.Printf("  %5s  RSS %.1f MiB  anon %.1f MiB  heap in use %.1f MiB  live heap %.1f MiB  goroutines %.0f  fds %.0f  CPU %.0f%%  "+
+			"calls %s  transitions %s  notifications %s\n",
 			s.at, s.rss, s.anon, s.heap, s.live, s.goroutines, s.fds, 100*s.cpu, calls.String(), s.transitions, s.notifications)
 	}
 	stopTraffic()
@@ -305,10 +309,15 @@ func run(o options) (notFlat []string, err error) {
 		fmt.Printf("transitions: %s; webhook notifications received: %s\n", last.transitions, last.notifications)
 	}
 
-	// The verdicts.
-	ref := slices.IndexFunc(samples, func(s sample) bool { return s.at >= o.warmup })
+	return verdicts(samples, o.warmup)
+}
+
+// verdicts prints, for each series, whether its samples from the warm-up's
+// to the end are flat, and returns the names of those that are not.
+func verdicts(samples []sample, warmup time.Duration) (notFlat []string, err error) {
+	ref := slices.IndexFunc(samples, func(s sample) bool { return s.at >= warmup })
 	if ref < 0 || ref == len(samples)-1 {
-		return nil, fmt.Errorf("no sample after the warm-up's (%s) to compare with: run longer", o.warmup)
+		return nil, fmt.Errorf("no sample after the warm-up's (%s) to compare with: run longer", warmup)
 	}
 	after := samples[ref:]
 	fmt.Printf("after the warm-up (the sample at %s) to the end (%s), flat if every sample is within %.0f%% (max/min):\n",
