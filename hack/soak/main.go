@@ -253,7 +253,11 @@ func run(o options) (notFlat []string, err error) {
 				case <-time.After(time.Until(next)):
 				}
 				k := i % o.breakers
-				calls.add(flaps(o, k), call(trafficCtx, caller, proxyAddr, breakerName(k)))
+				answer := call(trafficCtx, caller, proxyAddr, breakerName(k))
+				if trafficCtx.Err() != nil {
+					return // a call cut short by the stop is not the manager's error
+				}
+				calls.add(flaps(o, k), answer)
 			}
 		})
 	}
