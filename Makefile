@@ -111,6 +111,11 @@ N ?= 1000
 bench-scale: build ## N CircuitBreakers on a local control plane: time to ready, to every status, write rate, RSS, idle CPU, then busy (docs/benchmarks.md); SERVICES=1 puts each on a Service of its own.
 	go run ./hack/bench-scale -n $(N) $(if $(SERVICES),-services)
 
+DURATION ?= 10m
+.PHONY: soak
+soak: build ## The real manager for DURATION under steady traffic, 10 of 100 breakers flapping, a scrape every 15 s: RSS, heap, goroutines, fds flat? (docs/benchmarks.md; not in CI).
+	go run ./hack/soak -duration $(DURATION)
+
 .PHONY: verify
 verify: tidy manifests generate fmt build-installer helm-chart ## Regenerate everything (go.mod included) and fail if the tree changed.
 	@git diff --exit-code -- . || { echo "generated files are out of date: run 'make tidy manifests generate fmt build-installer helm-chart' and commit"; exit 1; }

@@ -20,7 +20,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -48,6 +47,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
+	"github.com/circuitbreaker-io/operator/hack/localaddr"
 	"github.com/circuitbreaker-io/operator/hack/procstat"
 	"github.com/circuitbreaker-io/operator/internal/controlplane"
 )
@@ -182,7 +182,7 @@ func run(o options) error {
 	// be a second watcher or lister loading the API server being measured,
 	// which the bare loops above did not have. Once the count reaches N, a
 	// single listing checks that every status really is written.
-	proxyAddr, probeAddr, apiAddr, metricsAddr := freeAddr(), freeAddr(), freeAddr(), freeAddr()
+	proxyAddr, probeAddr, apiAddr, metricsAddr := localaddr.Free(), localaddr.Free(), localaddr.Free(), localaddr.Free()
 	cmd := exec.Command(manager, "--kubeconfig", kubeconfig, "--allow-url-upstreams",
 		"--metrics-bind-address", metricsAddr, "--metrics-secure=false",
 		"--proxy-bind-address", proxyAddr, "--health-probe-bind-address", probeAddr, "--api-bind-address", apiAddr, "--zap-log-level", "info")
@@ -669,15 +669,6 @@ func parallel(workers int, keys []types.NamespacedName, fn func(types.Namespaced
 }
 
 func since(t time.Time) time.Duration { return time.Since(t).Round(10 * time.Millisecond) }
-
-func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		panic(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
 
 // rss is the process's resident set size, for printing.
 func rss(pid int) string {

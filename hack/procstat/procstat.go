@@ -1,5 +1,6 @@
-// Package procstat reads a process's CPU time and resident memory from
-// /proc, for the load and scale benchmarks (hack/bench-proxy, hack/bench-scale).
+// Package procstat reads a process's CPU time, resident memory and open
+// file descriptors from /proc, for the load and scale benchmarks
+// (hack/bench-proxy, hack/bench-scale) and the soak (hack/soak).
 package procstat
 
 import (
@@ -55,4 +56,11 @@ func statusBytes(pid int, field string) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("/proc/%d/status has no %s", pid, field)
+}
+
+// FDs returns how many file descriptors pid has open (the entries of
+// /proc/PID/fd).
+func FDs(pid int) (int, error) {
+	entries, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	return len(entries), err
 }
