@@ -68,6 +68,13 @@ type announcement struct {
 	// announced, of the resource with uid; pruned to its breaker's history.
 	uid       types.UID
 	announced []uint64
+	// announcedSeq is the last transition of breaker this replica
+	// announced itself. A transition's key can change while it is kept: a
+	// HalfOpen one is named after the opening before it, and once that
+	// opening leaves the kept history it is named after itself. Its Seq
+	// does not change, so what this replica announced is never announced
+	// again under its new name.
+	announcedSeq uint64
 }
 
 func hashKey(k string) uint64 {
@@ -152,10 +159,10 @@ func (r *Reconciler) announce(ctx context.Context, cb *cbv1.CircuitBreaker, key 
 		a = v.(announcement)
 	}
 	if a.breaker != b {
-		a.breaker, a.seq = b, 0
+		a.breaker, a.seq, a.announcedSeq = b, 0, 0
 	}
 	if a.uid != cb.UID {
-		a.uid, a.announced = cb.UID, nil
+		a.uid, a.announced, a.announcedSeq = cb.UID, nil, 0
 	}
 	defer func() { r.announced.Store(key, a) }()
 	log := ctrl.LoggerFrom(ctx)
@@ -187,7 +194,7 @@ func (r *Reconciler) announce(ctx context.Context, cb *cbv1.CircuitBreaker, key 
 		k := keys[i]
 		h := hashKey(k)
 		switch {
-		case slices.Contains(a.announced, h), slices.Contains(inStatus, k):
+		case slices.Contains(a.announced, h), slices.Contains(inStatus, k), t.Seq != 0 && t.Seq <= a.announcedSeq:
 			done = append(done, h)
 			continue
 		case err != nil:
@@ -205,6 +212,7 @@ func (r *Reconciler) announce(ctx context.Context, cb *cbv1.CircuitBreaker, key 
 			continue
 		}
 		done = append(done, h)
+		a.announcedSeq = max(a.announcedSeq, t.Seq)
 	}
 	// Only the keys of the history are worth keeping.
 	a.announced = done
