@@ -204,7 +204,8 @@ func (f *faults) hangingWebhook(t *testing.T, g Gomega) {
 
 	run := func(webhook string) (p50, p99 time.Duration, statuses map[int]int, flaps int) {
 		holder := func() string {
-			return f.c.KubectlQuiet("get", "lease", "-n", harness.OperatorNamespace, "circuit-breaker-operator.circuitbreaker.io", "-o", "jsonpath={.spec.holderIdentity}")
+			return f.c.KubectlQuiet("get", "lease", "-n", harness.OperatorNamespace, "circuit-breaker-operator.circuitbreaker.io",
+				"-o", "jsonpath={.spec.holderIdentity}")
 		}
 		before := holder()
 		if f.c.Manager != nil {

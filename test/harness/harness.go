@@ -25,7 +25,7 @@ import (
 	"testing"
 	"time"
 
-	. "github.com/onsi/gomega"
+	"github.com/onsi/gomega"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
@@ -71,32 +71,32 @@ type Cluster struct {
 // StartCluster starts the control plane, writes its kubeconfigs, and stops
 // both (and the manager, if running) when the test ends.
 func StartCluster(t *testing.T) *Cluster {
-	g := NewWithT(t)
+	g := gomega.NewWithT(t)
 	assets, err := controlplane.Assets()
-	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(err).NotTo(gomega.HaveOccurred())
 	c := &Cluster{Env: &envtest.Environment{BinaryAssetsDirectory: assets}}
 	_, err = c.Env.Start()
-	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(err).NotTo(gomega.HaveOccurred())
 	dir := t.TempDir()
 	c.AdminKubeconfig = filepath.Join(dir, "admin.kubeconfig")
-	g.Expect(controlplane.WriteAdminKubeconfig(c.Env, c.AdminKubeconfig)).To(Succeed())
+	g.Expect(controlplane.WriteAdminKubeconfig(c.Env, c.AdminKubeconfig)).To(gomega.Succeed())
 
 	// The manager's identity is its ServiceAccount, bound by config/rbac only.
 	cfg, err := clientcmd.LoadFromFile(c.AdminKubeconfig)
-	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(err).NotTo(gomega.HaveOccurred())
 	for _, user := range cfg.AuthInfos {
 		user.Impersonate = ServiceAccount
 		user.ImpersonateGroups = []string{"system:serviceaccounts", "system:serviceaccounts:" + OperatorNamespace, "system:authenticated"}
 	}
 	c.ManagerKubeconfig = filepath.Join(dir, "manager.kubeconfig")
-	g.Expect(clientcmd.WriteToFile(*cfg, c.ManagerKubeconfig)).To(Succeed())
+	g.Expect(clientcmd.WriteToFile(*cfg, c.ManagerKubeconfig)).To(gomega.Succeed())
 
 	t.Cleanup(func() {
 		if t.Failed() && c.ManagerLog != nil {
 			fmt.Fprintf(os.Stderr, "\n===== manager log =====\n%s\n===== CircuitBreakers =====\n%s\n", c.ManagerLog, c.KubectlQuiet("get", "cb", "-A", "-o", "yaml"))
 		}
 		if c.Manager != nil {
-			c.StopManager(NewWithT(t))
+			c.StopManager(gomega.NewWithT(t))
 		}
 		_ = c.Env.Stop()
 	})
@@ -105,7 +105,7 @@ func StartCluster(t *testing.T) *Cluster {
 
 // StartManager starts bin/manager as PrimaryReplica and waits for /readyz.
 func (c *Cluster) StartManager(t *testing.T) {
-	g := NewWithT(t)
+	g := gomega.NewWithT(t)
 	if c.ManagerLog == nil { // first start; a restart keeps the addresses
 		c.ManagerLog = &SyncBuffer{}
 		c.ProxyAddr, c.Health, c.API, c.Metrics = FreeAddr(g), FreeAddr(g), FreeAddr(g), FreeAddr(g)
@@ -127,16 +127,16 @@ func (c *Cluster) StartManager(t *testing.T) {
 	c.Manager = exec.Command(filepath.Join(Root, "bin", "manager"), args...)
 	c.Manager.Env = append(os.Environ(), "POD_NAME="+PrimaryReplica)
 	c.Manager.Stdout, c.Manager.Stderr = c.ManagerLog, c.ManagerLog
-	g.Expect(c.Manager.Start()).To(Succeed())
+	g.Expect(c.Manager.Start()).To(gomega.Succeed())
 	c.ManagerExited = make(chan struct{})
 	go func(cmd *exec.Cmd, exited chan struct{}) { _ = cmd.Wait(); close(exited) }(c.Manager, c.ManagerExited)
-	g.Eventually(func() int { return status("http://" + c.Health + "/readyz") }, 20*time.Second, 100*time.Millisecond).Should(Equal(200))
+	g.Eventually(func() int { return status("http://" + c.Health + "/readyz") }, 20*time.Second, 100*time.Millisecond).Should(gomega.Equal(200))
 }
 
 // StopManager sends the manager SIGTERM and waits for it to exit.
-func (c *Cluster) StopManager(g Gomega) {
+func (c *Cluster) StopManager(g gomega.Gomega) {
 	_ = c.Manager.Process.Signal(syscall.SIGTERM)
-	g.Eventually(c.ManagerExited, 20*time.Second).Should(BeClosed())
+	g.Eventually(c.ManagerExited, 20*time.Second).Should(gomega.BeClosed())
 	c.Manager = nil
 }
 
@@ -151,7 +151,7 @@ type Replica struct {
 // StartReplica runs another manager with leader election, as a second pod
 // would, with extra flags appended; it is stopped when the test ends.
 func (c *Cluster) StartReplica(t *testing.T, name string, extra ...string) *Replica {
-	g := NewWithT(t)
+	g := gomega.NewWithT(t)
 	r := &Replica{Log: &SyncBuffer{}, ProxyAddr: FreeAddr(g), Health: FreeAddr(g), Exited: make(chan struct{})}
 	args := append([]string{
 		"--kubeconfig", c.ManagerKubeconfig, "--allow-url-upstreams",
@@ -162,7 +162,7 @@ func (c *Cluster) StartReplica(t *testing.T, name string, extra ...string) *Repl
 	r.Cmd = exec.Command(filepath.Join(Root, "bin", "manager"), args...)
 	r.Cmd.Env = append(os.Environ(), "POD_NAME="+name)
 	r.Cmd.Stdout, r.Cmd.Stderr = r.Log, r.Log
-	g.Expect(r.Cmd.Start()).To(Succeed())
+	g.Expect(r.Cmd.Start()).To(gomega.Succeed())
 	go func() { _ = r.Cmd.Wait(); close(r.Exited) }()
 	t.Cleanup(func() {
 		_ = r.Cmd.Process.Signal(syscall.SIGTERM)
@@ -171,7 +171,7 @@ func (c *Cluster) StartReplica(t *testing.T, name string, extra ...string) *Repl
 			fmt.Fprintf(os.Stderr, "\n===== %s log =====\n%s\n", name, r.Log)
 		}
 	})
-	g.Eventually(func() int { return status("http://" + r.Health + "/readyz") }, 20*time.Second, 100*time.Millisecond).Should(Equal(200))
+	g.Eventually(func() int { return status("http://" + r.Health + "/readyz") }, 20*time.Second, 100*time.Millisecond).Should(gomega.Equal(200))
 	return r
 }
 
@@ -190,15 +190,15 @@ func (c *Cluster) KubectlStdin(stdin string, args ...string) (string, error) {
 }
 
 // Kubectl runs kubectl as the cluster admin and fails the test on error.
-func (c *Cluster) Kubectl(g Gomega, args ...string) string {
+func (c *Cluster) Kubectl(g gomega.Gomega, args ...string) string {
 	return c.KubectlOffset(1, g, args...)
 }
 
 // KubectlOffset is Kubectl for helpers: a failure is reported offset
 // frames above the caller.
-func (c *Cluster) KubectlOffset(offset int, g Gomega, args ...string) string {
+func (c *Cluster) KubectlOffset(offset int, g gomega.Gomega, args ...string) string {
 	out, err := c.KubectlErr(args...)
-	g.ExpectWithOffset(offset+1, err).NotTo(HaveOccurred(), "kubectl %s\n%s", strings.Join(args, " "), out)
+	g.ExpectWithOffset(offset+1, err).NotTo(gomega.HaveOccurred(), "kubectl %s\n%s", strings.Join(args, " "), out)
 	return out
 }
 
@@ -211,7 +211,7 @@ func (c *Cluster) KubectlQuiet(args ...string) string {
 // KubectlApply applies manifest and fails the test on error.
 func (c *Cluster) KubectlApply(t *testing.T, manifest string) {
 	out, err := c.KubectlStdin(manifest, "apply", "-f", "-")
-	NewWithT(t).ExpectWithOffset(1, err).NotTo(HaveOccurred(), out)
+	gomega.NewWithT(t).ExpectWithOffset(1, err).NotTo(gomega.HaveOccurred(), out)
 }
 
 // Upstream is an HTTP server that fails on command.
@@ -283,9 +283,9 @@ func status(url string) int {
 }
 
 // FreeAddr is a loopback address with a port free at the time of asking.
-func FreeAddr(g Gomega) string {
+func FreeAddr(g gomega.Gomega) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
-	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(err).NotTo(gomega.HaveOccurred())
 	defer l.Close()
 	return l.Addr().String()
 }
@@ -310,9 +310,9 @@ func (b *SyncBuffer) String() string {
 
 // ChildProcess returns the pid of this test's child process called name
 // (the control plane's kube-apiserver, say).
-func ChildProcess(g Gomega, name string) int {
+func ChildProcess(g gomega.Gomega, name string) int {
 	entries, err := os.ReadDir("/proc")
-	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(err).NotTo(gomega.HaveOccurred())
 	for _, e := range entries {
 		pid, err := strconv.Atoi(e.Name())
 		if err != nil {
@@ -332,6 +332,6 @@ func ChildProcess(g Gomega, name string) int {
 			return pid
 		}
 	}
-	g.Expect(name).To(BeEmpty(), "no child process called %s", name)
+	g.Expect(name).To(gomega.BeEmpty(), "no child process called %s", name)
 	return 0
 }
