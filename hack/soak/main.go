@@ -455,15 +455,7 @@ func (n *notifications) String() string {
 // transitions counts the breakers' transitions by the state they went to.
 type transitions map[string]int64
 
-func (t transitions) String() string {
-	var total int64
-	parts := make([]string, 0, len(t))
-	for _, to := range slices.Sorted(maps.Keys(t)) {
-		total += t[to]
-		parts = append(parts, fmt.Sprintf("to %s %d", to, t[to]))
-	}
-	return fmt.Sprintf("%d (%s)", total, strings.Join(parts, ", "))
-}
+func (t transitions) String() string { return countsString(t, "to %s %d") }
 
 // tally counts the calls by answer ("200", "503", or "error"), for the
 // steady and the flapping breakers apart.
@@ -503,12 +495,16 @@ func (t *tally) String() string {
 	return format(all)
 }
 
-func format(counts map[string]int64) string {
+func format(counts map[string]int64) string { return countsString(counts, "%s: %d") }
+
+// countsString prints the total of counts, then each count by its key in
+// order, as part (a format of the key and the count) says.
+func countsString[M ~map[string]int64](counts M, part string) string {
 	var total int64
 	parts := make([]string, 0, len(counts))
-	for _, answer := range slices.Sorted(maps.Keys(counts)) {
-		total += counts[answer]
-		parts = append(parts, fmt.Sprintf("%s: %d", answer, counts[answer]))
+	for _, k := range slices.Sorted(maps.Keys(counts)) {
+		total += counts[k]
+		parts = append(parts, fmt.Sprintf(part, k, counts[k]))
 	}
 	return fmt.Sprintf("%d (%s)", total, strings.Join(parts, ", "))
 }
