@@ -110,7 +110,7 @@ func TestNewTransition(t *testing.T) {
 			if has {
 				current = *tc.current
 			}
-			NewWithT(t).Expect(newTransition(current, has, tc.snap)).To(Equal(tc.want))
+			NewWithT(t).Expect(newTransition(current, has, replicaEntry("pod-a", tc.snap), tc.snap)).To(Equal(tc.want))
 		})
 	}
 }

@@ -150,7 +150,7 @@ func (w *replicaEntryWriter) write(ctx context.Context, key breaker.Key, cb *cbv
 			return nil // written; the cache has not seen it yet
 		}
 	}
-	if !newTransition(current, has, snap) {
+	if !newTransition(current, has, entry, snap) {
 		// Counts, or a state restored at start: the API server's capacity
 		// goes to transitions first (a starting replica may owe hundreds
 		// of such entries; the other replicas follow through these writes).
@@ -177,15 +177,15 @@ func (w *replicaEntryWriter) write(ctx context.Context, key breaker.Key, cb *cbv
 // following (e2e: 6 s). Transitions are never held back.
 const maxBackgroundEntryWrites = 4
 
-// newTransition reports whether the entry to write carries a transition
-// this replica made or followed since it started, which the entry in the
-// status (current, when has) does not show yet.
-func newTransition(current cbv1.ReplicaStatus, has bool, snap breaker.Snapshot) bool {
+// newTransition reports whether entry, this replica's view in snap, carries
+// a transition this replica made or followed since it started, which the
+// entry in the status (current, when has) does not show yet.
+func newTransition(current cbv1.ReplicaStatus, has bool, entry cbv1.ReplicaStatus, snap breaker.Snapshot) bool {
 	n := len(snap.History)
 	if n == 0 || snap.History[n-1].Seq == 0 {
 		return false // no transition since start: the history is the status's
 	}
-	return !has || current.LastTransitionTime == nil || !current.LastTransitionTime.Time.Equal(snap.LastTransitionTime.Truncate(time.Microsecond))
+	return !has || !equality.Semantic.DeepEqual(current.LastTransitionTime, entry.LastTransitionTime)
 }
 
 // apply writes as replica name's field manager: its own entry, or none
