@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/url"
@@ -117,6 +118,19 @@ func (c *call) moved(n int) {
 // gotConn and wroteHeaders are the trace's GotConn and WroteHeaders.
 func (c *call) gotConn(info httptrace.GotConnInfo) {
 	c.connected.Store(true)
+	if mc, ok := info.Conn.(*markedConn); ok {
+		// The lean client's connection: its address and hop mark are
+		// the same for every call it carries, made once.
+		if mc.hop == nil {
+			local := mc.LocalAddr().String()
+			mc.local, mc.hop = &local, []string{c.marks.mark(hopLabel, local)}
+		}
+		c.localAddr.Store(mc.local)
+		if c.outHeader != nil {
+			c.outHeader[hopHeader] = mc.hop
+		}
+		return
+	}
 	local := info.Conn.LocalAddr().String()
 	c.localAddr.Store(&local)
 	// The transport writes the headers after GotConn, on this goroutine's
@@ -125,6 +139,17 @@ func (c *call) gotConn(info httptrace.GotConnInfo) {
 		c.outHeader[hopHeader] = []string{c.marks.mark(hopLabel, local)}
 	}
 }
+
+// markedConn is a lean client's connection as its calls' trace sees it
+// (GotConn), with what gotConn made of it: its local address and the hop
+// mark for it (one proxy's marks: every pool belongs to one Proxy). Only
+// the call holding the connection touches them.
+type markedConn struct {
+	net.Conn
+	local *string
+	hop   []string
+}
+
 func (c *call) wroteHeaders() { c.sentHeaders.Store(true) }
 
 // wroteRequest is the trace's WroteRequest: the request, body included,

@@ -62,10 +62,25 @@ func newEndpoint(e Endpoint) *endpoint {
 
 func (e *endpoint) ejected(now int64) bool { return e.ejectedUntil.Load() > now }
 
-// connPool is one transport, made on its first call: an endpoint's, or a
-// URL upstream route's own.
+// connPool is one address's or route's connections, made on the first
+// call: an endpoint's, or a URL upstream route's own. HTTP/1.1 upstreams
+// get the lean client (http1.go), h2c and https ones Go's transport.
 type connPool struct {
 	transport atomic.Pointer[http.Transport]
+	http1     atomic.Pointer[http1Pool]
+}
+
+// getHTTP1 returns the pool's HTTP/1.1 client, making it with make on
+// first use.
+func (p *connPool) getHTTP1(make func() *http1Pool) *http1Pool {
+	if c := p.http1.Load(); c != nil {
+		return c
+	}
+	c := make()
+	if p.http1.CompareAndSwap(nil, c) {
+		return c
+	}
+	return p.http1.Load()
 }
 
 // get returns the pool's transport, making it with make on first use.
@@ -84,6 +99,9 @@ func (p *connPool) get(make func() *http.Transport) *http.Transport {
 func (p *connPool) closeIdle() {
 	if t := p.transport.Load(); t != nil {
 		t.CloseIdleConnections()
+	}
+	if c := p.http1.Load(); c != nil {
+		c.CloseIdleConnections()
 	}
 }
 

@@ -149,12 +149,7 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 // flushed as it comes, headers first.
 func (p *Proxy) copyBody(w http.ResponseWriter, wd *writeDeadline, res *http.Response) error {
 	rc := wd.rc
-	flush := res.ContentLength == -1
-	if !flush {
-		if base, _, _ := mime.ParseMediaType(res.Header.Get("Content-Type")); base == "text/event-stream" {
-			flush = true
-		}
-	}
+	flush := res.ContentLength == -1 || isEventStream(res.Header["Content-Type"])
 	if flush {
 		_ = rc.Flush()
 	}
@@ -182,6 +177,17 @@ func (p *Proxy) copyBody(w http.ResponseWriter, wd *writeDeadline, res *http.Res
 			return rerr
 		}
 	}
+}
+
+// isEventStream reports whether a Content-Type is text/event-stream
+// (server-sent events), parsing it only when it starts so.
+func isEventStream(contentType []string) bool {
+	const sse = "text/event-stream"
+	if len(contentType) == 0 || len(contentType[0]) < len(sse) || !strings.EqualFold(contentType[0][:len(sse)], sse) {
+		return false
+	}
+	base, _, _ := mime.ParseMediaType(contentType[0])
+	return base == sse
 }
 
 // writeDeadline keeps a deadline on the writes to the caller, about one

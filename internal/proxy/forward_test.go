@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"bufio"
+	"compress/gzip"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -27,6 +29,8 @@ type seen struct {
 	trailer        http.Header
 	informational  []int
 	informedHeader http.Header
+	// readErr is why the caller's read of the body failed (cut short).
+	readErr string
 }
 
 // recordingUpstream answers by path and keeps the last request it saw.
@@ -63,6 +67,32 @@ func newRecordingUpstream(t *testing.T) *recordingUpstream {
 			w.WriteHeader(http.StatusEarlyHints)
 			w.Header().Del("Link")
 			_, _ = io.WriteString(w, "final")
+		case "/gzip":
+			// Compressed for a client that asked for it (as Go's
+			// transport does when its caller did not).
+			if !strings.Contains(r.Header.Get("Accept-Encoding"), "gzip") {
+				_, _ = io.WriteString(w, "plain")
+				return
+			}
+			w.Header().Set("Content-Encoding", "gzip")
+			zw := gzip.NewWriter(w)
+			_, _ = io.WriteString(zw, "unzipped by the client")
+			_ = zw.Close()
+		case "/short", "/close-after":
+			// Raw answers: a length the body does not reach, or a
+			// keep-alive answer after which the upstream closes its
+			// connection anyway (the next call finds it closed).
+			conn, buf, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				return
+			}
+			if r.URL.Path == "/short" {
+				_, _ = buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nfour")
+			} else {
+				_, _ = buf.WriteString("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+			}
+			_ = buf.Flush()
+			_ = conn.Close()
 		case "/stream":
 			_, _ = io.WriteString(w, "first\n")
 			w.(http.Flusher).Flush()
@@ -111,6 +141,12 @@ func TestForwardsAsReverseProxyDoes(t *testing.T) {
 		header       http.Header
 		body         string
 		noUserAgent  bool
+		// chunked sends the body without a length; cutShort expects the
+		// answer's body to break; twice sends the call a second time
+		// (what is compared is the second).
+		chunked, cutShort, twice bool
+		// plainCaller sends no Accept-Encoding (Go's client asks for gzip).
+		plainCaller  bool
 		wantUpstream func(g Gomega, s seen)
 		wantCaller   func(g Gomega, s seen)
 	}{
@@ -176,13 +212,61 @@ func TestForwardsAsReverseProxyDoes(t *testing.T) {
 				g.Expect(s.body).To(Equal("final"))
 			},
 		},
+		{
+			name: "a chunked request body", method: http.MethodPost, path: "/echo", body: "sent without a length", chunked: true,
+			wantUpstream: func(g Gomega, s seen) {
+				g.Expect(s.body).To(Equal("sent without a length"))
+			},
+		},
+		{
+			name: "an answer shorter than its Content-Length", method: http.MethodGet, path: "/short", cutShort: true,
+			wantCaller: func(g Gomega, s seen) {
+				g.Expect(s.readErr).To(Or(Equal("EOF"), ContainSubstring("unexpected EOF")), "the answer is cut, not passed on as whole")
+			},
+		},
+		{
+			name: "a connection the upstream closes between calls", method: http.MethodGet, path: "/close-after", twice: true,
+			wantCaller: func(g Gomega, s seen) {
+				g.Expect(s.status).To(Equal(http.StatusOK))
+				g.Expect(s.body).To(Equal("ok"))
+			},
+		},
+		{
+			name: "the same, for a call that may not be replayed", method: http.MethodPost, path: "/close-after", twice: true,
+			wantCaller: func(g Gomega, s seen) {
+				g.Expect(s.status).To(Equal(http.StatusOK))
+				g.Expect(s.body).To(Equal("ok"))
+			},
+		},
+		{
+			name: "an answer to HEAD, without a body", method: http.MethodHead, path: "/echo",
+			wantCaller: func(g Gomega, s seen) {
+				g.Expect(s.header.Get("Content-Length")).To(Equal("2"))
+				g.Expect(s.body).To(BeEmpty())
+			},
+		},
+		{
+			name: "a compressed answer to a caller that did not ask for one", method: http.MethodGet, path: "/gzip",
+			plainCaller: true,
+			wantUpstream: func(g Gomega, s seen) {
+				g.Expect(s.header.Get("Accept-Encoding")).To(Equal("gzip"))
+			},
+			wantCaller: func(g Gomega, s seen) {
+				g.Expect(s.body).To(Equal("unzipped by the client"))
+				g.Expect(s.header).NotTo(HaveKey("Content-Encoding"))
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			g := NewWithT(t)
 			var upstreamSaw, callerGot [2]seen
+			opts := sendOptions{noUserAgent: tt.noUserAgent, chunked: tt.chunked, cutShort: tt.cutShort, plain: tt.plainCaller}
 			for i, front := range []string{f.proxy.URL, bare.URL} {
-				callerGot[i] = send(g, tt.method, front+"/shop/x"+tt.path, tt.header, tt.body, tt.noUserAgent)
+				if tt.twice {
+					send(g, tt.method, front+"/shop/x"+tt.path, tt.header, tt.body, opts)
+				}
+				callerGot[i] = send(g, tt.method, front+"/shop/x"+tt.path, tt.header, tt.body, opts)
 				upstreamSaw[i] = up.seen()
 			}
 			ours, theirs := upstreamSaw[0], upstreamSaw[1]
@@ -208,8 +292,13 @@ func TestForwardsAsReverseProxyDoes(t *testing.T) {
 	}
 }
 
+// sendOptions: noUserAgent sends none; chunked sends the body without a
+// length; cutShort expects the body's read to fail; plain asks for no
+// compression.
+type sendOptions struct{ noUserAgent, chunked, cutShort, plain bool }
+
 // send sends one request and reads everything the caller gets back.
-func send(g Gomega, method, rawURL string, header http.Header, body string, noUserAgent bool) seen {
+func send(g Gomega, method, rawURL string, header http.Header, body string, opts sendOptions) seen {
 	var got seen
 	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
 		Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
@@ -221,20 +310,39 @@ func send(g Gomega, method, rawURL string, header http.Header, body string, noUs
 	var reader io.Reader
 	if body != "" {
 		reader = strings.NewReader(body)
+		if opts.chunked {
+			reader = struct{ io.Reader }{reader} // no length to see
+		}
 	}
 	req, err := http.NewRequestWithContext(ctx, method, rawURL, reader)
 	g.Expect(err).NotTo(HaveOccurred())
 	for k, vv := range header {
 		req.Header[k] = vv
 	}
-	if noUserAgent {
+	if opts.noUserAgent {
 		req.Header["User-Agent"] = []string{""} // Go's client then sends none
 	}
-	resp, err := http.DefaultClient.Do(req)
+	client := http.DefaultClient
+	if opts.plain {
+		client = &http.Client{Transport: &http.Transport{DisableCompression: true}}
+	}
+	resp, err := client.Do(req)
+	if opts.cutShort && err != nil {
+		// Cut before the headers reached the caller.
+		var urlErr *url.Error
+		g.Expect(errors.As(err, &urlErr)).To(BeTrue())
+		got.readErr = urlErr.Err.Error()
+		return got
+	}
 	g.Expect(err).NotTo(HaveOccurred())
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	g.Expect(err).NotTo(HaveOccurred())
+	if opts.cutShort {
+		g.Expect(err).To(HaveOccurred())
+		got.readErr = err.Error()
+	} else {
+		g.Expect(err).NotTo(HaveOccurred())
+	}
 	got.status, got.header, got.body, got.trailer = resp.StatusCode, resp.Header, string(b), resp.Trailer
 	return got
 }

@@ -62,7 +62,7 @@ type UpstreamTLS struct {
 // the same protocol and the same trust. A route reconfigured otherwise
 // gets new connection pools.
 func sameTransport(a, b *RouteConfig) bool {
-	if a.H2C != b.H2C || (a.TLS == nil) != (b.TLS == nil) {
+	if a.H2C != b.H2C || (a.TLS == nil) != (b.TLS == nil) || a.http1() != b.http1() {
 		return false
 	}
 	if a.TLS == nil {
@@ -72,10 +72,16 @@ func sameTransport(a, b *RouteConfig) bool {
 		(a.TLS.RootCAs == b.TLS.RootCAs || a.TLS.RootCAs != nil && a.TLS.RootCAs.Equal(b.TLS.RootCAs))
 }
 
-// ownTransport reports whether a URL upstream's route needs connections of
-// its own, not the shared transport's (which speaks HTTP/1.1 or ALPN and
-// trusts the system's roots).
-func (c *RouteConfig) ownTransport() bool { return c.H2C || c.TLS != nil }
+// ownTransport reports whether a URL upstream's route has connections of
+// its own, not the shared transport's (which speaks HTTP/1.1 or ALPN to
+// https upstreams and trusts the system's roots).
+func (c *RouteConfig) ownTransport() bool { return c.H2C || c.TLS != nil || c.http1() }
+
+// http1 reports whether the route's upstream speaks HTTP/1.1 without TLS,
+// through the lean client (http1.go).
+func (c *RouteConfig) http1() bool {
+	return !c.H2C && c.Target != nil && c.Target.Scheme == "http"
+}
 
 // Fallback is the response served while the circuit rejects calls.
 type Fallback struct {

@@ -56,10 +56,19 @@ func (t *splitTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	c := callOf(req)
 	rt := t.open
 	switch cfg := &c.route.RouteConfig; {
+	case c.endpoint != nil && cfg.http1():
+		rt = c.endpoint.getHTTP1(func() *http1Pool { return newHTTP1Pool(t.guard, MaxIdleConnsPerEndpoint) })
 	case c.endpoint != nil:
 		rt = c.endpoint.get(func() *http.Transport { return t.newPool(t.guard, cfg, MaxIdleConnsPerEndpoint) })
 	case cfg.Host != "":
 		return nil, &upstreamError{errNoEndpoint}
+	case c.route.pool != nil && cfg.http1():
+		rt = c.route.pool.getHTTP1(func() *http1Pool {
+			if cfg.GuardDial {
+				return newHTTP1Pool(t.guard, MaxIdleConnsPerHost)
+			}
+			return newHTTP1Pool(nil, MaxIdleConnsPerHost)
+		})
 	case c.route.pool != nil:
 		rt = c.route.pool.get(func() *http.Transport { return t.newPool(nil, cfg, MaxIdleConnsPerHost) })
 	case cfg.GuardDial:
