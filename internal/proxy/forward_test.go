@@ -40,10 +40,13 @@ type recordingUpstream struct {
 	last seen
 	// release lets /stream send its second line.
 	release chan struct{}
+	// hungUp has the caller's address each time /close-after closed its
+	// connection.
+	hungUp chan string
 }
 
 func newRecordingUpstream(t *testing.T) *recordingUpstream {
-	u := &recordingUpstream{release: make(chan struct{}, 1)}
+	u := &recordingUpstream{release: make(chan struct{}, 1), hungUp: make(chan string, 16)}
 	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		u.mu.Lock()
@@ -75,6 +78,9 @@ func newRecordingUpstream(t *testing.T) *recordingUpstream {
 				return
 			}
 			w.Header().Set("Content-Encoding", "gzip")
+			// Typed: the answer has no length once decompressed, and a
+			// front that flushes its headers first sniffs no type.
+			w.Header().Set("Content-Type", "text/plain")
 			zw := gzip.NewWriter(w)
 			_, _ = io.WriteString(zw, "unzipped by the client")
 			_ = zw.Close()
@@ -93,6 +99,9 @@ func newRecordingUpstream(t *testing.T) *recordingUpstream {
 			}
 			_ = buf.Flush()
 			_ = conn.Close()
+			if r.URL.Path == "/close-after" {
+				u.hungUp <- r.RemoteAddr
+			}
 		case "/stream":
 			_, _ = io.WriteString(w, "first\n")
 			w.(http.Flusher).Flush()
@@ -122,13 +131,14 @@ func (u *recordingUpstream) seen() seen {
 func TestForwardsAsReverseProxyDoes(t *testing.T) {
 	up := newRecordingUpstream(t)
 	target, _ := url.Parse(up.URL)
+	bareTransport := NewTransport()
 	bare := httptest.NewServer(&httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(target)
 			pr.Out.URL.Path, pr.Out.URL.RawPath = strings.TrimPrefix(pr.In.URL.Path, "/shop/x"), ""
 			pr.SetXForwarded()
 		},
-		Transport:  NewTransport(),
+		Transport:  bareTransport,
 		BufferPool: NewBufferPool(),
 	})
 	t.Cleanup(bare.Close)
@@ -262,10 +272,24 @@ func TestForwardsAsReverseProxyDoes(t *testing.T) {
 			g := NewWithT(t)
 			var upstreamSaw, callerGot [2]seen
 			opts := sendOptions{noUserAgent: tt.noUserAgent, chunked: tt.chunked, cutShort: tt.cutShort, plain: tt.plainCaller}
+			if tt.twice {
+				// Our second call finds its pooled connection dead (its
+				// end reached the proxy), not merely about to die: the
+				// proxy must not send on it. It is compared with one
+				// call through ReverseProxy on a fresh connection (the
+				// transport's read loop learns of a close in its own
+				// time, which no test can wait for).
+				send(g, tt.method, f.proxy.URL+"/shop/x"+tt.path, tt.header, tt.body, opts)
+				closed := <-up.hungUp
+				g.Eventually(func() bool { return f.idleConnDead(closed) }).Should(BeTrue())
+				bareTransport.CloseIdleConnections()
+				defer func() {
+					<-up.hungUp // our second call's
+					<-up.hungUp // ReverseProxy's
+					bareTransport.CloseIdleConnections()
+				}()
+			}
 			for i, front := range []string{f.proxy.URL, bare.URL} {
-				if tt.twice {
-					send(g, tt.method, front+"/shop/x"+tt.path, tt.header, tt.body, opts)
-				}
 				callerGot[i] = send(g, tt.method, front+"/shop/x"+tt.path, tt.header, tt.body, opts)
 				upstreamSaw[i] = up.seen()
 			}
@@ -290,6 +314,21 @@ func TestForwardsAsReverseProxyDoes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// idleConnDead reports whether the idle connection of route shop/x whose
+// local address is addr (if any is idle) has seen its upstream's close.
+func (f *fixture) idleConnDead(addr string) bool {
+	rt, _ := f.table.get(breaker.NewKey("shop", "x"))
+	pool := rt.pool.http1.Load()
+	pool.mu.Lock()
+	defer pool.mu.Unlock()
+	for _, pc := range pool.idle {
+		if pc.conn.LocalAddr().String() == addr {
+			return pc.peerClosed()
+		}
+	}
+	return true
 }
 
 // sendOptions: noUserAgent sends none; chunked sends the body without a

@@ -223,13 +223,14 @@ func (pc *http1Conn) roundTrip(ctx context.Context, req *http.Request, trace *ht
 			pc.continued = make(chan bool, 1)
 			req.Body = &continueBody{ReadCloser: req.Body, continued: pc.continued}
 		}
-		pc.wrote = make(chan error, 1)
+		wrote := make(chan error, 1)
+		pc.wrote = wrote
 		go func() {
 			err := pc.write(req)
 			if err != nil {
 				_ = pc.conn.Close() // the answer is not read any further either
 			}
-			pc.wrote <- err
+			wrote <- err
 		}()
 	}
 
