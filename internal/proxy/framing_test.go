@@ -190,6 +190,7 @@ type answer struct {
 	body          []byte
 	// bodyErr: the body was cut short, the connection aborted.
 	bodyErr error
+	trailer http.Header
 	close   bool
 }
 
@@ -220,7 +221,7 @@ func (c *callerConn) read(method string) (answer, error) {
 	}
 	body, err := io.ReadAll(resp.Body)
 	return answer{status: resp.StatusCode, raw: c.w.since(start), header: resp.Header, contentLength: resp.ContentLength,
-		chunked: len(resp.TransferEncoding) > 0, body: body, bodyErr: err, close: resp.Close}, nil
+		chunked: len(resp.TransferEncoding) > 0, body: body, bodyErr: err, trailer: resp.Trailer, close: resp.Close}, nil
 }
 
 // exchange writes raw on a new connection to addr and reads every answer
