@@ -176,7 +176,7 @@ func TestUpstreamFramingAsReverseProxy(t *testing.T) {
 			for i, name := range []string{"ReverseProxy", "the proxy"} {
 				t.Run(name, func(t *testing.T) {
 					g := NewWithT(t)
-					up := newRawUpstream(t, func(n int) rawAnswer {
+					up := newRawUpstream(t, func(n int, _ string) rawAnswer {
 						if n == 0 {
 							return tt.answer
 						}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"log"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -85,11 +86,11 @@ const (
 )
 
 // rawUpstream is an upstream on a loopback TCP port that reads each
-// request with net/http's parser and writes answer(n) for the n-th request
-// it read (from 0, over all its connections).
+// request with net/http's parser and writes answer(n, uri) for the n-th
+// request it read (from 0, over all its connections), to uri.
 type rawUpstream struct {
 	listener net.Listener
-	answer   func(n int) rawAnswer
+	answer   func(n int, uri string) rawAnswer
 	// pending counts requests whose head is read and whose body is not yet.
 	pending   atomic.Int32
 	laterSent atomic.Int32
@@ -100,7 +101,7 @@ type rawUpstream struct {
 	malformed [][]byte
 }
 
-func newRawUpstream(t *testing.T, answer func(n int) rawAnswer) *rawUpstream {
+func newRawUpstream(t testing.TB, answer func(n int, uri string) rawAnswer) *rawUpstream {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	NewWithT(t).Expect(err).NotTo(HaveOccurred())
 	u := &rawUpstream{listener: l, answer: answer}
@@ -158,7 +159,7 @@ func (u *rawUpstream) serve(conn net.Conn, id int) {
 		if req.bodyErr != nil {
 			return
 		}
-		a := u.answer(n)
+		a := u.answer(n, req.uri)
 		if _, err := io.WriteString(conn, a.raw); err != nil || a.close {
 			return
 		}
@@ -168,6 +169,13 @@ func (u *rawUpstream) serve(conn net.Conn, id int) {
 			u.laterSent.Add(1)
 		}
 	}
+}
+
+// forget forgets the requests read so far (each fuzzed call's).
+func (u *rawUpstream) forget() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.requests, u.malformed = nil, nil
 }
 
 // seen returns the requests the upstream read, once none is half read,
@@ -194,8 +202,12 @@ type answer struct {
 	close   bool
 }
 
-// callerConn is a caller's raw connection.
-type callerConn struct{ w *wire }
+// callerConn is a caller's raw connection; a read waits for at most wait
+// (5s when 0).
+type callerConn struct {
+	w    *wire
+	wait time.Duration
+}
 
 func dialCaller(g Gomega, addr string) *callerConn {
 	conn, err := net.Dial("tcp", addr)
@@ -213,7 +225,11 @@ func (c *callerConn) send(g Gomega, raw string) {
 // read reads the next answer to a request of method; an error is the
 // connection's end (closed, reset) or a read that timed out.
 func (c *callerConn) read(method string) (answer, error) {
-	_ = c.w.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	wait := c.wait
+	if wait == 0 {
+		wait = 5 * time.Second
+	}
+	_ = c.w.conn.SetReadDeadline(time.Now().Add(wait))
 	start := c.w.at()
 	resp, err := http.ReadResponse(c.w.br, &http.Request{Method: method})
 	if err != nil {
@@ -250,10 +266,11 @@ func isTimeout(err error) bool {
 }
 
 // serveWith serves h on a loopback TCP port with the data plane's limits
-// (NewServer), as realServer serves the proxy.
-func serveWith(t *testing.T, h http.Handler) string {
+// (NewServer), as realServer serves the proxy, logging nothing.
+func serveWith(t testing.TB, h http.Handler) string {
 	srv := httptest.NewUnstartedServer(h)
 	srv.Config = NewServer("", h)
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0)
 	srv.Start()
 	t.Cleanup(srv.Close)
 	return srv.Listener.Addr().String()
@@ -472,7 +489,7 @@ func TestCallerFramingAsNetHTTP(t *testing.T) {
 			want := exchange(g, refAddr, tt.raw)
 			wantRequests := refRead()
 
-			up := newRawUpstream(t, func(int) rawAnswer { return rawAnswer{raw: okAnswer} })
+			up := newRawUpstream(t, func(int, string) rawAnswer { return rawAnswer{raw: okAnswer} })
 			f := newFixture(t)
 			b := f.add(t, "a", up.url(), breaker.Settings{FailureThreshold: 1})
 			got := exchange(g, realServer(t, f), tt.raw)
