@@ -30,6 +30,8 @@ const smuggled = "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"
 // another answer. headersFirst: the proxy passes a stream's headers on
 // before its first byte, where ReverseProxy may wait for that byte: when
 // the body breaks before it, ReverseProxy's caller may get no answer at all.
+// bareBreaks: ReverseProxy's handler panics on the answer (net/http's
+// WriteHeader takes no status below 100), and its caller gets no answer.
 var upstreamFraming = []struct {
 	name         string
 	method       string
@@ -41,6 +43,7 @@ var upstreamFraming = []struct {
 	failure      bool
 	leftover     bool
 	headersFirst bool
+	bareBreaks   bool
 }{
 	{name: "a valid answer", status: 200, body: "hello",
 		answer: rawAnswer{raw: "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"}},
@@ -111,6 +114,10 @@ var upstreamFraming = []struct {
 		answer: rawAnswer{raw: "HTTP/1.1 2000 OK\r\nContent-Length: 5\r\n\r\nhello", close: true}},
 	{name: "a status line with a bad version", status: 502, failure: true,
 		answer: rawAnswer{raw: "HTTP/1.1x 200 OK\r\nContent-Length: 5\r\n\r\nhello", close: true}},
+	{name: "a status code below 100", status: 502, failure: true, bareBreaks: true,
+		answer: rawAnswer{raw: "HTTP/1.1 000 Zero\r\nContent-Length: 5\r\n\r\nhello"}},
+	{name: "a status code below 100 to HEAD", method: http.MethodHead, status: 502, failure: true, bareBreaks: true,
+		answer: rawAnswer{raw: "HTTP/1.1 099 Low\r\n\r\n", close: true}},
 	{name: "no status line at all", status: 502, failure: true,
 		answer: rawAnswer{raw: "hello\r\n\r\n", close: true}},
 	{name: "the connection closed without an answer", status: 502, failure: true,
@@ -247,7 +254,10 @@ func TestUpstreamFramingAsReverseProxy(t *testing.T) {
 			g := NewWithT(t)
 			bare, ours := calls[0], calls[1]
 			g.Expect(ours.interim).To(Equal(bare.interim), "the informational answers")
-			if tt.headersFirst {
+			switch {
+			case tt.bareBreaks:
+				g.Expect(bare.closed).To(BeTrue(), "ReverseProxy's caller gets no answer")
+			case tt.headersFirst:
 				// ReverseProxy's first flush is on a timer of its own, which
 				// races the body's first read.
 				if !bare.closed {
@@ -255,7 +265,7 @@ func TestUpstreamFramingAsReverseProxy(t *testing.T) {
 					g.Expect(bare.final.bodyErr).To(HaveOccurred(), "cut short as the proxy's")
 				}
 				g.Expect(ours.final.chunked).To(BeTrue(), "a stream")
-			} else {
+			default:
 				g.Expect(ours.closed).To(Equal(bare.closed), "no answer, as through ReverseProxy")
 				g.Expect(ours.final.status).To(Equal(bare.final.status))
 				g.Expect(ours.final.bodyErr != nil).To(Equal(bare.final.bodyErr != nil), "cut short as through ReverseProxy")
@@ -284,6 +294,33 @@ func TestUpstreamFramingAsReverseProxy(t *testing.T) {
 				g.Expect(string(ours.final.body)).To(Equal(tt.body))
 			}
 			g.Expect(ours.final.bodyErr != nil).To(Equal(tt.cut), "cut short")
+		})
+	}
+}
+
+// An upstream's status below 100 (net/http's client takes any three
+// digits) is a broken answer on either path, a call's and an upgrade's:
+// the caller gets 502 and the upstream a failure, and the proxy does not
+// panic writing it (found by FuzzUpstreamAnswer).
+func TestStatusBelow100IsABrokenAnswer(t *testing.T) {
+	for _, tt := range []struct{ name, request string }{
+		{"a call", "GET /shop/a/x HTTP/1.1\r\nHost: p\r\n\r\n"},
+		{"an upgrade", "GET /shop/a/ws HTTP/1.1\r\nHost: p\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			up := newRawUpstream(t, func(int, string) rawAnswer {
+				return rawAnswer{raw: "HTTP/1.1 000 Zero\r\nContent-Length: 0\r\n\r\n", close: true}
+			})
+			f := newFixture(t)
+			b := f.add(t, "a", up.url(), breaker.Settings{FailureThreshold: 1})
+			c := dialCaller(g, realServer(t, f))
+			defer c.close()
+			c.send(g, tt.request)
+			a, err := c.read(http.MethodGet)
+			g.Expect(err).NotTo(HaveOccurred(), "an answer")
+			g.Expect(a.status).To(Equal(http.StatusBadGateway))
+			g.Expect(b.Snapshot().State).To(Equal(breaker.StateOpen), "the upstream's failure")
 		})
 	}
 }
