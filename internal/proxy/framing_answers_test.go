@@ -228,7 +228,15 @@ func TestUpstreamFramingAsReverseProxy(t *testing.T) {
 					}
 					if tt.answer.later != "" {
 						g.Eventually(up.laterSent.Load).Should(Equal(int32(1)))
-						time.Sleep(20 * time.Millisecond) // for whoever reads the idle connection
+					}
+					if tt.leftover {
+						// net/http's Transport drops a connection with bytes
+						// left over once its read loop gets to them, which a
+						// call that comes at once may beat, and read them as
+						// its answer (FuzzUpstreamAnswer finds it). The pause
+						// is for that loop: a client without one must find
+						// the bytes itself, however long they waited.
+						time.Sleep(20 * time.Millisecond)
 					}
 
 					// A second call, on the same connection when it is still open.
