@@ -206,7 +206,7 @@ func FuzzUpstreamAnswer(f *testing.F) {
 	codes, _ := ParseStatusCodes([]string{"5xx"})
 	// The fuzzed calls' request and stream idle timeouts: short, for an
 	// answer that never ends costs an iteration that long.
-	const timeout = 50 * time.Millisecond
+	const timeout = 10 * time.Millisecond
 	route := RouteConfig{Target: target, Timeout: timeout, StreamIdleTimeout: timeout, MaxConcurrent: 8, FailureCodes: codes}
 	fresh := route
 	fresh.Timeout, fresh.StreamIdleTimeout = 5*time.Second, 5*time.Second
