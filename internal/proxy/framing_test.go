@@ -97,6 +97,8 @@ type rawUpstream struct {
 	mu        sync.Mutex
 	requests  []wireRequest
 	conns     []net.Conn
+	// hungUp says, per connection, that its other end (the proxy) closed it.
+	hungUp []bool
 	// malformed is what it got that net/http does not parse as a request.
 	malformed [][]byte
 }
@@ -114,6 +116,7 @@ func newRawUpstream(t testing.TB, answer func(n int, uri string) rawAnswer) *raw
 			u.mu.Lock()
 			id := len(u.conns)
 			u.conns = append(u.conns, conn)
+			u.hungUp = append(u.hungUp, false)
 			u.mu.Unlock()
 			go u.serve(conn, id)
 		}
@@ -136,6 +139,11 @@ func (u *rawUpstream) close() {
 func (u *rawUpstream) serve(conn net.Conn, id int) {
 	defer conn.Close()
 	w := newWire(conn)
+	defer func() {
+		u.mu.Lock()
+		u.hungUp[id] = true // or its read deadline passed
+		u.mu.Unlock()
+	}()
 	for {
 		_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 		start := w.at()
@@ -160,13 +168,40 @@ func (u *rawUpstream) serve(conn net.Conn, id int) {
 			return
 		}
 		a := u.answer(n, req.uri)
-		if _, err := io.WriteString(conn, a.raw); err != nil || a.close {
+		if _, err := io.WriteString(conn, a.raw); err != nil {
+			return
+		}
+		if a.close {
+			// Hung up, as a server that closes does (half: so that it
+			// sees when the proxy hangs up too).
+			if tc, ok := conn.(*net.TCPConn); ok {
+				_ = tc.CloseWrite()
+			}
+			_, _ = io.Copy(io.Discard, w.br)
 			return
 		}
 		if a.later != "" {
 			time.Sleep(20 * time.Millisecond)
 			_, _ = io.WriteString(conn, a.later)
 			u.laterSent.Add(1)
+		}
+	}
+}
+
+// awaitHangUp waits at most d for the proxy to close the connection that
+// the request to uri came on (false: it did not).
+func (u *rawUpstream) awaitHangUp(uri string, d time.Duration) bool {
+	for end := time.Now().Add(d); ; time.Sleep(100 * time.Microsecond) {
+		u.mu.Lock()
+		hungUp := false
+		for _, r := range u.requests {
+			if r.uri == uri {
+				hungUp = u.hungUp[r.conn]
+			}
+		}
+		u.mu.Unlock()
+		if hungUp || time.Now().After(end) {
+			return hungUp
 		}
 	}
 }
