@@ -82,6 +82,11 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 		c.fail(w, &upstreamError{errUnaskedUpgrade})
 		return
 	}
+	if res.StatusCode < 100 {
+		_ = res.Body.Close()
+		c.fail(w, &upstreamError{errInvalidStatus})
+		return
+	}
 	removeHopByHop(res.Header)
 	c.answer(res)
 
@@ -224,6 +229,11 @@ func (e *callerWriteError) Unwrap() error { return e.err }
 const maxInformational = 8
 
 var errTooManyInformational = errors.New("more than 8 informational (1xx) answers")
+
+// errInvalidStatus is an answer with a status below 100: net/http's client
+// takes any three digits, but no such status exists, and WriteHeader
+// panics on one. The upstream broke HTTP, a failure of its own.
+var errInvalidStatus = errors.New("the upstream answered with a status below 100")
 
 // got1xx passes an informational answer (e.g. 103 Early Hints) on to the
 // caller while the final one is awaited.

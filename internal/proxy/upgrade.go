@@ -30,8 +30,13 @@ func (p *Proxy) newUpgrades() *httputil.ReverseProxy {
 	}
 }
 
-// answerUpgrade is ReverseProxy's ModifyResponse: the call's answer.
+// answerUpgrade is ReverseProxy's ModifyResponse: the call's answer, but
+// for a status below 100, which ReverseProxy would panic writing (it hands
+// the error to failUpgrade instead).
 func answerUpgrade(resp *http.Response) error {
+	if resp.StatusCode < 100 {
+		return &upstreamError{errInvalidStatus}
+	}
 	callOf(resp.Request).answer(resp)
 	return nil
 }
