@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"bufio"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -110,4 +112,65 @@ func TestHTTP1PoolFollowsAChangedAddress(t *testing.T) {
 	getThrough(g, pool, second.URL)
 	g.Eventually(first.closed.Load).Should(BeEquivalentTo(1))
 	g.Expect(second.opened.Load()).To(BeEquivalentTo(1))
+}
+
+// writeHead writes what Request.Write writes for a request without a body,
+// line for line but for the order of the header fields; what it leaves to
+// Request.Write it does not touch.
+func TestWriteHeadIsRequestWrite(t *testing.T) {
+	tests := []struct {
+		name, method, url string
+		header            http.Header
+		host              string
+		fallsBack         bool
+	}{
+		{name: "GET", method: http.MethodGet, url: "http://10.0.0.1:8080/a/b?c=d", header: http.Header{"User-Agent": {""}, "X-A": {"1", "2"}, "Accept": {"*/*"}}},
+		{name: "a default method", url: "http://u/", header: http.Header{"User-Agent": {"ua"}}},
+		{name: "no User-Agent: Go's default", method: http.MethodGet, url: "http://u/"},
+		{name: "a padded User-Agent and values", method: http.MethodGet, url: "http://u/", header: http.Header{"User-Agent": {" ua\t"}, "X-Pad": {"  v "}}},
+		{name: "an empty value and a key without values", method: http.MethodGet, url: "http://u/", header: http.Header{"X-Empty": {""}, "X-None": {}}},
+		{name: "POST without a body gets a length", method: http.MethodPost, url: "http://u/p", header: http.Header{"Content-Length": {"0"}}},
+		{name: "PUT", method: http.MethodPut, url: "http://u/p"},
+		{name: "PATCH", method: http.MethodPatch, url: "http://u/p"},
+		{name: "DELETE does not", method: http.MethodDelete, url: "http://u/p"},
+		{name: "HEAD", method: http.MethodHead, url: "http://u/p"},
+		{
+			name: "Host, Transfer-Encoding and Trailer headers are not written", method: http.MethodGet, url: "http://u/",
+			header: http.Header{"Host": {"x"}, "Transfer-Encoding": {"chunked"}, "Trailer": {"X"}},
+		},
+		{name: "a Host other than the URL's", method: http.MethodGet, url: "http://10.0.0.1/", host: "svc.ns"},
+		{name: "an IPv6 host", method: http.MethodGet, url: "http://[fdcb::1]:80/"},
+		{name: "an IPv6 zone is left to Request.Write", method: http.MethodGet, url: "http://[fe80::1%25eth0]:80/", fallsBack: true},
+		{name: "a non-ASCII host is left to Request.Write", method: http.MethodGet, url: "http://u/", host: "bücher.example", fallsBack: true},
+		{name: "an invalid host is left to Request.Write", method: http.MethodGet, url: "http://u/", host: "a b", fallsBack: true},
+		{name: "CONNECT is left to Request.Write", method: http.MethodConnect, url: "http://u:443", fallsBack: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			req, err := http.NewRequest(tt.method, tt.url, nil)
+			g.Expect(err).NotTo(HaveOccurred())
+			if tt.header != nil {
+				req.Header = tt.header
+			}
+			if tt.host != "" {
+				req.Host = tt.host
+			}
+			var ours, theirs strings.Builder
+			pc := &http1Conn{bw: bufio.NewWriter(&ours)}
+			wrote := pc.writeHead(req)
+			g.Expect(pc.bw.Flush()).To(Succeed())
+			if tt.fallsBack {
+				g.Expect(wrote).To(BeFalse())
+				g.Expect(ours.String()).To(BeEmpty())
+				return
+			}
+			g.Expect(wrote).To(BeTrue())
+			g.Expect(req.Write(&theirs)).To(Succeed())
+			oursLines, theirLines := strings.Split(ours.String(), "\r\n"), strings.Split(theirs.String(), "\r\n")
+			g.Expect(oursLines[:2]).To(Equal(theirLines[:2]), "the request line and Host first")
+			g.Expect(oursLines).To(ConsistOf(theirLines))
+			g.Expect(ours.String()).To(HaveSuffix("\r\n\r\n"))
+		})
+	}
 }

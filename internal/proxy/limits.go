@@ -29,7 +29,9 @@ const (
 	ExpectContinueTimeout = time.Second
 	// IdleConnTimeout closes pooled upstream connections idle for this long.
 	IdleConnTimeout = 90 * time.Second
-	// MaxIdleConns and MaxIdleConnsPerHost bound the upstream connection pool.
+	// MaxIdleConnsPerHost bounds each URL upstream's idle connections;
+	// MaxIdleConns those of the transport https URL upstreams without a CA
+	// of their own share, in all.
 	MaxIdleConns        = 1024
 	MaxIdleConnsPerHost = 256
 
