@@ -37,24 +37,33 @@ bench_breaker_sample "$UP"
 bench_manager 127.0.0.1:18294 127.0.0.1:18295 127.0.0.1:18296
 targets+=("manager http://127.0.0.1:18294/default/bench/")
 
-echo "round target count errors p50-ms p90-ms p99-ms max-ms" >"$work/results"
+# busy: the jiffies the machine's CPUs were busy (steal included) and all
+# of them, since boot. A run's busy% tells a quiet machine from one where
+# something else ran too (the benchmark itself is in it).
+busy() { awk '$1 == "cpu" { b = $2 + $3 + $4 + $7 + $8 + $9; print b, b + $5 + $6 }' /proc/stat; }
+
+echo "round target count errors p50-ms p90-ms p99-ms max-ms busy%" >"$work/results"
 n=${#targets[@]}
 for round in $(seq "$ROUNDS"); do
   for k in $(seq 0 $((n - 1))); do
     read -r name url <<<"${targets[$(((k + round - 1) % n))]}"
+    read -r busy0 all0 < <(busy)
     out=$(bin/bench-latency -rate "$RATE" -connections "$CONNECTIONS" -duration "$DURATION" \
       -warmup "$WARMUP" -timeout "$TIMEOUT" "$url")
     line=$(echo "$out" | awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
       print v["count"], v["errors"], v["p50"], v["p90"], v["p99"], v["max"] }')
-    read -r count errors p50 p90 p99 max <<<"$line"
+    read -r busy1 all1 < <(busy)
+    load=$(awk -v b=$((busy1 - busy0)) -v a=$((all1 - all0)) 'BEGIN { printf "%.0f", a ? 100 * b / a : 0 }')
+    read -r count errors p50 p90 p99 _ <<<"$line"
     [ "$errors" = 0 ] || echo "$BENCH: $name round $round: $errors errors" >&2
-    echo "$round $name $line" >>"$work/results"
-    echo "round $round/$ROUNDS $name: p50 $p50 p90 $p90 p99 $p99 ms ($count requests)" >&2
+    echo "$round $name $line $load" >>"$work/results"
+    echo "round $round/$ROUNDS $name: p50 $p50 p90 $p90 p99 $p99 ms ($count requests, CPUs $load% busy)" >&2
   done
 done
 
 echo
-echo "Every round (bench-latency -rate $RATE -connections $CONNECTIONS -duration $DURATION, after a $WARMUP warm-up; 64-byte answers):"
+echo "Every round (bench-latency -rate $RATE -connections $CONNECTIONS -duration $DURATION, after a $WARMUP warm-up; 64-byte answers;
+busy%: of all CPUs over the run, all processes and steal included):"
 column -t "$work/results"
 echo
 awk -f hack/bench-latency.awk "$work/results"
