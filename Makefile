@@ -102,6 +102,10 @@ bench: ## Run the benchmarks of docs/benchmarks.md in interleaved rounds, with b
 bench-proxy: ## The proxy hop under wrk against separate processes: bare ReverseProxy (A/A), nginx, the real manager (docs/benchmarks.md).
 	hack/bench-proxy.sh
 
+.PHONY: bench-latency
+bench-latency: ## The latency the proxy hop adds at 1,000 req/s, open loop: direct, bare ReverseProxy, nginx, the real manager, in interleaved rounds (docs/benchmarks.md).
+	hack/bench-latency.sh
+
 .PHONY: bench-grpc
 bench-grpc: ## gRPC unary calls through the proxy (h2c both ways, by the exposed name) against a bare ReverseProxy, separate processes (docs/benchmarks.md).
 	hack/bench-grpc.sh

@@ -21,18 +21,9 @@ if ! command -v wrk >/dev/null; then
   echo "bench-proxy: wrk is not installed (apt-get install wrk nginx-light): skipped"
   exit 0
 fi
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-go build -o bin/manager ./cmd/manager
-go build -o bin/bench-proxy ./hack/bench-proxy
-go build -o bin/localcluster ./hack/localcluster
+BENCH=bench-proxy
+. hack/bench-common.sh
+bench_build
 
 UP=127.0.0.1:18090
 bin/bench-proxy upstream "$UP" & pids+=($!)
@@ -41,30 +32,8 @@ bin/bench-proxy bare 127.0.0.1:18092 "http://$UP" & pids+=($!); bare_b=$!
 
 targets=("bare-A http://127.0.0.1:18091/default/bench/ $bare_a" "bare-B http://127.0.0.1:18092/default/bench/ $bare_b")
 
-if command -v nginx >/dev/null; then
-  cat >"$work/nginx.conf" <<NGINX
-worker_processes 2;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream up { server $UP; keepalive 64; }
-  server {
-    listen 127.0.0.1:18093;
-    location / {
-      proxy_pass http://up;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-NGINX
-  nginx -p "$work" -c "$work/nginx.conf" -g 'daemon off;' & pids+=($!); nginx_pid=$!
+if bench_nginx 127.0.0.1:18093 "$UP"; then
   targets+=("nginx http://127.0.0.1:18093/default/bench/ $nginx_pid")
-else
-  echo "bench-proxy: nginx is not installed (apt-get install nginx-light): its row is skipped" >&2
 fi
 
 # As root, a Service upstream too: the same 64-byte upstream on a test host
@@ -77,14 +46,7 @@ if [ "$(id -u)" = 0 ] && command -v ip >/dev/null; then
   for _ in $(seq 100); do [ -s "$work/testhost" ] && break; sleep 0.1; done
   testhost=$(cat "$work/testhost" 2>/dev/null || true)
 fi
-mkdir -p "$work/samples"
-cat >"$work/samples/bench.yaml" <<YAML
-apiVersion: circuitbreaker.io/v1alpha1
-kind: CircuitBreaker
-metadata: {name: bench, namespace: default}
-spec:
-  upstream: {url: "http://$UP"}
-YAML
+bench_breaker_sample "$UP"
 if [ -n "$testhost" ]; then
   bin/bench-proxy bare 127.0.0.1:18097 "http://$testhost" & pids+=($!); bare_s=$!
   cat >"$work/samples/bench-svc.yaml" <<YAML
@@ -109,15 +71,7 @@ YAML
 else
   echo "bench-proxy: not root, or no ip: the Service upstream rows are skipped" >&2
 fi
-bin/localcluster -test-hosts=false -samples "$work/samples" -write-kubeconfig "$work/kubeconfig" -- bin/manager --allow-url-upstreams \
-  --proxy-bind-address 127.0.0.1:18094 --api-bind-address 127.0.0.1:18095 \
-  --health-probe-bind-address 127.0.0.1:18096 --metrics-bind-address 0 >"$work/manager.log" 2>&1 & pids+=($!)
-for _ in $(seq 600); do
-  curl -sf -o /dev/null http://127.0.0.1:18094/default/bench/ && break
-  sleep 0.5
-done
-curl -sf -o /dev/null http://127.0.0.1:18094/default/bench/ || { echo "bench-proxy: the manager did not come up"; tail -20 "$work/manager.log"; exit 1; }
-manager_pid=$(pgrep -f -- "--proxy-bind-address 127.0.0.1:18094" | head -1)
+bench_manager 127.0.0.1:18094 127.0.0.1:18095 127.0.0.1:18096
 targets+=("manager http://127.0.0.1:18094/default/bench/ $manager_pid")
 if [ -n "$testhost" ]; then
   for _ in $(seq 100); do curl -sf -o /dev/null http://127.0.0.1:18094/default/bench-svc/ && break; sleep 0.2; done
