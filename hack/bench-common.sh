@@ -77,5 +77,7 @@ bench_manager() {
     sleep 0.5
   done
   curl -sf -o /dev/null "http://$proxy/default/bench/" || { echo "$BENCH: the manager did not come up"; tail -20 "$work/manager.log"; exit 1; }
-  manager_pid=$(pgrep -f -- "--proxy-bind-address $proxy" | head -1)
+  # The manager itself, not localcluster (whose command line holds the
+  # manager's, and whose children are the API server and etcd).
+  manager_pid=$(pgrep -f -- "^bin/manager .*--proxy-bind-address $proxy" | head -1)
 }
