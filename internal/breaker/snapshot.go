@@ -119,3 +119,17 @@ func (b *Breaker) restore(s Snapshot) {
 	b.restoreModeLocked(s)
 	b.mu.Unlock()
 }
+
+// State returns the current state, as Snapshot would, without copying the
+// rest (the REST API reads it of every breaker to count them).
+func (b *Breaker) State() State {
+	var fired *Transition
+	b.mu.Lock()
+	if b.state == StateOpen {
+		fired = b.halfOpenIfDueLocked(b.clock.Now())
+	}
+	st := b.state
+	b.mu.Unlock()
+	b.notify(fired)
+	return st
+}

@@ -4,7 +4,6 @@
 package restapi
 
 import (
-	"bufio"
 	"context"
 	_ "embed"
 	"encoding/json"
@@ -273,62 +272,6 @@ func (s *Server) entry(key breaker.Key, b *breaker.Breaker, status *cbv1.Circuit
 	}
 	return e
 }
-
-// list answers every breaker at once, so at 10,000 breakers it is a large
-// answer: the statuses are read from the cache without the deep copy a
-// plain List makes (they are only read), and the JSON is written entry by
-// entry, so what one poll holds at a time is one entry, not the document.
-func (s *Server) list(w http.ResponseWriter, r *http.Request) {
-	if !allowMethod(w, r, http.MethodGet) {
-		return
-	}
-	var list cbv1.CircuitBreakerList
-	statuses := map[breaker.Key]*cbv1.CircuitBreakerStatus{}
-	if err := s.client.List(r.Context(), &list, client.UnsafeDisableDeepCopy); err == nil {
-		statuses = make(map[breaker.Key]*cbv1.CircuitBreakerStatus, len(list.Items))
-		for i := range list.Items {
-			statuses[breaker.NewKey(list.Items[i].Namespace, list.Items[i].Name)] = &list.Items[i].Status
-		}
-	}
-	keys := s.registry.Keys() // sorted, as encoding/json orders a map's keys
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusOK)
-	out := bufio.NewWriterSize(w, listBufferSize)
-	// One Encoder writes every entry into the buffer (json.Marshal would
-	// allocate each entry's bytes); its newline after each is whitespace.
-	// A bufio.Writer's first error sticks: a caller gone stops the loop.
-	enc := json.NewEncoder(out)
-	if _, err := out.WriteString(`{"success":true,"circuit_breakers":{`); err != nil {
-		return
-	}
-	sep := ""
-	for _, key := range keys {
-		b, ok := s.registry.Get(key)
-		if !ok {
-			continue // deleted since Keys
-		}
-		// A key is a namespace and a name, DNS names both: nothing in it
-		// needs escaping.
-		_, _ = out.WriteString(sep) // an error sticks: the last write returns it
-		_ = out.WriteByte('"')
-		_, _ = out.WriteString(string(key))
-		if _, err := out.WriteString(`":`); err != nil {
-			return
-		}
-		sep = ","
-		if err := enc.Encode(s.entry(key, b, statuses[key])); err != nil {
-			return
-		}
-	}
-	if _, err := out.WriteString("}}\n"); err != nil {
-		return
-	}
-	_ = out.Flush()
-}
-
-// listBufferSize is how much of the list's JSON is held before it is
-// written to the connection.
-const listBufferSize = 32 << 10
 
 func (s *Server) get(w http.ResponseWriter, r *http.Request) {
 	if !allowMethod(w, r, http.MethodGet) {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -194,7 +195,9 @@ spec:
 		g.Expect(c.kubectlQuiet("get", "cb", "dash", "-o", "jsonpath={.status.state}")).To(Equal("Closed"))
 		screenshot(t, ctx, "dashboard-reset.png")
 
-		// Readable with 500 breakers: every tile is there, grouped by namespace.
+		// 500 more breakers: the dashboard shows a page of 200 at a time of
+		// those its filter matches, grouped by namespace, and pages through
+		// them; the header counts every match by state, as the API does.
 		var many strings.Builder
 		for i := range 500 {
 			fmt.Fprintf(&many, "---\napiVersion: circuitbreaker.io/v1alpha1\nkind: CircuitBreaker\n"+
@@ -205,15 +208,50 @@ spec:
 			c.kubectl(g, "create", "service", "clusterip", "backend", "--tcp=80:80", "-n", fmt.Sprintf("team-%d", i))
 		}
 		c.kubectlApply(t, many.String())
-		g.Eventually(func() int {
-			tiles, _ := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('.tile[data-key^="team-"]').length`))
-			return tiles
-		}, 60*time.Second, time.Second).Should(Equal(500))
-		sections, err := chromedp.Run(ctx, chromedp.Evaluate[int](`document.querySelectorAll('section[data-namespace^="team-"]').length`))
-		g.Expect(err).NotTo(HaveOccurred())
-		g.Expect(sections).To(Equal(10))
+		eval := func(js string) string {
+			out, err := chromedp.Run(ctx, chromedp.Evaluate[string](js))
+			g.Expect(err).NotTo(HaveOccurred())
+			return out
+		}
+		pageOf := func() string {
+			return eval(`(() => {
+				const keys = [...document.querySelectorAll(".tile")].map(t => t.dataset.key);
+				return document.getElementById("page").textContent + " " + keys.length + " " + keys[0] + " " + keys[keys.length - 1] +
+					" " + document.querySelectorAll("section").length;
+			})()`)
+		}
+		g.Expect(chromedp.Do(ctx, chromedp.SendKeys(`#filter`, "team-"))).To(Succeed())
+		g.Eventually(pageOf, 60*time.Second, 250*time.Millisecond).Should(Equal("1–200 of 500 200 team-0/svc-000 team-3/svc-493 4"))
 		g.Expect(chromedp.Do(ctx, chromedp.ScrollIntoView(`section[data-namespace="team-3"]`))).To(Succeed())
 		screenshot(t, ctx, "dashboard-500.png")
+		// The header's counts are the API's for the same filter (the
+		// breakers settle meanwhile: compared until both agree).
+		apiCounts := func() string {
+			resp, err := http.Get("http://" + c.api + "/api/circuit-breakers?q=team-&limit=1")
+			g.Expect(err).NotTo(HaveOccurred())
+			resp.Body.Close()
+			var counts []string
+			for _, pair := range strings.Split(resp.Header.Get("X-State-Counts"), ",") {
+				state, n, _ := strings.Cut(pair, "=")
+				counts = append(counts, n+" "+state)
+			}
+			return strings.Join(counts, ",")
+		}
+		g.Eventually(func() bool {
+			shown := eval(`["n-closed", "n-half-open", "n-open"].map(id => document.getElementById(id).textContent).join(",")`)
+			return shown == apiCounts()
+		}, 10*time.Second, 250*time.Millisecond).Should(BeTrue(), "the header's counts are the API's")
+		g.Expect(chromedp.Do(ctx, chromedp.Click(`#next`))).To(Succeed())
+		g.Eventually(pageOf, 10*time.Second, 100*time.Millisecond).Should(Equal("201–400 of 500 200 team-4/svc-004 team-7/svc-497 4"))
+		g.Expect(chromedp.Do(ctx, chromedp.Click(`#next`))).To(Succeed())
+		g.Eventually(pageOf, 10*time.Second, 100*time.Millisecond).Should(Equal("401–500 of 500 100 team-8/svc-008 team-9/svc-499 2"))
+		g.Expect(eval(`String(document.getElementById("next").disabled)`)).To(Equal("true"))
+		g.Expect(chromedp.Do(ctx, chromedp.Click(`#prev`))).To(Succeed())
+		g.Eventually(pageOf, 10*time.Second, 100*time.Millisecond).Should(Equal("201–400 of 500 200 team-4/svc-004 team-7/svc-497 4"))
+		// A narrower filter starts again at its first page.
+		g.Expect(chromedp.Do(ctx, chromedp.SendKeys(`#filter`, "3/"))).To(Succeed())
+		g.Eventually(pageOf, 10*time.Second, 100*time.Millisecond).Should(Equal("1–50 of 50 50 team-3/svc-003 team-3/svc-493 1"))
+		g.Expect(eval(`String(document.getElementById("prev").disabled) + String(document.getElementById("next").disabled)`)).To(Equal("truetrue"))
 
 		// A hidden tab stops polling (each poll of 500 breakers is their
 		// whole JSON), and polls again once shown.
