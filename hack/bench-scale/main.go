@@ -313,6 +313,13 @@ func idleThenBusy(o options, keys []types.NamespacedName, proxyAddr, apiAddr, me
 	cpuBefore := cpu(pid)
 	time.Sleep(o.idle)
 	fmt.Printf("after %s idle: RSS %s, CPU %.1f%% of a core\n", o.idle, rss(pid), 100*float64(cpu(pid)-cpuBefore)/float64(o.idle))
+	// What the RSS holds beyond the live heap is the collector's headroom
+	// (the heap may grow to twice the live heap before a cycle) and what
+	// the start-up listing left for the scavenger to return.
+	if live, err := gauge(metricsAddr, "go_gc_heap_live_bytes"); err == nil {
+		inUse, _ := gauge(metricsAddr, "go_memstats_heap_inuse_bytes")
+		fmt.Printf("live heap at the last GC: %.1f MiB, heap in use %.1f MiB\n", live/(1<<20), inUse/(1<<20))
+	}
 	if o.services {
 		fmt.Println("busy phase skipped: the Service upstreams' endpoints are test hosts no traffic may reach from here")
 		return nil
