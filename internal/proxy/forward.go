@@ -10,6 +10,7 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -114,9 +115,15 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 	// ever.
 	wd := writeDeadline{rc: http.NewResponseController(w), idle: c.route.StreamIdleTimeout}
 	wd.renew()
+	stream := res.ContentLength == -1 || isEventStream(res.Header["Content-Type"])
+	if _, typed := dst["Content-Type"]; stream && !typed {
+		// A stream's headers may leave before its first bytes, so none
+		// gets a type sniffed from them: none gets one at all.
+		dst["Content-Type"] = nil
+	}
 	w.WriteHeader(res.StatusCode)
 
-	if err := p.copyBody(w, &wd, res); err != nil {
+	if err := p.copyBody(w, &wd, res, stream); err != nil {
 		_ = res.Body.Close()
 		c.endGRPC(nil, err)
 		if r.Context().Value(http.ServerContextKey) != nil {
@@ -151,18 +158,25 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 
 // copyBody streams the upstream's body to the caller, each write under a
 // deadline idle from now. A stream (no length, or server-sent events) is
-// flushed as it comes, headers first.
-func (p *Proxy) copyBody(w http.ResponseWriter, wd *writeDeadline, res *http.Response) error {
+// flushed as it comes; its headers leave with its first bytes, or alone
+// once StreamHeaderDelay has passed without any.
+func (p *Proxy) copyBody(w http.ResponseWriter, wd *writeDeadline, res *http.Response, flush bool) error {
 	rc := wd.rc
-	flush := res.ContentLength == -1 || isEventStream(res.Header["Content-Type"])
+	var early *earlyHeaders
 	if flush {
-		_ = rc.Flush()
+		early = &earlyHeaders{rc: rc}
+		early.timer = time.AfterFunc(StreamHeaderDelay, early.flush)
+		defer early.stop() // and before the first write, below
 	}
 	buf := p.buffers.Get()
 	defer p.buffers.Put(buf)
 	for {
 		n, rerr := res.Body.Read(buf)
 		if n > 0 {
+			if early != nil {
+				early.stop()
+				early = nil
+			}
 			wd.renew()
 			written, werr := w.Write(buf[:n])
 			if werr != nil {
@@ -175,6 +189,13 @@ func (p *Proxy) copyBody(w http.ResponseWriter, wd *writeDeadline, res *http.Res
 				_ = rc.Flush()
 			}
 		}
+		if rerr != nil && early != nil {
+			// The stream ended, or broke, before its first bytes: its
+			// headers leave now, framed as a stream still.
+			early.stop()
+			early.flushNow()
+			early = nil
+		}
 		if rerr == io.EOF {
 			return nil
 		}
@@ -182,6 +203,49 @@ func (p *Proxy) copyBody(w http.ResponseWriter, wd *writeDeadline, res *http.Res
 			return rerr
 		}
 	}
+}
+
+// earlyHeaders flushes a stream's headers on their own when its first
+// bytes are late. Most streams have them at once (a unary gRPC answer, a
+// short chunked one): then the headers and those bytes leave in one write
+// to the caller instead of two (on HTTP/2 each flush is also a round trip
+// to the connection's goroutine).
+type earlyHeaders struct {
+	rc    *http.ResponseController
+	timer *time.Timer
+	mu    sync.Mutex // serialises flush with the handler's first write
+	done  bool       // flush may no longer run
+	// flushed is whether the headers have left (read by the handler only
+	// after stop, which waits for a running flush).
+	flushed bool
+}
+
+func (e *earlyHeaders) flush() {
+	e.mu.Lock()
+	if !e.done {
+		e.done, e.flushed = true, true
+		_ = e.rc.Flush()
+	}
+	e.mu.Unlock()
+}
+
+// flushNow flushes the headers, after stop, unless the timer has.
+func (e *earlyHeaders) flushNow() {
+	if !e.flushed {
+		e.flushed = true
+		_ = e.rc.Flush()
+	}
+}
+
+// stop ends the wait; once it returns, flush no longer touches the caller.
+func (e *earlyHeaders) stop() {
+	if e.timer.Stop() {
+		e.done = true // the timer never fired: flush will not run
+		return
+	}
+	e.mu.Lock() // it fired: wait for its flush, if it is still under way
+	e.done = true
+	e.mu.Unlock()
 }
 
 // isEventStream reports whether a Content-Type is text/event-stream

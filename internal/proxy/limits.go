@@ -24,6 +24,10 @@ const (
 	DialTimeout = 5 * time.Second
 	// TLSHandshakeTimeout bounds the TLS handshake with an upstream.
 	TLSHandshakeTimeout = 10 * time.Second
+	// StreamHeaderDelay is how long a streamed answer's headers (no
+	// length, or server-sent events) wait for its first bytes before they
+	// are flushed to the caller alone.
+	StreamHeaderDelay = time.Millisecond
 	// ExpectContinueTimeout is how long a request with Expect: 100-continue
 	// waits for the upstream's go-ahead before its body is sent anyway.
 	ExpectContinueTimeout = time.Second
