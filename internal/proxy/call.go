@@ -131,6 +131,22 @@ func (c *call) gotConn(info httptrace.GotConnInfo) {
 		}
 		return
 	}
+	if sc, ok := info.Conn.(*sharedConn); ok {
+		// An h2c connection, which carries many calls at once: its
+		// address and hop mark are made once, by whichever call comes
+		// first (any two make the same).
+		m := sc.mark.Load()
+		if m == nil {
+			local := sc.LocalAddr().String()
+			m = &connMark{local: local, hop: []string{c.marks.mark(hopLabel, local)}}
+			sc.mark.Store(m)
+		}
+		c.localAddr.Store(&m.local)
+		if c.outHeader != nil {
+			c.outHeader[hopHeader] = m.hop
+		}
+		return
+	}
 	local := info.Conn.LocalAddr().String()
 	c.localAddr.Store(&local)
 	// The transport writes the headers after GotConn, on this goroutine's
@@ -147,6 +163,19 @@ func (c *call) gotConn(info httptrace.GotConnInfo) {
 type markedConn struct {
 	net.Conn
 	local *string
+	hop   []string
+}
+
+// sharedConn is an h2c upstream connection as its calls' traces see it:
+// many calls at once, so what gotConn makes of it is published atomically.
+// Nothing reads or changes the hop mark's slice once it is made.
+type sharedConn struct {
+	net.Conn
+	mark atomic.Pointer[connMark]
+}
+
+type connMark struct {
+	local string
 	hop   []string
 }
 

@@ -125,3 +125,33 @@ func TestProtocolChangeTakesTheNextCall(t *testing.T) {
 		g.Expect(body).To(Equal(tt.want), "h2c %v", tt.h2c)
 	}
 }
+
+// Calls sharing an h2c connection each carry the hop mark of that
+// connection's address (made once for the connection), which the proxy
+// accepts as its own hop's.
+func TestH2CCallsCarryTheirConnectionsHopMark(t *testing.T) {
+	g := NewWithT(t)
+	type seen struct{ remote, hop string }
+	got := make(chan seen, 8)
+	up := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- seen{r.RemoteAddr, r.Header.Get(hopHeader)}
+	}))
+	up.Config.Protocols = h2cOnly()
+	up.Start()
+	t.Cleanup(up.Close)
+	f := newFixture(t)
+	f.add(t, "grpc", up.URL, breaker.Settings{}, withH2C())
+	p := f.proxy.Config.Handler.(*Proxy)
+
+	var first seen
+	for i := range 4 {
+		resp, _ := f.get(t, "/shop/grpc/")
+		g.Expect(resp.StatusCode).To(Equal(http.StatusOK))
+		s := <-got
+		g.Expect(p.marks.valid(s.hop, hopLabel, s.remote)).To(BeTrue(), "the mark of the connection the call came on")
+		if i == 0 {
+			first = s
+		}
+		g.Expect(s).To(Equal(first), "one connection, one mark")
+	}
+}

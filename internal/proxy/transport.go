@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"net"
@@ -92,6 +93,16 @@ func (t *splitTransport) newPool(guard func(network, address string, c syscall.R
 		// same header bound as HTTP/1.1.
 		tr.Protocols = new(http.Protocols)
 		tr.Protocols.SetUnencryptedHTTP2(true)
+		// Each call's trace sees the connection it was dialled as
+		// (GotConn): a sharedConn keeps its hop mark for all of them.
+		dial := tr.DialContext
+		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+			conn, err := dial(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return &sharedConn{Conn: conn}, nil
+		}
 	}
 	if cfg.TLS != nil {
 		// ForceAttemptHTTP2 still offers h2 by ALPN with a config of our own.
