@@ -316,8 +316,7 @@ func idleThenBusy(o options, keys []types.NamespacedName, proxyAddr, apiAddr, me
 	// What the RSS holds beyond the live heap is the collector's headroom
 	// (the heap may grow to twice the live heap before a cycle) and what
 	// the start-up listing left for the scavenger to return.
-	if live, err := gauge(metricsAddr, "go_gc_heap_live_bytes"); err == nil {
-		inUse, _ := gauge(metricsAddr, "go_memstats_heap_inuse_bytes")
+	if live, inUse, err := heap(metricsAddr); err == nil {
 		fmt.Printf("live heap at the last GC: %.1f MiB, heap in use %.1f MiB\n", live/(1<<20), inUse/(1<<20))
 	}
 	if o.services {
@@ -485,8 +484,8 @@ func underTraffic(keys []types.NamespacedName, proxyAddr, apiAddr, metricsAddr s
 	close(stop)
 	wg.Wait()
 	busyCPU := float64(cpu(pid)-cpuBefore) / float64(time.Since(busyStart))
-	inUse, _ := gauge(metricsAddr, "go_memstats_heap_inuse_bytes")
-	if live, err := gauge(metricsAddr, "go_gc_heap_live_bytes"); err == nil {
+	live, inUse, err := heap(metricsAddr)
+	if err == nil {
 		fmt.Printf("live heap at the last GC: %.1f MiB\n", live/(1<<20))
 	}
 	fmt.Printf("%s of traffic over every breaker (%d calls, %d failed) with %d scrapes: "+
@@ -527,23 +526,28 @@ func scrape(addr string) (allocated float64, size, series int, err error) {
 	return m[0].GetCounter().GetValue(), len(body), series, nil
 }
 
-// gauge reads one unlabelled gauge from the manager's metrics.
-func gauge(addr, name string) (float64, error) {
+// heap reads the live heap (at the last GC) and the heap in use from one
+// scrape of the manager's metrics; an error when there is no live heap
+// (the heap in use is then 0 if it is missing too).
+func heap(addr string) (live, inUse float64, err error) {
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer resp.Body.Close()
 	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(resp.Body)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	m := families[name].GetMetric()
+	if m := families["go_memstats_heap_inuse_bytes"].GetMetric(); len(m) > 0 {
+		inUse = m[0].GetGauge().GetValue()
+	}
+	m := families["go_gc_heap_live_bytes"].GetMetric()
 	if len(m) == 0 {
-		return 0, fmt.Errorf("the metrics have no %s", name)
+		return 0, inUse, fmt.Errorf("the metrics have no go_gc_heap_live_bytes")
 	}
-	return m[0].GetGauge().GetValue(), nil
+	return m[0].GetGauge().GetValue(), inUse, nil
 }
 
 // poll reads the breaker list as the dashboard does, and returns its size.

@@ -119,27 +119,15 @@ func (c *call) moved(n int) {
 func (c *call) gotConn(info httptrace.GotConnInfo) {
 	c.connected.Store(true)
 	if mc, ok := info.Conn.(*markedConn); ok {
-		// The lean client's connection: its address and hop mark are
-		// the same for every call it carries, made once.
-		if mc.hop == nil {
-			local := mc.LocalAddr().String()
-			mc.local, mc.hop = &local, []string{c.marks.mark(hopLabel, local)}
-		}
-		c.localAddr.Store(mc.local)
-		if c.outHeader != nil {
-			c.outHeader[hopHeader] = mc.hop
-		}
-		return
-	}
-	if sc, ok := info.Conn.(*sharedConn); ok {
-		// An h2c connection, which carries many calls at once: its
-		// address and hop mark are made once, by whichever call comes
-		// first (any two make the same).
-		m := sc.mark.Load()
+		// A connection of the lean client or an h2c one: its address and
+		// hop mark are the same for every call it carries, made once, by
+		// whichever call comes first (an h2c connection carries many at
+		// once; any two make the same mark).
+		m := mc.mark.Load()
 		if m == nil {
-			local := sc.LocalAddr().String()
+			local := mc.LocalAddr().String()
 			m = &connMark{local: local, hop: []string{c.marks.mark(hopLabel, local)}}
-			sc.mark.Store(m)
+			mc.mark.Store(m)
 		}
 		c.localAddr.Store(&m.local)
 		if c.outHeader != nil {
@@ -156,20 +144,13 @@ func (c *call) gotConn(info httptrace.GotConnInfo) {
 	}
 }
 
-// markedConn is a lean client's connection as its calls' trace sees it
+// markedConn is an upstream connection as its calls' traces see it
 // (GotConn), with what gotConn made of it: its local address and the hop
-// mark for it (one proxy's marks: every pool belongs to one Proxy). Only
-// the call holding the connection touches them.
+// mark for it (one proxy's marks: every pool belongs to one Proxy). The
+// lean HTTP/1.1 client's connections are marked, and h2c ones, which carry
+// many calls at once: the mark is published atomically, and nothing reads
+// or changes its slice once it is made.
 type markedConn struct {
-	net.Conn
-	local *string
-	hop   []string
-}
-
-// sharedConn is an h2c upstream connection as its calls' traces see it:
-// many calls at once, so what gotConn makes of it is published atomically.
-// Nothing reads or changes the hop mark's slice once it is made.
-type sharedConn struct {
 	net.Conn
 	mark atomic.Pointer[connMark]
 }

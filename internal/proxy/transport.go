@@ -94,14 +94,14 @@ func (t *splitTransport) newPool(guard func(network, address string, c syscall.R
 		tr.Protocols = new(http.Protocols)
 		tr.Protocols.SetUnencryptedHTTP2(true)
 		// Each call's trace sees the connection it was dialled as
-		// (GotConn): a sharedConn keeps its hop mark for all of them.
+		// (GotConn): a markedConn keeps its hop mark for all of them.
 		dial := tr.DialContext
 		tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 			conn, err := dial(ctx, network, addr)
 			if err != nil {
 				return nil, err
 			}
-			return &sharedConn{Conn: conn}, nil
+			return &markedConn{Conn: conn}, nil
 		}
 	}
 	if cfg.TLS != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -44,11 +45,7 @@ var listParameters = []string{"namespace", "q", "state", "limit", "continue"}
 func parseListQuery(v url.Values) (listQuery, error) {
 	var q listQuery
 	for name, values := range v {
-		known := false
-		for _, p := range listParameters {
-			known = known || name == p
-		}
-		if !known {
+		if !slices.Contains(listParameters, name) {
 			return q, fmt.Errorf("unknown parameter %q: use %s", name, strings.Join(listParameters, ", "))
 		}
 		if len(values) > 1 {
