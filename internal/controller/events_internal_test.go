@@ -1,6 +1,9 @@
 package controller
 
 import (
+	"context"
+
+	clocktesting "k8s.io/utils/clock/testing"
 	"testing"
 	"time"
 
@@ -72,4 +75,33 @@ func TestWithoutPending(t *testing.T) {
 	g.Expect(withoutPending(history, nil)).To(Equal(history))
 	g.Expect(withoutPending(history, map[string]bool{keys[1]: true, keys[2]: true})).To(Equal(history[:1]))
 	g.Expect(history).To(HaveLen(3), "the status's own history is not changed")
+}
+
+// notLeading is a replica that follows.
+type notLeading struct{}
+
+func (notLeading) Leading() bool                   { return false }
+func (notLeading) OnElected(func(context.Context)) {}
+
+// A breaker with nothing to log or announce leaves no record behind (most
+// breakers never have a transition); one with a transition keeps its
+// record, so that it is logged once.
+func TestAnnouncementsKeptOnlyWithTransitions(t *testing.T) {
+	g := NewWithT(t)
+	clk := clocktesting.NewFakeClock(time.Date(2026, 12, 7, 12, 0, 0, 0, time.UTC))
+	r := &Reconciler{leader: notLeading{}}
+	cb := &cbv1.CircuitBreaker{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "order-api", UID: "uid-1"}}
+	key := breaker.NewKey(cb.Namespace, cb.Name)
+	b := breaker.New(breaker.Settings{FailureThreshold: 1, RecoveryTimeout: time.Minute, HalfOpenMaxRequests: 1, SuccessThreshold: 1}, clk, breaker.Options{})
+
+	_, err := r.announce(context.Background(), cb, key, b, b.Snapshot(), nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	_, kept := r.announced.Load(key)
+	g.Expect(kept).To(BeFalse(), "no transition: no record")
+
+	g.Expect(b.Reset("r1", "reset")).To(BeTrue() /* a transition: Closed to Closed, logged */)
+	_, err = r.announce(context.Background(), cb, key, b, b.Snapshot(), nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	_, kept = r.announced.Load(key)
+	g.Expect(kept).To(BeTrue(), "a transition logged: its record is kept")
 }

@@ -41,6 +41,14 @@ func TestDecisionsGoFirst(t *testing.T) {
 			[]cbv1.ReplicaStatus{entry("pod-b", cbv1.StateClosed, nil, 1)}, false},
 		{"this replica's own entry changed", []cbv1.ReplicaStatus{entry("pod-a", cbv1.StateClosed, &at, 0)},
 			[]cbv1.ReplicaStatus{entry("pod-a", cbv1.StateOpen, &later, 0)}, false},
+		// A replica starting restores the decision the fleet made: the
+		// same time as the entry already there, nothing new to follow.
+		{"a starting replica's first entry, restoring the decision", []cbv1.ReplicaStatus{entry("pod-a", cbv1.StateOpen, &later, 0)},
+			[]cbv1.ReplicaStatus{entry("pod-a", cbv1.StateOpen, &later, 0), entry("pod-b", cbv1.StateOpen, &later, 0)}, false},
+		{"a starting replica's first entry, older than the decision", []cbv1.ReplicaStatus{entry("pod-a", cbv1.StateOpen, &later, 0)},
+			[]cbv1.ReplicaStatus{entry("pod-a", cbv1.StateOpen, &later, 0), entry("pod-b", cbv1.StateClosed, &at, 0)}, false},
+		{"a starting replica's first entry, with a newer transition", []cbv1.ReplicaStatus{entry("pod-a", cbv1.StateClosed, &at, 0)},
+			[]cbv1.ReplicaStatus{entry("pod-a", cbv1.StateClosed, &at, 0), entry("pod-b", cbv1.StateOpen, &later, 0)}, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -68,6 +68,7 @@ func (r *RoutesReady) Check(req *http.Request) error {
 		return fmt.Errorf("%d CircuitBreakers have no route yet", len(r.pending))
 	}
 	r.ready.Store(true)
+	r.pending = nil // a map once sized for every breaker
 	return nil
 }
 

@@ -29,7 +29,7 @@ import (
 // Reconcile puts one CircuitBreaker into the registry and the routes,
 // announces its new transitions, and writes its status (deferred, once),
 // in these steps: serve (the data plane), expose, refuse or handleReset,
-// followFleet, announce, recordServing, writeOwnEntry, writeFleetView
+// followFleet, writeOwnEntry, announce, recordServing, writeFleetView
 // (leader only) and requeueAfter.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
 	log := ctrl.LoggerFrom(ctx)
@@ -66,6 +66,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 	resetRefused := r.handleReset(ctx, &cb, key, b)
 	r.followFleet(&cb, b)
 	snap := b.Snapshot()
+	// The entry goes first: it is what the other replicas follow, and
+	// the Event and webhook of the announcement can wait one write.
+	entryErr := r.writeOwnEntry(ctx, key, &cb, snap)
 	// What the status has of the history (as this replica last wrote it)
 	// is what has been announced; what is left to announce stays out of it
 	// until it is, and the reconcile is tried again (events.go).
@@ -74,8 +77,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ct
 	recordServing(status, &cb, cfg, snap, resetRefused)
 	status.History = keepRecorded(withoutPending(status.History, pending), base.History)
 	ejectedUntil := recordEndpoints(status, cfg, r.routes.Endpoints(key))
-	if err := r.writeOwnEntry(ctx, key, &cb, snap); err != nil {
-		return ctrl.Result{}, err
+	if entryErr != nil {
+		return ctrl.Result{}, entryErr
 	}
 	if err := r.writeFleetView(ctx, &cb, snap, status); err != nil {
 		return ctrl.Result{}, err

@@ -221,21 +221,27 @@ func (r *Reconciler) enqueueAt(key breaker.Key, priority *int) {
 }
 
 // othersDecided enqueues, at decisionPriority, a breaker whose status shows
-// another replica's new transition: a decision this replica follows. The
-// For watch enqueues the same change at the default priority; the queue
-// keeps one item, at the higher.
+// another replica's new transition: a decision this replica follows. A
+// transition is new when it is later than every transition the status
+// showed before: a starting replica's first entry restores the decision the
+// fleet already made (the same time), which changes nothing to follow and
+// must not jump the queue, hundreds of them at once, ahead of a real one.
+// The For watch enqueues every such change at the default priority; the
+// queue keeps one item, at the higher.
 func (r *Reconciler) othersDecided() handler.TypedEventHandler[client.Object, reconcile.Request] {
 	self := r.opts.Fleet.Self()
 	return handler.Funcs{UpdateFunc: func(_ context.Context, e event.UpdateEvent, _ workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-		before := map[string]*metav1.MicroTime{}
+		var newest *metav1.MicroTime
 		for _, entry := range e.ObjectOld.(*cbv1.CircuitBreaker).Status.Replicas {
-			before[entry.Name] = entry.LastTransitionTime
+			if t := entry.LastTransitionTime; t != nil && (newest == nil || newest.Before(t)) {
+				newest = t
+			}
 		}
 		for _, entry := range e.ObjectNew.(*cbv1.CircuitBreaker).Status.Replicas {
 			if entry.Name == self || entry.LastTransitionTime == nil {
 				continue
 			}
-			if old := before[entry.Name]; old == nil || !old.Equal(entry.LastTransitionTime) {
+			if newest == nil || newest.Before(entry.LastTransitionTime) {
 				r.enqueueDecision(breaker.NewKey(e.ObjectNew.GetNamespace(), e.ObjectNew.GetName()))
 				return
 			}
@@ -299,6 +305,10 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 			predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, r.othersChanged()))).
 		// Of those, another replica's transition goes ahead of the rest.
 		Watches(&cbv1.CircuitBreaker{}, r.othersDecided()).
+		// The status writer's copy of a write goes once the cache has it.
+		Watches(&cbv1.CircuitBreaker{}, handler.Funcs{UpdateFunc: func(_ context.Context, e event.UpdateEvent, _ workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+			r.leaderStatus.caughtUp(e.ObjectNew.(*cbv1.CircuitBreaker))
+		}}).
 		// A Service appearing, going or changing its type changes what the
 		// breakers that name it may do, and whether one is exposed.
 		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.breakersOfService)).

@@ -3,6 +3,8 @@
 package metrics
 
 import (
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/circuitbreaker-io/operator/internal/breaker"
@@ -17,7 +19,7 @@ type Breakers struct {
 	// failureRate and slowCallRate exist only for breakers with a rate window.
 	failureRate, slowCallRate *prometheus.GaugeVec
 	// endpoints and ejections exist only for Service upstreams.
-	endpoints *prometheus.GaugeVec
+	endpoints *endpointsCollector
 	ejections *prometheus.CounterVec
 }
 
@@ -67,10 +69,9 @@ func NewBreakers(reg prometheus.Registerer) *Breakers {
 			Name: "circuitbreaker_slow_call_rate",
 			Help: "Slow calls over the calls in the breaker's rate window, 0..1; updated at most once a second.",
 		}, []string{labelNamespace, labelName}),
-		endpoints: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "circuitbreaker_endpoints",
-			Help: "A Service upstream's endpoints: ready (the ones the proxy may use), and of those ejected now.",
-		}, []string{labelNamespace, labelName, "state"}),
+		endpoints: &endpointsCollector{desc: prometheus.NewDesc("circuitbreaker_endpoints",
+			"A Service upstream's endpoints: ready (the ones the proxy may use), and of those ejected now.",
+			[]string{labelNamespace, labelName, "state"}, nil)},
 		ejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "circuitbreaker_endpoint_ejections_total",
 			Help: "Ejections of a Service upstream's endpoints from the balancing.",
@@ -80,11 +81,36 @@ func NewBreakers(reg prometheus.Registerer) *Breakers {
 	return m
 }
 
-// SetEndpoints sets a Service upstream's endpoint counts.
-func (m *Breakers) SetEndpoints(key breaker.Key, ready, ejected int) {
-	namespace, name := key.Split()
-	m.endpoints.WithLabelValues(namespace, name, "ready").Set(float64(ready))
-	m.endpoints.WithLabelValues(namespace, name, "ejected").Set(float64(ejected))
+// EndpointCounts yields every Service upstream's endpoint counts as they
+// are now, until yield returns false.
+type EndpointCounts func(yield func(key breaker.Key, ready, ejected int) bool)
+
+// CollectEndpoints makes circuitbreaker_endpoints read source at each
+// scrape. The counts live in the proxy's routes already; stored series
+// would hold a copy of them, two per Service upstream at about 450 bytes
+// each, for the life of every breaker.
+func (m *Breakers) CollectEndpoints(source EndpointCounts) { m.endpoints.source.Store(&source) }
+
+// endpointsCollector is circuitbreaker_endpoints, read from its source at
+// each scrape.
+type endpointsCollector struct {
+	desc   *prometheus.Desc
+	source atomic.Pointer[EndpointCounts]
+}
+
+func (c *endpointsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *endpointsCollector) Collect(ch chan<- prometheus.Metric) {
+	source := c.source.Load()
+	if source == nil {
+		return
+	}
+	(*source)(func(key breaker.Key, ready, ejected int) bool {
+		namespace, name := key.Split()
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(ready), namespace, name, "ready")
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(ejected), namespace, name, "ejected")
+		return true
+	})
 }
 
 // EndpointEjected counts an ejection of one of key's endpoints.
@@ -154,6 +180,5 @@ func (m *Breakers) Forget(key breaker.Key) {
 	m.duration.DeletePartialMatch(labels)
 	m.failureRate.DeletePartialMatch(labels)
 	m.slowCallRate.DeletePartialMatch(labels)
-	m.endpoints.DeletePartialMatch(labels)
 	m.ejections.DeletePartialMatch(labels)
 }

@@ -44,23 +44,38 @@ func (t *Table) Endpoints(key breaker.Key) []EndpointView {
 	}
 	now := time.Now().UnixNano()
 	views := make([]EndpointView, len(rt.endpoints))
-	ejected := 0
 	for i, e := range rt.endpoints {
 		views[i].Endpoint = e.Endpoint
 		if until := e.ejectedUntil.Load(); until > now {
 			views[i].EjectedUntil = time.Unix(0, until)
-			ejected++
 		}
 	}
-	// The gauge follows each look: the controller looks again when an
-	// ejection ends.
-	t.metrics.SetEndpoints(key, len(views), ejected)
 	return views
+}
+
+// endpointCounts yields the endpoint counts of every Service upstream's
+// route, for circuitbreaker_endpoints at each scrape.
+func (t *Table) endpointCounts(yield func(key breaker.Key, ready, ejected int) bool) {
+	now := time.Now().UnixNano()
+	t.routes.Range(func(key breaker.Key, rt *route) bool {
+		if rt.Host == "" {
+			return true
+		}
+		ejected := 0
+		for _, e := range rt.endpoints {
+			if e.ejected(now) {
+				ejected++
+			}
+		}
+		return yield(key, len(rt.endpoints), ejected)
+	})
 }
 
 // NewTable returns an empty table whose routes count into series.
 func NewTable(series *metrics.Breakers) *Table {
-	return &Table{metrics: series}
+	t := &Table{metrics: series}
+	series.CollectEndpoints(t.endpointCounts)
+	return t
 }
 
 // Set routes key through b as cfg says.

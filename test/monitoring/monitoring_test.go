@@ -51,7 +51,7 @@ func exportedSeries(t *testing.T) map[string]map[string][]string {
 		m.RecordTransition(key, tr)
 	}
 	m.RecordRates(key, breaker.Snapshot{Settings: breaker.Settings{FailureRateThreshold: 50, SlowCallRateThreshold: 50}})
-	m.SetEndpoints(key, 3, 1)
+	m.CollectEndpoints(func(yield func(breaker.Key, int, int) bool) { yield(key, 3, 1) })
 	m.EndpointEjected(key)
 	families, err := reg.Gather()
 	g.Expect(err).NotTo(HaveOccurred())
