@@ -49,6 +49,13 @@ type call struct {
 	// streaming is set once the response headers are in: from then on the
 	// timer is the stream idle timeout.
 	streaming atomic.Bool
+	// resetOnIdle: the answer is an HTTP/2 caller's stream, whose writes
+	// have no deadline; the idle timer resets the caller's stream instead
+	// (expire), unless the handler has ended (handlerDone, under endMu:
+	// after that the ResponseWriter is no longer ours to touch).
+	resetOnIdle atomic.Bool
+	endMu       sync.Mutex
+	handlerDone bool
 	// marks make and check the loop marks (loop.go); outHeader is the
 	// outbound request's header, which gets the hop mark once the
 	// connection is known; localAddr is that connection's local address;
@@ -97,6 +104,15 @@ func callOf(r *http.Request) *call {
 func (c *call) expire() {
 	if c.streaming.Load() {
 		c.cancel(errStreamIdle)
+		if c.resetOnIdle.Load() {
+			// A write blocked on a caller that stopped reading fails now: a
+			// deadline already past resets the stream.
+			c.endMu.Lock()
+			if !c.handlerDone {
+				_ = http.NewResponseController(c.w).SetWriteDeadline(time.Now().Add(-time.Second))
+			}
+			c.endMu.Unlock()
+		}
 		return
 	}
 	if c.body.awaited() {

@@ -114,8 +114,19 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 	// reading holds its call for about one stream idle timeout, not for
 	// ever.
 	wd := writeDeadline{rc: http.NewResponseController(w), idle: c.route.StreamIdleTimeout}
-	wd.renew()
 	stream := res.ContentLength == -1 || isEventStream(res.Header["Content-Type"])
+	if stream && r.ProtoMajor == 2 {
+		// An HTTP/2 caller's stream (every gRPC answer) is flushed write by
+		// write, so a caller that stops reading blocks the handler in a
+		// write, where no byte moves and the call's idle timer fires:
+		// expire resets the stream then. No deadline of its own is set: on
+		// HTTP/2 each one is a round trip to the connection's goroutine and
+		// a timer there, per call. What is left after the handler returns
+		// is the trailers, which flow control does not hold.
+		wd.byIdleTimer = true
+		c.resetOnIdle.Store(true)
+	}
+	wd.renew()
 	if _, typed := dst["Content-Type"]; stream && !typed {
 		// A stream's headers may leave before its first bytes, so none
 		// gets a type sniffed from them: none gets one at all.
@@ -166,7 +177,11 @@ func (p *Proxy) copyBody(w http.ResponseWriter, wd *writeDeadline, res *http.Res
 	if flush {
 		early = &earlyHeaders{rc: rc}
 		early.timer = time.AfterFunc(StreamHeaderDelay, early.flush)
-		defer early.stop() // and before the first write, below
+		defer func() { // unless stopped before the first write, below
+			if early != nil {
+				early.stop()
+			}
+		}()
 	}
 	buf := p.buffers.Get()
 	defer p.buffers.Put(buf)
@@ -269,9 +284,15 @@ type writeDeadline struct {
 	rc   *http.ResponseController
 	idle time.Duration
 	set  time.Time // when it was last set; zero before
+	// byIdleTimer: no deadline is set; the call's idle timer ends a
+	// blocked write (an HTTP/2 caller's stream, see forward).
+	byIdleTimer bool
 }
 
 func (d *writeDeadline) renew() {
+	if d.byIdleTimer {
+		return
+	}
 	now := time.Now()
 	if !d.set.IsZero() && now.Sub(d.set) < d.idle/4 {
 		return

@@ -175,16 +175,31 @@ func TestCallersThatStopReadingLetGo(t *testing.T) {
 		name string
 		// upgrade: the call is a WebSocket upgrade, flooded after the 101.
 		upgrade bool
+		// h2: the caller speaks HTTP/2 (prior knowledge) and the answer is a
+		// stream, whose writes have no deadline: the idle timer resets it.
+		h2 bool
 	}{
 		{name: "a 64 MiB answer"},
 		{name: "an upgraded connection", upgrade: true},
+		{name: "an HTTP/2 caller's stream", h2: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			g := NewWithT(t)
+			var streamsWhole atomic.Int32
 			up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 				if r.URL.Path == "/shop/a/x" {
 					_, _ = io.WriteString(w, "ok")
+					return
+				}
+				if strings.HasSuffix(r.URL.Path, "/stream") {
+					for range 1024 { // 64 MiB, flushed as it goes: a stream
+						if _, err := w.Write(flood); err != nil {
+							return
+						}
+						w.(http.Flusher).Flush()
+					}
+					streamsWhole.Add(1) // the caller took it all: it did read
 					return
 				}
 				if r.Header.Get("Upgrade") == "" {
@@ -217,6 +232,18 @@ func TestCallersThatStopReadingLetGo(t *testing.T) {
 				request = "GET /shop/a/ws HTTP/1.1\r\nHost: p\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
 			}
 			for range 2 {
+				if tt.h2 {
+					caller := &http.Transport{Protocols: new(http.Protocols)}
+					caller.Protocols.SetUnencryptedHTTP2(true)
+					defer caller.CloseIdleConnections()
+					req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, "http://"+addr+"/shop/a/stream", nil)
+					g.Expect(err).NotTo(HaveOccurred())
+					resp, err := caller.RoundTrip(req)
+					g.Expect(err).NotTo(HaveOccurred())
+					g.Expect(resp.ProtoMajor).To(Equal(2))
+					defer resp.Body.Close() // open, and never read
+					continue
+				}
 				conn, err := net.Dial("tcp", addr)
 				g.Expect(err).NotTo(HaveOccurred())
 				defer conn.Close() // open, and never read
@@ -226,6 +253,7 @@ func TestCallersThatStopReadingLetGo(t *testing.T) {
 			rt, _ := f.table.get("shop/a")
 			g.Eventually(rt.inFlight.Load).Should(Equal(int64(2)))
 			g.Eventually(rt.inFlight.Load).WithTimeout(30*time.Second).Should(BeZero(), "both calls let go")
+			g.Expect(streamsWhole.Load()).To(BeZero(), "let go before the end, not taken whole")
 			resp, body := f.get(t, "/shop/a/x")
 			g.Expect(resp.StatusCode).To(Equal(200), body)
 		})

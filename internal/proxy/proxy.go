@@ -190,6 +190,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.timer = time.AfterFunc(rt.Timeout, c.expire)
 	defer func() {
 		c.timer.Stop()
+		if c.resetOnIdle.Load() {
+			c.endMu.Lock() // waits for an expire under way
+			c.handlerDone = true
+			c.endMu.Unlock()
+		}
 		cancel(nil)
 		if !c.reported {
 			// No verdict was reached (e.g. a panic): give a probe slot back.
