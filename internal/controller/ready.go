@@ -72,6 +72,9 @@ func (r *RoutesReady) Check(req *http.Request) error {
 	return nil
 }
 
+// Passed reports whether the check has passed (it then stays passed).
+func (r *RoutesReady) Passed() bool { return r.ready.Load() }
+
 // gone reports whether the breaker was deleted since it was listed.
 func (r *RoutesReady) gone(ctx context.Context, key breaker.Key) bool {
 	namespace, name := key.Split()

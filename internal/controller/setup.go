@@ -186,6 +186,16 @@ func RetryLimiter() workqueue.TypedRateLimiter[reconcile.Request] {
 
 func (r *Reconciler) enqueue(key breaker.Key) { r.enqueueAt(key, nil) }
 
+// Queued is how many breakers wait to be reconciled now (not counting those
+// requeued for later); 1 before the controller has started.
+func (r *Reconciler) Queued() int {
+	q := r.queue.Load()
+	if q == nil {
+		return 1
+	}
+	return (*q).Len()
+}
+
 // decisionPriority puts a breaker whose state just changed, on this replica
 // or another, ahead of every other reconcile: the transition's write (or
 // the following of another replica's) must not wait behind hundreds of

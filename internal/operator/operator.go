@@ -156,6 +156,12 @@ func New(mgr manager.Manager, cfg Config) (*Operator, error) {
 		}
 	}
 	op.Ready = controller.NewRoutesReady(mgr.GetCache(), op.Routes)
+	if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		returnStartMemory(ctx, op.Ready.Passed, op.Reconciler.Queued, cfg.Log.WithName("memory"))
+		return nil
+	})); err != nil {
+		return nil, err
+	}
 
 	// The data plane and the REST API.
 	// What the proxy reads from the API server at start shares one bound,
