@@ -18,7 +18,7 @@ const (
 
 // returnStartMemory returns the start's garbage to the operating system
 // once the replica is ready and its work queue has drained (the first
-// status writes are done). Listing 10,000 breakers with their Services and
+// status writes are done: empty at two looks a second apart). Listing 10,000 breakers with their Services and
 // EndpointSlices decodes each object whole before the cache trims it, and
 // the first writes copy every status: that leaves the heap mapped at about
 // twice the live heap, which the runtime's scavenger gives back only over
@@ -29,6 +29,9 @@ func returnStartMemory(ctx context.Context, ready func() bool, queued func() int
 	tick := time.NewTicker(startSettled)
 	defer tick.Stop()
 	bound := time.After(startSettleBound)
+	// The queue is empty while its last items are still being reconciled
+	// (it counts only what waits): settled is empty at two looks in a row.
+	drained := 0
 	for {
 		select {
 		case <-ctx.Done():
@@ -38,6 +41,10 @@ func returnStartMemory(ctx context.Context, ready func() bool, queued func() int
 		case <-tick.C:
 		}
 		if !ready() || queued() > 0 {
+			drained = 0
+			continue
+		}
+		if drained++; drained < 2 {
 			continue
 		}
 		var before, after runtime.MemStats

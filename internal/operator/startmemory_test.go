@@ -15,7 +15,7 @@ func TestReturnStartMemoryWaitsForTheStartToSettle(t *testing.T) {
 	t.Run("ready, then drained", func(t *testing.T) {
 		g := NewWithT(t)
 		var readyLooks, queueLooks atomic.Int32
-		queue := []int{300, 1, 0}
+		queue := []int{300, 0, 1, 0, 0}
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
@@ -23,8 +23,8 @@ func TestReturnStartMemoryWaitsForTheStartToSettle(t *testing.T) {
 				func() int { return queue[min(int(queueLooks.Add(1))-1, len(queue)-1)] }, logr.Discard())
 		}()
 		g.Eventually(done).WithTimeout(startSettleBound).Should(BeClosed())
-		g.Expect(readyLooks.Load()).To(Equal(int32(4)), "not ready, then ready three times")
-		g.Expect(queueLooks.Load()).To(Equal(int32(3)), "looked at the queue only once ready, until it was empty")
+		g.Expect(readyLooks.Load()).To(Equal(int32(6)), "not ready, then ready five times")
+		g.Expect(queueLooks.Load()).To(Equal(int32(5)), "looked at the queue only once ready, until it was empty twice in a row")
 	})
 	t.Run("the manager stops first", func(t *testing.T) {
 		g := NewWithT(t)
