@@ -150,7 +150,8 @@ func New(c client.Client, rec recorder.EventRecorder, registry *breaker.Registry
 		opts.ProxyService.Namespace = DefaultProxyNamespace
 	}
 	r := &Reconciler{client: c, recorder: rec, registry: registry, routes: routes, leader: leader, opts: opts}
-	r.leaderStatus = leaderStatusWriter{client: c, leading: leader.Leading}
-	r.entries = replicaEntryWriter{client: c, fleet: opts.Fleet, clock: opts.Clock, background: make(chan struct{}, maxBackgroundEntryWrites)}
+	background := make(chan struct{}, maxBackgroundWrites)
+	r.leaderStatus = leaderStatusWriter{client: c, leading: leader.Leading, background: background}
+	r.entries = replicaEntryWriter{client: c, fleet: opts.Fleet, clock: opts.Clock, background: background}
 	return r
 }

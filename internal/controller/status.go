@@ -29,6 +29,9 @@ type leaderStatusWriter struct {
 	leading func() bool
 	// written holds, by key, the writtenStatus last patched.
 	written sync.Map
+	// background holds a token per write in flight that carries no
+	// decision, shared with the entry writer (maxBackgroundWrites).
+	background chan struct{}
 }
 
 // writtenStatus is the status last written for the resource with uid,
@@ -63,6 +66,16 @@ func (w *leaderStatusWriter) patch(ctx context.Context, key breaker.Key, cb *cbv
 	if !w.leading() || equality.Semantic.DeepEqual(base, status) {
 		return nil
 	}
+	if !carriesDecision(base, status) {
+		// Counts, the fleet view, endpoints: these wait their turn behind
+		// decisions at the API server, as the entries' do (replicas.go).
+		select {
+		case w.background <- struct{}{}:
+			defer func() { <-w.background }()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	// The merge patch is computed from the two statuses alone, not from two
 	// whole copies of the resource: at scale this is most of a reconcile's
 	// own CPU, which the API server on the same machine would rather have.
@@ -88,6 +101,18 @@ func (w *leaderStatusWriter) patch(ctx context.Context, key breaker.Key, cb *cbv
 	}
 	w.written.Store(key, writtenStatus{uid: cb.UID, resourceVersion: updated.ResourceVersion, status: status.DeepCopy()})
 	return nil
+}
+
+// carriesDecision reports whether status, over base, says something a user
+// or another replica waits for: a transition or reset, a spec change handled
+// (observedGeneration, conditions). The rest (counts, how many replicas
+// have it open, endpoints) is background: a starting replica's entries
+// make the leader write one such fleet view per breaker, hundreds at once.
+func carriesDecision(base, status *cbv1.CircuitBreakerStatus) bool {
+	return base.State != status.State || base.LastHandledReset != status.LastHandledReset ||
+		base.ObservedGeneration != status.ObservedGeneration || len(base.History) != len(status.History) ||
+		!equality.Semantic.DeepEqual(base.LastTransitionTime, status.LastTransitionTime) ||
+		!equality.Semantic.DeepEqual(base.Conditions, status.Conditions)
 }
 
 // statusOnly is what a status merge patch is computed from.
