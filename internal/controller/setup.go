@@ -230,6 +230,12 @@ func (r *Reconciler) enqueueAt(key breaker.Key, priority *int) {
 	(*q).Add(req)
 }
 
+// writtenCaughtUp hands every update of a breaker to the status writer,
+// which drops its copy of a write once the cache shows it.
+func (r *Reconciler) writtenCaughtUp(_ context.Context, e event.UpdateEvent, _ workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	r.leaderStatus.caughtUp(e.ObjectNew.(*cbv1.CircuitBreaker))
+}
+
 // othersDecided enqueues, at decisionPriority, a breaker whose status shows
 // another replica's new transition: a decision this replica follows. A
 // transition is new when it is later than every transition the status
@@ -316,9 +322,7 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// Of those, another replica's transition goes ahead of the rest.
 		Watches(&cbv1.CircuitBreaker{}, r.othersDecided()).
 		// The status writer's copy of a write goes once the cache has it.
-		Watches(&cbv1.CircuitBreaker{}, handler.Funcs{UpdateFunc: func(_ context.Context, e event.UpdateEvent, _ workqueue.TypedRateLimitingInterface[reconcile.Request]) {
-			r.leaderStatus.caughtUp(e.ObjectNew.(*cbv1.CircuitBreaker))
-		}}).
+		Watches(&cbv1.CircuitBreaker{}, handler.Funcs{UpdateFunc: r.writtenCaughtUp}).
 		// A Service appearing, going or changing its type changes what the
 		// breakers that name it may do, and whether one is exposed.
 		Watches(&corev1.Service{}, handler.EnqueueRequestsFromMapFunc(r.breakersOfService)).
