@@ -209,6 +209,11 @@ func requeueAfter(snap breaker.Snapshot) time.Duration {
 // refusal may end by itself (a Service that does not exist yet).
 func (r *Reconciler) serve(ctx context.Context, key breaker.Key, cb *cbv1.CircuitBreaker, saved *cbv1.CircuitBreakerStatus) (
 	*breaker.Breaker, runtimeConfig, *refusal, error) {
+	service := ""
+	if up := cb.Spec.Upstream.Service; up != nil {
+		service = up.Name
+	}
+	r.serviceUsers.set(key, service) // before the Service is read (serviceusers.go)
 	svc, err := r.upstreamService(ctx, cb)
 	if err != nil {
 		return nil, runtimeConfig{}, nil, err
@@ -325,4 +330,5 @@ func (r *Reconciler) forget(key breaker.Key) {
 	r.entries.forget(key)
 	r.announced.Delete(key)
 	r.refusedResets.Delete(key)
+	r.serviceUsers.set(key, "")
 }

@@ -113,6 +113,9 @@ type Reconciler struct {
 	// leader says whether this replica leads, and runs the leader's work.
 	leader Leader
 
+	// serviceUsers maps each Service to the breakers whose upstream it is.
+	serviceUsers serviceUsers
+
 	// caPools are the CA bundles of spec.upstream.tls.caConfigMap, parsed.
 	caPools caPools
 

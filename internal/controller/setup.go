@@ -62,9 +62,6 @@ type everyReplica func(ctx context.Context)
 func (f everyReplica) Start(ctx context.Context) error { f(ctx); return nil }
 func (everyReplica) NeedLeaderElection() bool          { return false }
 
-// serviceIndex indexes CircuitBreakers by the Service their upstream names.
-const serviceIndex = "spec.upstream.service.name"
-
 // breakersWhere are the breakers of namespace that index field says have
 // value, as requests; what names them is for the log (e.g. "Service").
 func (r *Reconciler) breakersWhere(ctx context.Context, namespace, field, value, what string) []reconcile.Request {
@@ -84,7 +81,7 @@ func (r *Reconciler) breakersWhere(ctx context.Context, namespace, field, value,
 // upstream, and to the breaker exposed as it (spec.expose) or that
 // controls it.
 func (r *Reconciler) breakersOfService(ctx context.Context, svc client.Object) []reconcile.Request {
-	requests := append(r.breakersWhere(ctx, svc.GetNamespace(), serviceIndex, svc.GetName(), "Service"),
+	requests := append(r.serviceUsers.breakers(svc.GetNamespace(), svc.GetName()),
 		r.breakersWhere(ctx, svc.GetNamespace(), exposeIndex, svc.GetName(), "Service")...)
 	if owner, _ := ownerOf(svc); owner != "" {
 		requests = append(requests, reconcile.Request{NamespacedName: types.NamespacedName{Namespace: svc.GetNamespace(), Name: owner}})
@@ -284,12 +281,6 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 		}
 	})
 	breakerIndexes := map[string]func(*cbv1.CircuitBreaker) string{
-		serviceIndex: func(cb *cbv1.CircuitBreaker) string {
-			if svc := cb.Spec.Upstream.Service; svc != nil {
-				return svc.Name
-			}
-			return ""
-		},
 		exposeIndex:      exposedServiceName,
 		caConfigMapIndex: caConfigMapName,
 	}
