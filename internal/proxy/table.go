@@ -100,7 +100,7 @@ func (t *Table) Set(key breaker.Key, b *breaker.Breaker, cfg RouteConfig) {
 		rt.endpoints = carryEndpoints(oldEndpoints, cfg.Endpoints)
 		// The live endpoints hold them from here on; a second copy per
 		// route would only take memory (0.2 KiB a Service upstream).
-		rt.RouteConfig.Endpoints = nil
+		rt.Endpoints = nil
 		if cfg.Host == "" && cfg.ownTransport() {
 			rt.pool = oldPool
 			if rt.pool == nil {
