@@ -1,9 +1,8 @@
 package controller
 
 import (
-	"time"
-
 	"testing"
+	"time"
 
 	. "github.com/onsi/gomega"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"

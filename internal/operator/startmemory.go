@@ -18,13 +18,16 @@ const (
 
 // returnStartMemory returns the start's garbage to the operating system
 // once the replica is ready and its work queue has drained (the first
-// status writes are done: empty at two looks a second apart). Listing 10,000 breakers with their Services and
-// EndpointSlices decodes each object whole before the cache trims it, and
-// the first writes copy every status: that leaves the heap mapped at about
-// twice the live heap, which the runtime's scavenger gives back only over
-// minutes (docs/benchmarks.md, bench-scale). One forced collection, once,
-// at the end of the start, returns it at once; from then on the collector
-// paces the heap as usual (GOMEMLIMIT bounds it).
+// status writes are done: empty at two looks a second apart). Listing
+// 10,000 breakers with their Services and EndpointSlices decodes each
+// object whole before the cache trims it, and the first writes copy every
+// status: that leaves the heap mapped at about twice the live heap, which
+// the runtime's scavenger gives back only over minutes (docs/benchmarks.md,
+// bench-scale). One forced collection, once, at the end of the start,
+// returns it at once; from then on the collector paces the heap as usual
+// (GOMEMLIMIT bounds it). Ready is the readiness probe's verdict: where
+// nothing probes, the start never counts as settled, and the bound ends
+// the wait.
 func returnStartMemory(ctx context.Context, ready func() bool, queued func() int, log logr.Logger) {
 	tick := time.NewTicker(startSettled)
 	defer tick.Stop()
