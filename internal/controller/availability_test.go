@@ -9,6 +9,7 @@ import (
 
 	. "github.com/onsi/gomega"
 	coordinationv1 "k8s.io/api/coordination/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -61,6 +62,28 @@ func TestReadyMeansEveryRoute(t *testing.T) {
 		}
 	}, 60*time.Second).Should(Succeed())
 	g.Expect(h.entryWrites.Load()).To(BeZero())
+
+	// Breakers deleted after the listing leave the unready check's pending
+	// set, each check looking up at most 64 of them in the cache.
+	const deleted = 100
+	for i := range deleted {
+		cb := &cbv1.CircuitBreaker{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("b-%03d", i)}}
+		g.Expect(k8sClient.Delete(context.Background(), cb)).To(Succeed())
+	}
+	for i := range deleted {
+		g.Eventually(func() bool {
+			var cb cbv1.CircuitBreaker
+			return apierrors.IsNotFound(h.cache.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: fmt.Sprintf("b-%03d", i)}, &cb))
+		}).Should(BeTrue())
+	}
+	pendingAfter := func() int {
+		var pending int
+		_, err := fmt.Sscanf(idle.Check(httptest.NewRequest("GET", "/readyz", nil)).Error(), "%d CircuitBreakers have no route yet", &pending)
+		g.Expect(err).NotTo(HaveOccurred())
+		return pending
+	}
+	g.Expect(pendingAfter()).To(BeNumerically(">=", n-64), "one check looks up at most 64")
+	g.Eventually(pendingAfter).Should(Equal(n-deleted), "every deleted breaker leaves, over a few checks")
 }
 
 // Losing the lease never stops the replica: it stops leading, keeps its

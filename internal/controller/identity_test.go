@@ -12,6 +12,7 @@ import (
 
 	. "github.com/onsi/gomega"
 	"github.com/prometheus/client_golang/prometheus"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -19,20 +20,39 @@ import (
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
 	"github.com/circuitbreaker-io/operator/internal/controller"
+	"github.com/circuitbreaker-io/operator/internal/controlplane"
 	"github.com/circuitbreaker-io/operator/internal/leader"
 	"github.com/circuitbreaker-io/operator/internal/metrics"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
 )
 
 // directReconciler is a leading Reconciler with no manager: the test calls
-// Reconcile itself, so it decides exactly what each reconcile sees.
-func directReconciler() (*controller.Reconciler, *breaker.Registry) {
+// Reconcile itself, so it decides exactly what each reconcile sees. It
+// reads from the API server, not a cache: a Service's slices, which a
+// reconcile lists through the cache's index, are asked for by their label.
+func directReconciler(g Gomega) (*controller.Reconciler, *breaker.Registry) {
 	registry := breaker.NewRegistry(clock.RealClock{})
-	r := controller.New(k8sClient, clientevents.NewFakeRecorder(100), registry, proxy.NewTable(metrics.NewBreakers(prometheus.NewRegistry())),
+	api, err := client.NewWithWatch(restConfig, client.Options{Scheme: controlplane.Scheme()})
+	g.Expect(err).NotTo(HaveOccurred())
+	direct := interceptor.NewClient(api, interceptor.Funcs{
+		List: func(ctx context.Context, c client.WithWatch, list client.ObjectList, opts ...client.ListOption) error {
+			var o client.ListOptions
+			o.ApplyOptions(opts)
+			if o.FieldSelector == nil {
+				return c.List(ctx, list, opts...)
+			}
+			if service, ok := o.FieldSelector.RequiresExactMatch(controller.SliceServiceIndex); ok {
+				return c.List(ctx, list, client.InNamespace(o.Namespace), client.MatchingLabels{discoveryv1.LabelServiceName: service})
+			}
+			return c.List(ctx, list, opts...)
+		},
+	})
+	r := controller.New(direct, clientevents.NewFakeRecorder(100), registry, proxy.NewTable(metrics.NewBreakers(prometheus.NewRegistry())),
 		leader.Always(), controller.Options{})
 	return r, registry
 }
@@ -50,7 +70,7 @@ func TestRecreatedResourceStartsFresh(t *testing.T) {
 	g := NewWithT(t)
 	ns := newNamespace(t)
 	ctx := context.Background()
-	r, registry := directReconciler()
+	r, registry := directReconciler(g)
 	g.Expect(k8sClient.Create(ctx, newCircuitBreaker(ns, "order-api", withThreshold(2), withRecovery(time.Hour)))).To(Succeed())
 	reconcileOnce(g, r, ns, "order-api")
 	old, ok := registry.Get(breaker.NewKey(ns, "order-api"))

@@ -9,6 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -159,14 +160,28 @@ func (r *Reconciler) othersChanged() predicate.Predicate {
 }
 
 // indexOne indexes obj's kind by field, whose value for an object is one
-// string ("" for none).
-func indexOne(mgr ctrl.Manager, obj client.Object, field string, value func(client.Object) string) error {
-	return mgr.GetFieldIndexer().IndexField(context.Background(), obj, field, func(o client.Object) []string {
-		if v := value(o); v != "" {
-			return []string{v}
+// string ("" for none), within the object's namespace: every lookup here
+// lists one namespace. controller-runtime's IndexField also files each
+// object under an all-namespaces key, a second set per value, which nothing
+// here would read (at 10,000 Services, about 2.5 MiB for the slices' index).
+// The key is the one its cache reader asks for (namespace/value, under
+// "field:"+field), so client.MatchingFields with client.InNamespace lists
+// through it.
+func indexOne(ctx context.Context, c cache.Cache, obj client.Object, field string, value func(client.Object) string) error {
+	informer, err := c.GetInformer(ctx, obj, cache.BlockUntilSynced(false))
+	if err != nil {
+		return err
+	}
+	return informer.AddIndexers(toolscache.Indexers{"field:" + field: func(o any) ([]string, error) {
+		obj, ok := o.(client.Object)
+		if !ok {
+			return nil, nil
 		}
-		return nil
-	})
+		if v := value(obj); v != "" {
+			return []string{obj.GetNamespace() + "/" + v}, nil
+		}
+		return nil, nil
+	}})
 }
 
 // RetryLimiter paces the retries of failed reconciles (an API server that
@@ -280,18 +295,24 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 			r.enqueueBackground(key)
 		}
 	})
+	ctx := context.Background()
 	breakerIndexes := map[string]func(*cbv1.CircuitBreaker) string{
 		exposeIndex:      exposedServiceName,
 		caConfigMapIndex: caConfigMapName,
 	}
 	for field, value := range breakerIndexes {
-		if err := indexOne(mgr, &cbv1.CircuitBreaker{}, field, func(o client.Object) string { return value(o.(*cbv1.CircuitBreaker)) }); err != nil {
+		if err := indexOne(ctx, mgr.GetCache(), &cbv1.CircuitBreaker{}, field, func(o client.Object) string { return value(o.(*cbv1.CircuitBreaker)) }); err != nil {
 			return err
 		}
 	}
-	if err := indexOne(mgr, &corev1.Service{}, ownerIndex, func(o client.Object) string {
+	if err := indexOne(ctx, mgr.GetCache(), &corev1.Service{}, ownerIndex, func(o client.Object) string {
 		owner, _ := ownerOf(o)
 		return owner
+	}); err != nil {
+		return err
+	}
+	if err := indexOne(ctx, mgr.GetCache(), &discoveryv1.EndpointSlice{}, sliceServiceIndex, func(o client.Object) string {
+		return o.GetLabels()[discoveryv1.LabelServiceName]
 	}); err != nil {
 		return err
 	}

@@ -54,8 +54,10 @@ func returnStartMemory(ctx context.Context, ready func() bool, queued func() int
 		runtime.ReadMemStats(&before)
 		debug.FreeOSMemory()
 		runtime.ReadMemStats(&after)
+		// In use beyond the live heap: spans that still hold a live object
+		// among the start's garbage, which no collection gives back.
 		log.Info("start settled: returned its garbage to the operating system",
-			"liveHeapMiB", after.HeapAlloc>>20, "releasedMiB", (after.HeapReleased-before.HeapReleased)>>20)
+			"liveHeapMiB", after.HeapAlloc>>20, "heapInUseMiB", after.HeapInuse>>20, "releasedMiB", (after.HeapReleased-before.HeapReleased)>>20)
 		return
 	}
 }
