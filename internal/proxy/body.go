@@ -26,10 +26,13 @@ func (b *callerBody) Read(p []byte) (int, error) {
 	}
 	b.reading.Store(true)
 	n, err := b.ReadCloser.Read(p)
-	b.reading.Store(false)
+	// failed before reading ends: broke never reads a read that failed as
+	// neither (the call would be judged the caller's leaving, 499, not a
+	// body that never came, 400).
 	if err != nil && err != io.EOF {
 		b.failed.Store(true)
 	}
+	b.reading.Store(false)
 	return n, err
 }
 
