@@ -169,14 +169,27 @@ func (p *Proxy) forward(w http.ResponseWriter, r *http.Request, c *call) {
 
 // copyBody streams the upstream's body to the caller, each write under a
 // deadline idle from now. A stream (no length, or server-sent events) is
-// flushed as it comes; its headers leave with its first bytes, or alone
-// once StreamHeaderDelay has passed without any.
+// flushed as it comes.
+//
+// Its headers: to an HTTP/1.1 caller they leave with its first bytes, or
+// alone once StreamHeaderDelay has passed without any (one write instead
+// of two for most streams, a short chunked answer). To an HTTP/2 caller
+// (every gRPC answer) they are flushed at once from a timer's goroutine,
+// as ReverseProxy does, while the handler reads the first bytes: the
+// connection's goroutine then gets the headers of streams answered
+// together in a burst and writes them in one system call, where frames
+// handed over by each handler in turn go out one per call
+// (docs/benchmarks.md, gRPC: 5.15 writes a call against 6.02).
 func (p *Proxy) copyBody(w http.ResponseWriter, wd *writeDeadline, res *http.Response, flush bool) error {
 	rc := wd.rc
 	var early *earlyHeaders
 	if flush {
-		early = &earlyHeaders{rc: rc}
-		early.timer = time.AfterFunc(StreamHeaderDelay, early.flush)
+		early = &earlyHeaders{rc: rc, alongside: wd.byIdleTimer}
+		delay := StreamHeaderDelay
+		if early.alongside {
+			delay = 0
+		}
+		early.timer = time.AfterFunc(delay, early.flush)
 		defer func() { // unless stopped before the first write, below
 			if early != nil {
 				early.stop()
@@ -188,25 +201,19 @@ func (p *Proxy) copyBody(w http.ResponseWriter, wd *writeDeadline, res *http.Res
 	for {
 		n, rerr := res.Body.Read(buf)
 		if n > 0 {
-			if early != nil {
+			if early != nil && !early.alongside {
 				early.stop()
 				early = nil
 			}
 			wd.renew()
-			written, werr := w.Write(buf[:n])
-			if werr != nil {
-				return &callerWriteError{werr}
-			}
-			if written != n {
-				return &callerWriteError{io.ErrShortWrite}
-			}
-			if flush {
-				_ = rc.Flush()
+			if err := early.write(w, rc, buf[:n], flush); err != nil {
+				return err
 			}
 		}
 		if rerr != nil && early != nil {
-			// The stream ended, or broke, before its first bytes: its
-			// headers leave now, framed as a stream still.
+			// The stream ended, or broke, before its first bytes (or, for
+			// an HTTP/2 caller, before the timer flushed): its headers
+			// leave now, framed as a stream still.
 			early.stop()
 			early.flushNow()
 			early = nil
@@ -220,31 +227,55 @@ func (p *Proxy) copyBody(w http.ResponseWriter, wd *writeDeadline, res *http.Res
 	}
 }
 
-// earlyHeaders flushes a stream's headers on their own when its first
-// bytes are late. Most streams have them at once (a unary gRPC answer, a
-// short chunked one): then the headers and those bytes leave in one write
-// to the caller instead of two (on HTTP/2 each flush is also a round trip
-// to the connection's goroutine).
+// earlyHeaders flushes a stream's headers before its first bytes: for an
+// HTTP/1.1 caller only when they are late (most streams have them at once,
+// and then the headers and those bytes leave in one write), for an HTTP/2
+// caller at once (alongside), from the timer's goroutine, serialised with
+// the handler's own writes. It is nil for an answer that is not a stream.
 type earlyHeaders struct {
 	rc    *http.ResponseController
 	timer *time.Timer
-	mu    sync.Mutex // serialises flush with the handler's first write
-	done  bool       // flush may no longer run
+	// alongside: the timer fires at once and is not stopped by the first
+	// bytes (an HTTP/2 caller).
+	alongside bool
+	mu        sync.Mutex // serialises flush with the handler's writes
+	done      bool       // flush may no longer run
 	// flushed is whether the headers have left (read by the handler only
-	// after stop, which waits for a running flush).
+	// under mu or after stop, which waits for a running flush).
 	flushed bool
 }
 
 func (e *earlyHeaders) flush() {
 	e.mu.Lock()
-	if !e.done {
-		e.done, e.flushed = true, true
+	if !e.done && !e.flushed {
+		e.flushed = true
 		_ = e.rc.Flush()
 	}
 	e.mu.Unlock()
 }
 
-// flushNow flushes the headers, after stop, unless the timer has.
+// write writes p to the caller, and flushes it when flush is set; alongside
+// the timer, under its lock. e may be nil.
+func (e *earlyHeaders) write(w http.ResponseWriter, rc *http.ResponseController, p []byte, flush bool) error {
+	if e != nil {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		e.flushed = true // the flush below takes the headers along
+	}
+	written, err := w.Write(p)
+	if err != nil {
+		return &callerWriteError{err}
+	}
+	if written != len(p) {
+		return &callerWriteError{io.ErrShortWrite}
+	}
+	if flush {
+		_ = rc.Flush()
+	}
+	return nil
+}
+
+// flushNow flushes the headers, after stop, unless they have left.
 func (e *earlyHeaders) flushNow() {
 	if !e.flushed {
 		e.flushed = true
