@@ -26,7 +26,8 @@ const (
 	TLSHandshakeTimeout = 10 * time.Second
 	// StreamHeaderDelay is how long a streamed answer's headers (no
 	// length, or server-sent events) wait for its first bytes before they
-	// are flushed to the caller alone.
+	// are flushed to an HTTP/1.1 caller alone. An HTTP/2 caller's are
+	// flushed at once (copyBody).
 	StreamHeaderDelay = time.Millisecond
 	// ExpectContinueTimeout is how long a request with Expect: 100-continue
 	// waits for the upstream's go-ahead before its body is sent anyway.
