@@ -14,8 +14,9 @@ import (
 // keep it: each records its breaker's Service before it reads that Service
 // and its slices from the cache, so a change the read missed has its
 // handler run after the record and finds the breaker. A cache field index
-// did this with two one-key sets per breaker (its namespaced key and its
-// all-namespaces key), about 0.5 KiB; this is two small map entries.
+// would hold a one-key set per breaker, about 0.25 KiB (controller-runtime's
+// IndexField two: it adds an all-namespaces key; indexOne does not); this
+// is two small map entries.
 type serviceUsers struct {
 	mu        sync.RWMutex
 	byService map[types.NamespacedName][]string // the breakers' names, in the Service's namespace

@@ -316,7 +316,8 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager) error {
 	}); err != nil {
 		return err
 	}
-	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &cbv1.CircuitBreaker{}, replicaIndex, func(o client.Object) []string {
+	// Listed across namespaces (ReplicaGone): IndexField's all-namespaces key.
+	if err := mgr.GetFieldIndexer().IndexField(ctx, &cbv1.CircuitBreaker{}, replicaIndex, func(o client.Object) []string {
 		entries := o.(*cbv1.CircuitBreaker).Status.Replicas
 		names := make([]string, 0, len(entries))
 		for _, e := range entries {
