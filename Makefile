@@ -66,7 +66,7 @@ control-plane: ## Build kube-apiserver and etcd from the Go module proxy (cached
 # The packages whose tests need no API server: every one but the envtests
 # of internal/controller and internal/cbctl (the kubectl cb plugin), the e2e
 # and the fault tests.
-UNIT_PKGS = $(shell go list ./... | grep -v -e /internal/controller$$ -e /internal/cbctl$$ -e /test/e2e$$ -e /test/faults$$)
+UNIT_PKGS = $(shell go list ./... | grep -v -e /internal/controller$$ -e /internal/cbctl$$ -e /internal/metricsauth$$ -e /test/e2e$$ -e /test/faults$$)
 
 .PHONY: test-unit
 test-unit: fmt vet ## Run the unit tests (with -race): no API server, seconds.

@@ -36,12 +36,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
-	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/controller"
 	"github.com/circuitbreaker-io/operator/internal/leader"
+	"github.com/circuitbreaker-io/operator/internal/metricsauth"
 	"github.com/circuitbreaker-io/operator/internal/notify"
 	"github.com/circuitbreaker-io/operator/internal/operator"
 	"github.com/circuitbreaker-io/operator/internal/proxy"
@@ -156,9 +156,10 @@ func run() error {
 	metricsOpts := metricsserver.Options{BindAddress: metricsAddr}
 	if metricsSecure {
 		// As kubebuilder's scaffold: HTTPS (a self-signed certificate unless
-		// one is mounted), and only callers whose token may GET /metrics.
+		// one is mounted), and only callers whose token may GET /metrics;
+		// metricsauth says why it is not controller-runtime's filter.
 		metricsOpts.SecureServing = true
-		metricsOpts.FilterProvider = filters.WithAuthenticationAndAuthorization
+		metricsOpts.FilterProvider = metricsauth.FilterProvider
 	}
 	if !enableHTTP2 {
 		// As kubebuilder's scaffold: HTTP/1.1 only, so that the HTTP/2
