@@ -30,9 +30,9 @@ go build -o bin/bench-grpc ./hack/bench-grpc
 go build -o bin/bench-proxy ./hack/bench-proxy
 go build -o bin/localcluster ./hack/localcluster
 
-# The fronts run on CPU 1, the load and the upstream on CPU 0 (when there
-# are two and taskset is there): a front's CPU per call is then not
-# inflated by the load generator's, which shares no core with it.
+# The fronts run on CPU 1, the load, the upstream and the control plane on
+# CPU 0 (when there are two and taskset is there): a front's CPU per call
+# is then not inflated by the others', which share no core with it.
 front="" load=""
 if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
   front="taskset -c 1" load="taskset -c 0"
@@ -53,7 +53,8 @@ spec:
   upstream: {url: "http://$UP", protocol: h2c}
   expose: {}
 YAML
-bin/localcluster -samples "$work/samples" -write-kubeconfig "$work/kubeconfig" -- $front bin/manager --allow-url-upstreams \
+# The control plane runs beside the load (on CPU 0), not beside the fronts.
+$load bin/localcluster -samples "$work/samples" -write-kubeconfig "$work/kubeconfig" -- $front bin/manager --allow-url-upstreams \
   --proxy-bind-address 127.0.0.1:18194 --api-bind-address 127.0.0.1:18195 \
   --health-probe-bind-address 127.0.0.1:18196 --metrics-bind-address 0 >"$work/manager.log" 2>&1 & pids+=($!)
 ready=""
@@ -66,7 +67,7 @@ for _ in $(seq 600); do
 done
 [ -n "$ready" ] || { echo "bench-grpc: the manager did not come up"; tail -20 "$work/manager.log"; exit 1; }
 manager_pid=$(pgrep -f -- "^bin/manager .*--proxy-bind-address 127.0.0.1:18194" | head -1)
-[ -n "$front" ] && taskset -a -p -c 1 "$manager_pid" >/dev/null  # the control plane stays unpinned
+[ -n "$front" ] && taskset -a -p -c 1 "$manager_pid" >/dev/null
 targets+=("manager 127.0.0.1:18194 bench-breaker.default $manager_pid")
 
 echo "round target calls/s p50-us p99-us cpu-us/call errors" >"$work/results"

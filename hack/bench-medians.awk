@@ -7,6 +7,7 @@
 NR > 1 {
   rps[$2] = rps[$2] " " $3; p50[$2] = p50[$2] " " $4; p99[$2] = p99[$2] " " $5; cpu[$2] = cpu[$2] " " $6
   if (!($2 in seen)) { order[++n] = $2; seen[$2] = 1 }
+  roundcpu[$1, $2] = $6; if (!($1 in rseen)) { rounds[++nr] = $1; rseen[$1] = 1 }
 }
 function median(list,   a, k, i, j, t) {
   k = split(list, a, " ")
@@ -20,6 +21,17 @@ END {
   bare = (m["bare-A"] + m["bare-B"]) / 2
   printf "\nA/A gap: %.1f%%\n", 100 * (m["bare-A"] - m["bare-B"]) / bare
   printf "manager CPU per %s: %.2fx the bare baseline (goal <= 1.05x)\n", what, m["manager"] / bare
+  # Each round's own ratio, against the two bare fronts loaded just before
+  # it: drift slower than a round cancels out of it.
+  list = ""
+  for (i = 1; i <= nr; i++) {
+    q = rounds[i]
+    if (((q, "manager") in roundcpu) && ((q, "bare-A") in roundcpu) && ((q, "bare-B") in roundcpu)) {
+      ratio = roundcpu[q, "manager"] / ((roundcpu[q, "bare-A"] + roundcpu[q, "bare-B"]) / 2)
+      list = list " " sprintf("%.2f", ratio)
+    }
+  }
+  if (list != "") printf "each round's ratio:%s; their median %.2fx\n", list, median(list)
   if ("bare-S" in m && "manager-S" in m) {
     printf "with a Service upstream (a test host): manager CPU per %s %.2fx the bare baseline reaching the same host (goal <= 1.05x)\n", what, m["manager-S"] / m["bare-S"]
   }

@@ -209,6 +209,7 @@ func run() error {
 		DenyNetworks: deny,
 
 		MaxConcurrentRequests: maxConcurrentRequests,
+		HeapFloor:             operator.HeapFloorFor(memory),
 	}
 	if leaderElect {
 		cfg.LeaderElection = &leader.Config{

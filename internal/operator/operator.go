@@ -73,6 +73,10 @@ type Config struct {
 	// MaxConcurrentRequests caps the calls in flight through the proxy
 	// (--max-concurrent-requests); 0 is no cap.
 	MaxConcurrentRequests int64
+	// HeapFloor, when set, is the least heap goal of the process's
+	// collector (heapfloor.go); the tests, which share a process, leave it
+	// out.
+	HeapFloor uint64
 }
 
 // Operator is the built operator. New adds its internal runnables (the
@@ -161,6 +165,14 @@ func New(mgr manager.Manager, cfg Config) (*Operator, error) {
 		return nil
 	})); err != nil {
 		return nil, err
+	}
+	if cfg.HeapFloor > 0 {
+		if err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+			keepHeapFloor(ctx, cfg.HeapFloor, cfg.Log.WithName("memory"))
+			return nil
+		})); err != nil {
+			return nil, err
+		}
 	}
 
 	// The data plane and the REST API.
