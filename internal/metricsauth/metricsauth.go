@@ -15,7 +15,9 @@ package metricsauth
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -32,11 +34,15 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 )
 
-// How long a decision is reused. Allowed and unauthenticated follow
+// How long a decision is reused. Unauthenticated and allowed follow
 // controller-runtime's token cache (1 minute), denied its deny cache (30
-// s): a revoked token or a removed binding takes effect within a minute.
-// While the API server cannot answer, an allowed decision is reused for up
-// to allowedWhileAway: Prometheus keeps scraping through an API server
+// s); its allow cache keeps an authorization 5 minutes, this one no longer
+// than the token's review, so a revoked token or a removed binding takes
+// effect within a minute. A review that fails is not retried in place, as
+// controller-runtime's five backed-off attempts are: the caller gets 503
+// and Prometheus asks again at its next scrape. While the API server
+// cannot answer, an allowed decision is reused for up to
+// allowedWhileAway: Prometheus keeps scraping through an API server
 // outage, which the data plane outlives and which is when its metrics
 // matter most. Nothing else is decided without the API server.
 const (
@@ -44,10 +50,12 @@ const (
 	unauthorizedFor  = time.Minute
 	deniedFor        = 30 * time.Second
 	allowedWhileAway = 10 * time.Minute
-	// reviewTimeout bounds each review, as controller-runtime's does.
+	// reviewTimeout bounds each of the two reviews, as controller-runtime's
+	// bounds its one.
 	reviewTimeout = 10 * time.Second
-	// maxDecisions bounds the cache: callers that send many tokens are
-	// reviewed every time once it is full, and take no more memory.
+	// maxDecisions bounds the cache, each entry a digest and a status: a
+	// full cache drops its refusals for new decisions (makeRoom); callers
+	// that send many tokens take no more memory.
 	maxDecisions = 1024
 )
 
@@ -62,11 +70,25 @@ type Reviewer struct {
 	decisions map[decisionKey]decision
 }
 
-// decisionKey is one token (its digest: the cache holds no credentials)
-// asking for one verb on one path.
-type decisionKey struct {
-	token      [sha256.Size]byte
-	verb, path string
+// decisionKey is the digest of one token asking for one verb on one path:
+// the cache holds no credentials, and an entry is the same few bytes
+// however long a request line the caller sends (the method and path
+// strings share the request line's memory, up to MaxHeaderBytes).
+type decisionKey [sha256.Size]byte
+
+// keyOf is the decision key of token, verb and path, each length-prefixed
+// so that no two triples share a key.
+func keyOf(token, verb, path string) decisionKey {
+	h := sha256.New()
+	for _, part := range [...]string{token, verb, path} {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(part)))
+		_, _ = h.Write(n[:])
+		_, _ = io.WriteString(h, part)
+	}
+	var k decisionKey
+	h.Sum(k[:0])
+	return k
 }
 
 // decision is an answer and when the API server gave it.
@@ -122,21 +144,33 @@ func (r *Reviewer) Filter(log logr.Logger, handler http.Handler) (http.Handler, 
 			http.Error(w, "Unauthorized", http.StatusUnauthorized)
 		case d.status == http.StatusForbidden:
 			http.Error(w, fmt.Sprintf("Authorization denied for user %s", d.user), http.StatusForbidden)
-		default:
+		case d.status == http.StatusOK:
 			handler.ServeHTTP(w, req)
+		default: // no decision of that kind exists: refuse, never serve
+			http.Error(w, "Forbidden", http.StatusForbidden)
 		}
 	}), nil
 }
 
 // bearerToken is the request's "Authorization: Bearer <token>", read as
-// the API server reads it.
+// the API server reads it (k8s.io/apiserver's bearertoken authenticator):
+// the word after the scheme, which one space follows; anything after a
+// second space is ignored.
 func bearerToken(req *http.Request) (string, bool) {
-	scheme, token, ok := strings.Cut(strings.TrimSpace(req.Header.Get("Authorization")), " ")
-	token = strings.TrimSpace(token)
-	if !ok || !strings.EqualFold(scheme, "bearer") || token == "" {
+	parts := strings.SplitN(strings.TrimSpace(req.Header.Get("Authorization")), " ", 3)
+	if len(parts) < 2 || !strings.EqualFold(parts[0], "bearer") || parts[1] == "" {
 		return "", false
 	}
-	return token, true
+	return parts[1], true
+}
+
+// logged is s cut for a log line: a caller chooses its path's length.
+func logged(s string) string {
+	const most = 128
+	if len(s) > most {
+		return s[:most] + "..."
+	}
+	return s
 }
 
 // decide returns the cached decision for the token, verb and path while it
@@ -144,7 +178,7 @@ func bearerToken(req *http.Request) (string, bool) {
 // decision: the API server could not be asked, and no allowed decision of
 // the last allowedWhileAway stands in.
 func (r *Reviewer) decide(ctx context.Context, log logr.Logger, token, verb, path string) (decision, error) {
-	key := decisionKey{token: sha256.Sum256([]byte(token)), verb: verb, path: path}
+	key := keyOf(token, verb, path)
 	now := r.clock.Now()
 	r.mu.Lock()
 	cached, found := r.decisions[key]
@@ -160,30 +194,47 @@ func (r *Reviewer) decide(ctx context.Context, log logr.Logger, token, verb, pat
 				"user", cached.user, "reviewedAgo", now.Sub(cached.at).Round(time.Second).String(), "error", err.Error())
 			return cached, nil
 		}
-		log.Error(err, "cannot review a metrics caller's token", "path", path)
+		log.Error(err, "cannot review a metrics caller's token", "path", logged(path))
 		return decision{}, err
 	}
 	d.at = now
 	switch d.status {
 	case http.StatusUnauthorized:
-		log.V(1).Info("metrics caller refused: the API server does not authenticate its token", "path", path)
+		log.V(1).Info("metrics caller refused: the API server does not authenticate its token", "path", logged(path))
 	case http.StatusForbidden:
-		log.V(1).Info("metrics caller refused: not allowed", "user", d.user, "verb", verb, "path", path)
+		log.V(1).Info("metrics caller refused: not allowed", "user", d.user, "verb", logged(verb), "path", logged(path))
 	}
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if len(r.decisions) >= maxDecisions {
-		for k, old := range r.decisions {
-			if now.Sub(old.at) >= keptFor(old.status) {
-				delete(r.decisions, k)
-			}
-		}
+	if _, replaces := r.decisions[key]; !replaces && len(r.decisions) >= maxDecisions {
+		r.makeRoom(now)
 	}
 	if _, replaces := r.decisions[key]; replaces || len(r.decisions) < maxDecisions {
 		r.decisions[key] = d
 	}
 	return d, nil
+}
+
+// makeRoom drops, from a full cache, the decisions past their use and then
+// every refusal: refusals only spare the API server a review, while an
+// allowed decision also carries its caller through an outage, so callers
+// that send many bad tokens never push out the scraper's. Called with mu
+// held.
+func (r *Reviewer) makeRoom(now time.Time) {
+	for k, old := range r.decisions {
+		if now.Sub(old.at) >= keptFor(old.status) {
+			delete(r.decisions, k)
+		}
+	}
+	if len(r.decisions) < maxDecisions {
+		return
+	}
+	for k, old := range r.decisions {
+		if old.status != http.StatusOK {
+			delete(r.decisions, k)
+		}
+	}
 }
 
 // freshFor is how long a decision with this status is reused.
@@ -210,9 +261,9 @@ func keptFor(status int) time.Duration {
 // review asks the API server who the token is, then whether that user may
 // use the verb on the path.
 func (r *Reviewer) review(ctx context.Context, token, verb, path string) (decision, error) {
-	ctx, cancel := context.WithTimeout(ctx, r.timeout)
+	authnCtx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	tr, err := r.tokens.Create(ctx, &authenticationv1.TokenReview{
+	tr, err := r.tokens.Create(authnCtx, &authenticationv1.TokenReview{
 		Spec: authenticationv1.TokenReviewSpec{Token: token},
 	}, metav1.CreateOptions{})
 	if err != nil {
@@ -228,7 +279,9 @@ func (r *Reviewer) review(ctx context.Context, token, verb, path string) (decisi
 	for k, v := range user.Extra {
 		extra[k] = authorizationv1.ExtraValue(v)
 	}
-	sar, err := r.access.Create(ctx, &authorizationv1.SubjectAccessReview{
+	authzCtx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	sar, err := r.access.Create(authzCtx, &authorizationv1.SubjectAccessReview{
 		Spec: authorizationv1.SubjectAccessReviewSpec{
 			User:                  user.Username,
 			UID:                   user.UID,

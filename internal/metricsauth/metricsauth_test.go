@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -142,7 +143,10 @@ func TestOnlyAllowedTokensReadTheMetrics(t *testing.T) {
 		status                            int
 	}{
 		{"a token bound to a role that may get /metrics", http.MethodGet, "/metrics", "Bearer " + reader, http.StatusOK},
-		{"the scheme in any letter case", http.MethodGet, "/metrics", "bearer  " + reader, http.StatusOK},
+		{"the scheme in any letter case", http.MethodGet, "/metrics", "bearer " + reader, http.StatusOK},
+		{"words after the token, which the API server ignores", http.MethodGet, "/metrics", "Bearer " + reader + " more", http.StatusOK},
+		{"two spaces, which the API server reads as an empty token", http.MethodGet, "/metrics", "Bearer  " + reader, http.StatusUnauthorized},
+		{"a long request line", http.MethodGet, "/metrics?" + strings.Repeat("x", 60<<10), "Bearer forged", http.StatusUnauthorized},
 		{"no Authorization header", http.MethodGet, "/metrics", "", http.StatusUnauthorized},
 		{"basic credentials", http.MethodGet, "/metrics", "Basic cmVhZGVyOnB3", http.StatusUnauthorized},
 		{"a bearer without a token", http.MethodGet, "/metrics", "Bearer ", http.StatusUnauthorized},
@@ -205,30 +209,48 @@ func TestTheCacheIsBounded(t *testing.T) {
 	g := NewWithT(t)
 	f := newFixture(t, env.Config)
 	reader, _ := tokens(t, env.Config, "bounded")
-	status, _ := f.get(g, http.MethodGet, "/metrics", "Bearer "+reader)
-	g.Expect(status).To(Equal(http.StatusOK))
-	for i := range maxDecisions + 10 {
-		status, _ := f.get(g, http.MethodGet, "/metrics", fmt.Sprintf("Bearer forged-%d", i))
-		g.Expect(status).To(Equal(http.StatusUnauthorized))
+	another, _ := tokens(t, env.Config, "bounded-too")
+	held := func() int {
+		f.reviewer.mu.Lock()
+		defer f.reviewer.mu.Unlock()
+		return len(f.reviewer.decisions)
 	}
-	f.reviewer.mu.Lock()
-	held := len(f.reviewer.decisions)
-	f.reviewer.mu.Unlock()
-	g.Expect(held).To(Equal(maxDecisions), "many tokens fill the cache to its bound and no further")
+	// reviews is how many API requests get made.
+	reviews := func(token string, status int) int64 {
+		before := f.api.requests.Load()
+		got, _ := f.get(g, http.MethodGet, "/metrics", "Bearer "+token)
+		g.Expect(got).To(Equal(status))
+		return f.api.requests.Load() - before
+	}
 
-	before := f.api.requests.Load()
-	status, _ = f.get(g, http.MethodGet, "/metrics", "Bearer "+reader)
-	g.Expect(status).To(Equal(http.StatusOK))
-	g.Expect(f.api.requests.Load()).To(Equal(before), "a full cache keeps the decisions it holds")
+	g.Expect(reviews(reader, http.StatusOK)).To(BeNumerically(">", 0))
+	for i := range maxDecisions - 1 {
+		reviews(fmt.Sprintf("forged-%d", i), http.StatusUnauthorized)
+	}
+	g.Expect(held()).To(Equal(maxDecisions), "full")
+	g.Expect(reviews(reader, http.StatusOK)).To(BeZero(), "a full cache keeps what it holds")
 
-	// Past their time, refusals make room; the allowed decision stays for
-	// an outage.
-	f.clock.Step(unauthorizedFor)
-	status, _ = f.get(g, http.MethodGet, "/metrics", "Bearer forged-new")
-	g.Expect(status).To(Equal(http.StatusUnauthorized))
-	f.reviewer.mu.Lock()
-	defer f.reviewer.mu.Unlock()
-	g.Expect(f.reviewer.decisions).To(HaveLen(2), "the reader's decision and the new refusal")
+	// A new decision in a full cache: the refusals make room for it, the
+	// allowed decision stays.
+	g.Expect(reviews(another, http.StatusOK)).To(BeNumerically(">", 0))
+	g.Expect(held()).To(Equal(2), "the two allowed decisions")
+	g.Expect(reviews(another, http.StatusOK)).To(BeZero(), "the new decision is held")
+
+	// However many bad tokens come, the cache stays bounded and the
+	// allowed decisions stay in it.
+	for i := range maxDecisions + 10 {
+		reviews(fmt.Sprintf("forged-again-%d", i), http.StatusUnauthorized)
+	}
+	g.Expect(held()).To(BeNumerically("<=", maxDecisions))
+	g.Expect(reviews(reader, http.StatusOK)).To(BeZero())
+	g.Expect(reviews(another, http.StatusOK)).To(BeZero())
+}
+
+func TestKeysDoNotRunTogether(t *testing.T) {
+	g := NewWithT(t)
+	g.Expect(keyOf("ab", "get", "/metrics")).NotTo(Equal(keyOf("a", "bget", "/metrics")))
+	g.Expect(keyOf("token", "get", "/metrics")).NotTo(Equal(keyOf("token", "ge", "t/metrics")))
+	g.Expect(keyOf("token", "get", "/metrics")).To(Equal(keyOf("token", "get", "/metrics")))
 }
 
 // TestWhileTheAPIServerIsAway stops an API server of its own: an allowed

@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
+	"sync"
 	"sync/atomic"
 
 	"github.com/go-logr/logr"
@@ -21,15 +22,18 @@ import (
 // MiB in a bare reverse proxy. With GOGC=100 the replica then spent 8.6 µs
 // of CPU a gRPC call collecting, a bare httputil.ReverseProxy 4.2 µs
 // (docs/benchmarks.md, "gRPC through the proxy"). With a floor of 32 MiB
-// its cycles were four times rarer and cost 1.5 µs a call; from 16 MiB of live heap up (a few thousand breakers) the
-// floor no longer binds and GOGC paces the heap as usual, so the RSS of a
-// large fleet is unchanged. GOMEMLIMIT still bounds the heap from above.
-// The idea is bytedance/gopkg's gctuner (after Uber's GOGC tuning), used
-// here only as a floor, never to collect less at a large live heap.
+// its cycles were about five times rarer a call and cost 1.5 µs a call.
+// From half the floor of live heap up (16 MiB with GOGC=100: a few
+// thousand breakers) the floor no longer binds and GOGC paces the heap as
+// usual, so the RSS of a large fleet is unchanged. GOMEMLIMIT still bounds
+// the heap from above. The idea is bytedance/gopkg's gctuner (after
+// Uber's GOGC tuning), used here only as a floor, never to collect less
+// at a large live heap.
 const HeapFloor = 32 << 20
 
 // maxGCPercent bounds the GC percent the floor sets (a live heap under 3
-// MiB then grows to 11 times its size, less than the floor).
+// MiB then grows to 11 times its size, less than the floor); a GOGC of the
+// user's above it is kept.
 const maxGCPercent = 1000
 
 // HeapFloorFor is the floor for a process whose memory limit is limit
@@ -46,41 +50,41 @@ func HeapFloorFor(limit int64) uint64 {
 // of live bytes at floor or above: base (the process's GOGC) when base
 // already does, more when it does not, at most maxGCPercent.
 func gcPercentFor(live, floor uint64, base int) int {
-	if base < 0 || live == 0 || live+live*uint64(base)/100 >= floor {
+	if base < 0 || base >= maxGCPercent || live == 0 || live >= floor || live+live*uint64(base)/100 >= floor {
 		return base
 	}
-	return int(min((floor-live)*100/live, maxGCPercent))
+	return max(base, int(min((floor-live)*100/live, maxGCPercent)))
 }
 
 // keepHeapFloor sets the GC percent after every collection from the live
 // heap it found (gcPercentFor), until ctx is done; then it puts the
 // process's own GC percent back. GOGC=off is left alone.
 func keepHeapFloor(ctx context.Context, floor uint64, log logr.Logger) {
-	f := newHeapFloor(floor, ctx.Done())
+	f := newHeapFloor(floor)
 	if f == nil {
 		return // GOGC=off: the memory limit paces the collector alone
 	}
 	log.Info("the collector's heap goal has a floor while the live heap is small", "floorMiB", floor>>20, "gcPercent", f.base)
 	f.arm()
 	<-ctx.Done()
-	// A cleanup that runs after this sees done and puts base back too.
-	debug.SetGCPercent(f.base)
+	f.stop()
 }
 
-// heapFloor is keepHeapFloor's state between collections; once armed,
-// only the runtime's cleanup goroutine touches it but for tunes.
+// heapFloor is keepHeapFloor's state between collections, which the
+// runtime's cleanup goroutine (tune) and stop share under mu.
 type heapFloor struct {
 	floor   uint64
 	base    int
+	mu      sync.Mutex
+	stopped bool
 	set     int
 	samples []metrics.Sample
-	done    <-chan struct{}
-	// tunes counts the collections tune has followed, stop included.
-	tunes atomic.Int64
+	// arms and tunes count the cleanups armed and run, for the tests.
+	arms, tunes atomic.Int64
 }
 
-// newHeapFloor is a floor until done, nil under GOGC=off.
-func newHeapFloor(floor uint64, done <-chan struct{}) *heapFloor {
+// newHeapFloor is a floor, nil under GOGC=off.
+func newHeapFloor(floor uint64) *heapFloor {
 	samples := []metrics.Sample{{Name: "/gc/gogc:percent"}, {Name: "/gc/heap/live:bytes"}}
 	metrics.Read(samples)
 	if samples[0].Value.Kind() != metrics.KindUint64 {
@@ -91,7 +95,7 @@ func newHeapFloor(floor uint64, done <-chan struct{}) *heapFloor {
 	if base <= 0 {
 		return nil
 	}
-	return &heapFloor{floor: floor, base: base, set: base, samples: samples, done: done}
+	return &heapFloor{floor: floor, base: base, set: base, samples: samples}
 }
 
 // sentinel is allocated anew after each collection; its cleanup runs once
@@ -102,18 +106,18 @@ type sentinel struct{ _ *heapFloor }
 
 // arm sets tune to run after the next collection.
 func (f *heapFloor) arm() {
+	f.arms.Add(1)
 	runtime.AddCleanup(&sentinel{}, (*heapFloor).tune, f)
 }
 
 // tune sets the GC percent for the live heap the last collection found,
-// and arms itself for the next.
+// and arms itself for the next, unless the floor has stopped.
 func (f *heapFloor) tune() {
 	defer f.tunes.Add(1)
-	select {
-	case <-f.done:
-		debug.SetGCPercent(f.base)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.stopped {
 		return
-	default:
 	}
 	metrics.Read(f.samples)
 	if want := gcPercentFor(f.samples[1].Value.Uint64(), f.floor, f.base); want != f.set {
@@ -121,4 +125,14 @@ func (f *heapFloor) tune() {
 		f.set = want
 	}
 	f.arm()
+}
+
+// stop puts the process's own GC percent back; a cleanup armed before it
+// then runs without setting anything or arming another.
+func (f *heapFloor) stop() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stopped = true
+	debug.SetGCPercent(f.base)
+	f.set = f.base
 }

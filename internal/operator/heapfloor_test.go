@@ -25,6 +25,8 @@ func TestGCPercentFor(t *testing.T) {
 		{"a tiny live heap is capped", 1 * MiB, 32 * MiB, 100, maxGCPercent},
 		{"a GOGC of the user's that reaches the floor is kept", 8 * MiB, 32 * MiB, 400, 400},
 		{"a GOGC of the user's below the floor's is raised", 8 * MiB, 32 * MiB, 50, 300},
+		{"a GOGC of the user's above the cap is never lowered", 1 * MiB, 32 * MiB, 2000, 2000},
+		{"a live heap above the floor", 40 * MiB, 32 * MiB, 100, 100},
 		{"a large fleet: the floor does not bind", 68 * MiB, 32 * MiB, 100, 100},
 		{"GOGC=off is left alone", 8 * MiB, 32 * MiB, -1, -1},
 		{"no live heap read yet", 0, 32 * MiB, 100, 100},
@@ -50,16 +52,15 @@ func gcPercent() uint64 {
 }
 
 // TestHeapFloorFollowsEachCollection runs the floor in this test process:
-// after a collection the GC percent is the floor's, and once the floor is
-// stopped the process's own again, also after the collection that runs
-// the cleanup armed before the stop.
+// after a collection the GC percent is the floor's; once the floor is
+// stopped it is the process's own again, and the cleanup armed before the
+// stop runs without setting anything or arming another.
 func TestHeapFloorFollowsEachCollection(t *testing.T) {
 	g := NewWithT(t)
 	base := debug.SetGCPercent(100)
 	t.Cleanup(func() { debug.SetGCPercent(base) })
 
-	done := make(chan struct{})
-	f := newHeapFloor(1<<30, done) // far above this process's heap
+	f := newHeapFloor(1 << 30) // far above this process's heap
 	g.Expect(f).NotTo(BeNil())
 	f.arm()
 	g.Eventually(func() uint64 {
@@ -67,18 +68,18 @@ func TestHeapFloorFollowsEachCollection(t *testing.T) {
 		return gcPercent()
 	}).Should(Equal(uint64(maxGCPercent)), "a collection sets the floor's GC percent")
 
-	close(done)
-	tunes := f.tunes.Load()
+	f.stop()
+	g.Expect(gcPercent()).To(Equal(uint64(100)), "stopped: the process's own GC percent")
+	// Every armed cleanup runs once, and a run counts itself after arming
+	// the next: when the runs reach the arms counted at the stop, the one
+	// armed last has run, after the stop.
+	arms := f.arms.Load()
 	g.Eventually(func() int64 {
 		runtime.GC()
 		return f.tunes.Load()
-	}).Should(BeNumerically(">", tunes), "the cleanup armed before the stop runs")
-	g.Expect(gcPercent()).To(Equal(uint64(100)), "stopped: the process's own GC percent")
-	tunes = f.tunes.Load()
-	runtime.GC()
-	runtime.GC()
-	g.Expect(f.tunes.Load()).To(Equal(tunes), "a stopped floor arms no more cleanups")
-	g.Expect(gcPercent()).To(Equal(uint64(100)))
+	}).Should(Equal(arms), "the cleanup armed before the stop runs")
+	g.Expect(f.arms.Load()).To(Equal(arms), "and arms no other")
+	g.Expect(gcPercent()).To(Equal(uint64(100)), "nor sets the floor's GC percent again")
 }
 
 func TestKeepHeapFloorPutsGOGCBack(t *testing.T) {
@@ -100,5 +101,5 @@ func TestKeepHeapFloorPutsGOGCBack(t *testing.T) {
 	g.Expect(gcPercent()).To(Equal(uint64(100)))
 
 	debug.SetGCPercent(-1)
-	g.Expect(newHeapFloor(1<<30, nil)).To(BeNil(), "GOGC=off is left alone")
+	g.Expect(newHeapFloor(1<<30)).To(BeNil(), "GOGC=off is left alone")
 }

@@ -10,6 +10,7 @@ package testhosts
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -40,11 +41,34 @@ func New(n int) (*Hosts, error) {
 	if n < 1 || n > 200 {
 		return nil, fmt.Errorf("1 to 200 test hosts, not %d", n)
 	}
-	var b [2]byte
-	_, _ = rand.Read(b[:])
-	// One /24 (and /64) of the ranges per namespace, so that test
-	// processes running at once do not collide.
-	subnet := 1 + int(binary.BigEndian.Uint16(b[:]))%254
+	// One /24 (and /64) of the ranges per namespace, picked at random, so
+	// that test processes running at once do not collide; a subnet whose
+	// interface exists already (another process's, or one a killed
+	// process left) is given up for another.
+	var err error
+	for range subnetAttempts {
+		var b [2]byte
+		_, _ = rand.Read(b[:])
+		var h *Hosts
+		if h, err = newInSubnet(n, 1+int(binary.BigEndian.Uint16(b[:]))%254); err == nil {
+			return h, nil
+		}
+		if !errors.Is(err, errSubnetTaken) {
+			return nil, err
+		}
+	}
+	return nil, err
+}
+
+// subnetAttempts is how many random subnets New tries.
+const subnetAttempts = 8
+
+// errSubnetTaken is a subnet whose namespace or interfaces exist already.
+var errSubnetTaken = errors.New("the subnet's namespace or interfaces exist already")
+
+// newInSubnet makes the namespace and its n hosts in 198.18.<subnet>.0/24
+// and fdcb:0:0:<subnet>::/64.
+func newInSubnet(n, subnet int) (*Hosts, error) {
 	h := &Hosts{name: fmt.Sprintf("cbtest-%d-%d", os.Getpid(), subnet)}
 	hostIf, nsIf := fmt.Sprintf("cbh%d", subnet), fmt.Sprintf("cbn%d", subnet)
 	const add = "add"
@@ -66,10 +90,16 @@ func New(n int) (*Hosts, error) {
 			[]string{"-n", h.name, "addr", add, v4.String() + "/24", "dev", nsIf},
 			[]string{"-n", h.name, "-6", "addr", add, v6.String() + "/64", "dev", nsIf, "nodad"})
 	}
-	for _, args := range steps {
+	for i, args := range steps {
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			h.Close()
-			return nil, fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+			if i > 0 {
+				h.Close() // never another process's namespace: its name has our pid
+			}
+			err = fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+			if i < 2 && strings.Contains(string(out), "File exists") {
+				err = fmt.Errorf("%w: %w", errSubnetTaken, err)
+			}
+			return nil, err
 		}
 	}
 	return h, nil
