@@ -72,16 +72,17 @@ func newInSubnet(n, subnet int) (*Hosts, error) {
 	h := &Hosts{name: fmt.Sprintf("cbtest-%d-%d", os.Getpid(), subnet)}
 	hostIf, nsIf := fmt.Sprintf("cbh%d", subnet), fmt.Sprintf("cbn%d", subnet)
 	const add = "add"
-	steps := [][]string{
-		{"netns", add, h.name},
-		{"link", add, hostIf, "type", "veth", "peer", "name", nsIf},
-		{"link", "set", nsIf, "netns", h.name},
-		{"addr", add, fmt.Sprintf("198.18.%d.1/24", subnet), "dev", hostIf},
-		{"-6", "addr", add, fmt.Sprintf("fdcb:0:0:%x::1/64", subnet), "dev", hostIf, "nodad"},
-		{"link", "set", hostIf, "up"},
-		{"-n", h.name, "link", "set", "lo", "up"},
-		{"-n", h.name, "link", "set", nsIf, "up"},
-	}
+	steps := make([][]string, 0, 8+2*n)
+	steps = append(steps,
+		[]string{"netns", add, h.name},
+		[]string{"link", add, hostIf, "type", "veth", "peer", "name", nsIf},
+		[]string{"link", "set", nsIf, "netns", h.name},
+		[]string{"addr", add, fmt.Sprintf("198.18.%d.1/24", subnet), "dev", hostIf},
+		[]string{"-6", "addr", add, fmt.Sprintf("fdcb:0:0:%x::1/64", subnet), "dev", hostIf, "nodad"},
+		[]string{"link", "set", hostIf, "up"},
+		[]string{"-n", h.name, "link", "set", "lo", "up"},
+		[]string{"-n", h.name, "link", "set", nsIf, "up"},
+	)
 	for i := range n {
 		v4 := netip.MustParseAddr(fmt.Sprintf("198.18.%d.%d", subnet, i+2))
 		v6 := netip.MustParseAddr(fmt.Sprintf("fdcb:0:0:%x::%x", subnet, i+2))
