@@ -102,6 +102,11 @@ Press Ctrl-C to stop the manager and the control plane.
 	defer stop()
 	cmd := exec.Command(manager[0], append(manager[1:], "--kubeconfig", kubeconfig)...)
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	// A process group of its own: Ctrl-C in a terminal signals the whole
+	// foreground group, and the manager would get it besides the SIGTERM
+	// sent below; a second signal makes controller-runtime's handler exit
+	// at once (status 1), skipping the drain. So only this sends it one.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting the manager: %w", err)
 	}
