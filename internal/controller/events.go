@@ -18,6 +18,7 @@ import (
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/textcut"
 )
 
 // Announcing transitions: an Event on the CircuitBreaker and a webhook
@@ -114,7 +115,7 @@ type transitionFacts struct {
 func liveFacts(history []breaker.Transition) []transitionFacts {
 	facts := make([]transitionFacts, len(history))
 	for i, t := range history {
-		facts[i] = transitionFacts{at: t.At, to: statusStates[t.To], reason: truncate(t.Reason, maxReasonLength)}
+		facts[i] = transitionFacts{at: t.At, to: statusStates[t.To], reason: textcut.Cut(t.Reason, maxReasonLength)}
 	}
 	return facts
 }
@@ -312,14 +313,14 @@ func (r *Reconciler) createEvent(ctx context.Context, cb *cbv1.CircuitBreaker, k
 		ObjectMeta:          metav1.ObjectMeta{Namespace: cb.Namespace, Name: name + "." + hex.EncodeToString(sum[:8])},
 		EventTime:           metav1.NewMicroTime(r.opts.Clock.Now()),
 		ReportingController: eventReportingController,
-		ReportingInstance:   truncate(eventReportingController+"-"+r.opts.Fleet.Self(), 128),
+		ReportingInstance:   textcut.Cut(eventReportingController+"-"+r.opts.Fleet.Self(), 128),
 		Action:              action,
 		Reason:              reason,
 		Regarding: corev1.ObjectReference{
 			APIVersion: cbv1.GroupVersion.String(), Kind: "CircuitBreaker",
 			Namespace: cb.Namespace, Name: cb.Name, UID: cb.UID, ResourceVersion: cb.ResourceVersion,
 		},
-		Note: truncate(note, maxEventNote),
+		Note: textcut.Cut(note, maxEventNote),
 		Type: eventType,
 	}
 	err := r.client.Create(ctx, e)
@@ -334,7 +335,7 @@ func (r *Reconciler) createEvent(ctx context.Context, cb *cbv1.CircuitBreaker, k
 // a transition (a refused reset).
 func (r *Reconciler) event(cb *cbv1.CircuitBreaker, eventType, reason, action, note string) {
 	if r.leading() {
-		r.recorder.Eventf(cb, nil, eventType, reason, action, "%s", truncate(note, maxEventNote))
+		r.recorder.Eventf(cb, nil, eventType, reason, action, "%s", textcut.Cut(note, maxEventNote))
 	}
 }
 

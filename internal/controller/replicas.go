@@ -20,6 +20,7 @@ import (
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/textcut"
 )
 
 // Fleet is what a replica knows of the others (internal/leader's Members).
@@ -94,7 +95,7 @@ func replicaEntry(self string, s breaker.Snapshot) cbv1.ReplicaStatus {
 		e.OpenUntil = microTime(s.OpenUntil)
 	}
 	if n := len(s.History); n > 0 {
-		e.Reason = truncate(s.History[n-1].Reason, maxReasonLength)
+		e.Reason = textcut.Cut(s.History[n-1].Reason, maxReasonLength)
 	}
 	e.LastOpenReason = string(s.LastOpenReason)
 	return e

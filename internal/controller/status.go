@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -16,6 +15,7 @@ import (
 
 	cbv1 "github.com/circuitbreaker-io/operator/api/v1alpha1"
 	"github.com/circuitbreaker-io/operator/internal/breaker"
+	"github.com/circuitbreaker-io/operator/internal/textcut"
 )
 
 // leaderStatusWriter writes the per-object status patch: every field of the
@@ -157,7 +157,7 @@ func applySnapshot(status *cbv1.CircuitBreakerStatus, s breaker.Snapshot) {
 		// Microseconds, as the API server stores them.
 		at := metav1.NewMicroTime(t.At.Truncate(time.Microsecond).UTC())
 		status.History = append(status.History, cbv1.TransitionRecord{
-			Time: at, From: statusStates[t.From], To: statusStates[t.To], Reason: truncate(t.Reason, maxReasonLength),
+			Time: at, From: statusStates[t.From], To: statusStates[t.To], Reason: textcut.Cut(t.Reason, maxReasonLength),
 			OpenReason: string(t.OpenReason),
 		})
 	}
@@ -232,17 +232,4 @@ func setRefused(status *cbv1.CircuitBreakerStatus, generation int64, why *refusa
 	meta.SetStatusCondition(&status.Conditions, metav1.Condition{
 		Type: cbv1.ConditionStalled, Status: metav1.ConditionTrue, Reason: why.reason, Message: why.message, ObservedGeneration: generation,
 	})
-}
-
-// truncate cuts s to at most n bytes, on a rune boundary, marking the cut.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	const mark = "…"
-	cut := n - len(mark)
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + mark
 }

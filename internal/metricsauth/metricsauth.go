@@ -32,6 +32,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/clock"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/circuitbreaker-io/operator/internal/textcut"
 )
 
 // How long a decision is reused. Unauthenticated and allowed follow
@@ -165,13 +167,7 @@ func bearerToken(req *http.Request) (string, bool) {
 }
 
 // logged is s cut for a log line: a caller chooses its path's length.
-func logged(s string) string {
-	const most = 128
-	if len(s) > most {
-		return s[:most] + "..."
-	}
-	return s
-}
+func logged(s string) string { return textcut.Cut(s, 128) }
 
 // decide returns the cached decision for the token, verb and path while it
 // is fresh, and asks the API server otherwise. An error means there is no
@@ -207,10 +203,11 @@ func (r *Reviewer) decide(ctx context.Context, log logr.Logger, token, verb, pat
 
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, replaces := r.decisions[key]; !replaces && len(r.decisions) >= maxDecisions {
+	_, replaces := r.decisions[key]
+	if !replaces && len(r.decisions) >= maxDecisions {
 		r.makeRoom(now)
 	}
-	if _, replaces := r.decisions[key]; replaces || len(r.decisions) < maxDecisions {
+	if replaces || len(r.decisions) < maxDecisions {
 		r.decisions[key] = d
 	}
 	return d, nil

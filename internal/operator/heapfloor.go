@@ -134,5 +134,4 @@ func (f *heapFloor) stop() {
 	defer f.mu.Unlock()
 	f.stopped = true
 	debug.SetGCPercent(f.base)
-	f.set = f.base
 }
