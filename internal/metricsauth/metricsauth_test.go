@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -291,4 +292,44 @@ func TestWhileTheAPIServerIsAway(t *testing.T) {
 	f.clock.Step(allowedWhileAway - allowedFor)
 	status, _ = f.get(g, http.MethodGet, "/metrics", "Bearer "+reader)
 	g.Expect(status).To(Equal(http.StatusServiceUnavailable), "an allowed decision is not reused past allowedWhileAway")
+}
+
+// TestCallersAtOnce sends allowed, denied and forged tokens from several
+// callers at once (with -race: the cache is shared by every request).
+func TestCallersAtOnce(t *testing.T) {
+	g := NewWithT(t)
+	f := newFixture(t, env.Config)
+	reader, nosy := tokens(t, env.Config, "at-once")
+	want := map[string]int{reader: http.StatusOK, nosy: http.StatusForbidden, "forged": http.StatusUnauthorized}
+	var wg sync.WaitGroup
+	var wrong atomic.Int64
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 15 {
+				token := []string{reader, nosy, "forged"}[(i+j)%3]
+				// Not f.get: a Gomega failure may not stop the test from
+				// another goroutine.
+				req, err := http.NewRequest(http.MethodGet, f.server.URL+"/metrics", nil)
+				if err != nil {
+					wrong.Add(1)
+					continue
+				}
+				req.Header.Set("Authorization", "Bearer "+token)
+				resp, err := f.server.Client().Do(req)
+				if err != nil {
+					wrong.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				_ = resp.Body.Close()
+				if resp.StatusCode != want[token] {
+					wrong.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	g.Expect(wrong.Load()).To(BeZero(), "every caller gets its token's answer")
 }
